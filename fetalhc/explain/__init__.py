@@ -1,0 +1,68 @@
+"""Signed saliency maps for the HC regression output, one registry of methods.
+
+```python
+maps = fetalhc.explain.explain(model, images, method="integrated_gradients",
+                               target="hc_mm", pixel_size=mm_per_px)   # float32 (N, H, W)
+result = fetalhc.explain.explain_batch(...)   # Explanation: maps + per-image metadata
+fetalhc.explain.available_methods(); fetalhc.explain.get_method(name)
+fetalhc.explain.hc_output_model(model, output=None)
+```
+
+Every module of this package that is not infrastructure registers its method(s) on import;
+this package imports all of them, so new method modules are picked up automatically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from fetalhc.explain.base import (
+    TARGETS,
+    ExplainContext,
+    Explanation,
+    Method,
+    Target,
+    clear_cache,
+    conv_layer_candidates,
+    default_conv_layer_name,
+    explain,
+    explain_batch,
+    get_target,
+    hc_output_model,
+    normalise_inputs,
+    tracing_counts,
+)
+from fetalhc.explain.registry import available_methods, get_method, register
+
+_INFRASTRUCTURE = {"base", "registry"}
+
+
+def _import_method_modules() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("_") or module.name in _INFRASTRUCTURE:
+            continue
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_method_modules()
+
+__all__ = [
+    "TARGETS",
+    "ExplainContext",
+    "Explanation",
+    "Method",
+    "Target",
+    "available_methods",
+    "clear_cache",
+    "conv_layer_candidates",
+    "default_conv_layer_name",
+    "explain",
+    "explain_batch",
+    "get_method",
+    "get_target",
+    "hc_output_model",
+    "normalise_inputs",
+    "register",
+    "tracing_counts",
+]
