@@ -1,0 +1,153 @@
+"""Regions, relevance rankings and replacement images for perturbation curves.
+
+A *rank map* ``(N, H, W)`` gives, for every pixel, the position of its region (or of the
+pixel itself) in the removal order: after ``k`` removals exactly the pixels with
+``rank < k`` have been replaced. Every curve in this package is built from a rank map and
+a list of removal counts, which is what lets the forward pass run in one graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from fetalhc.evaluate._common import AGGREGATIONS, PERTURBATIONS, check_choice
+
+ORDERS = ("morf", "lerf", "random")
+
+
+@dataclass(frozen=True)
+class RegionGrid:
+    """A grid of ``rows x cols`` equal regions of ``height x width`` pixels."""
+
+    rows: int
+    cols: int
+    height: int
+    width: int
+
+    @property
+    def n_regions(self) -> int:
+        return self.rows * self.cols
+
+    def labels(self) -> np.ndarray:
+        """Region index of every pixel, ``(rows*height, cols*width)``, row-major."""
+        row = np.arange(self.rows * self.height) // self.height
+        col = np.arange(self.cols * self.width) // self.width
+        return (row[:, None] * self.cols + col[None, :]).astype(np.int32)
+
+
+def _divisors(size: int) -> list[int]:
+    return [d for d in range(2, size + 1) if size % d == 0 and size // d >= 2]
+
+
+def make_grid(image_shape, grid=None, region_size=None) -> RegionGrid:
+    """The region grid for images of ``(H, W)``: ``grid`` regions per side or ``region_size`` px.
+
+    The grid must divide the image exactly; otherwise a ValueError says so and lists sizes
+    that would.
+    """
+    height, width = int(image_shape[0]), int(image_shape[1])
+    if (grid is None) == (region_size is None):
+        raise ValueError("give exactly one of grid (regions per side) and region_size (pixels)")
+    if grid is not None:
+        rows, cols = (grid, grid) if np.isscalar(grid) else grid
+        rows, cols = int(rows), int(cols)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"grid must be positive; got {grid}")
+        for size, count, axis in ((height, rows, "height"), (width, cols, "width")):
+            if size % count:
+                options = ", ".join(str(size // d) for d in _divisors(size)[:8])
+                raise ValueError(
+                    f"a grid of {count} regions does not divide the image {axis} {size} px; "
+                    f"regions per side that do: {options}"
+                )
+        return RegionGrid(rows, cols, height // rows, width // cols)
+    rh, rw = (region_size, region_size) if np.isscalar(region_size) else region_size
+    rh, rw = int(rh), int(rw)
+    if rh < 1 or rw < 1:
+        raise ValueError(f"region_size must be positive; got {region_size}")
+    for size, count, axis in ((height, rh, "height"), (width, rw, "width")):
+        if size % count:
+            options = ", ".join(str(d) for d in _divisors(size)[:8])
+            raise ValueError(
+                f"regions of {count} px do not divide the image {axis} {size} px; "
+                f"region sizes that do: {options}"
+            )
+    return RegionGrid(height // rh, width // rw, rh, rw)
+
+
+def region_scores(maps: np.ndarray, grid: RegionGrid, aggregation: str = "mean") -> np.ndarray:
+    """Relevance per region ``(N, R)``: mean signed relevance, or mean absolute (``"abs"``)."""
+    check_choice(aggregation, AGGREGATIONS, "aggregation")
+    values = np.abs(maps) if aggregation == "abs" else maps
+    n = values.shape[0]
+    blocks = values.reshape(n, grid.rows, grid.height, grid.cols, grid.width)
+    return blocks.mean(axis=(2, 4), dtype=np.float64).reshape(n, grid.n_regions)
+
+
+def removal_order(scores: np.ndarray, order: str, rng: np.random.Generator | None = None):
+    """Indices ``(N, R)`` of regions in removal order (most relevant first for MoRF).
+
+    Ties keep the lower index first. ``random`` draws one permutation per image from ``rng``.
+    """
+    check_choice(order, ORDERS, "order")
+    if order == "morf":
+        return np.argsort(-scores, axis=1, kind="stable")
+    if order == "lerf":
+        return np.argsort(scores, axis=1, kind="stable")
+    if rng is None:
+        raise ValueError("random order needs a seeded numpy Generator")
+    return np.stack([rng.permutation(scores.shape[1]) for _ in range(scores.shape[0])])
+
+
+def region_rank_map(order: np.ndarray, grid: RegionGrid) -> np.ndarray:
+    """Rank map ``(N, H, W)``: position of each pixel's region in ``order`` ``(N, R)``."""
+    n = order.shape[0]
+    position = np.empty_like(order)
+    position[np.arange(n)[:, None], order] = np.arange(order.shape[1])[None, :]
+    return position[:, grid.labels()].astype(np.int32)
+
+
+def pixel_rank_map(maps: np.ndarray, aggregation: str = "mean") -> np.ndarray:
+    """Rank map ``(N, H, W)`` of single pixels, most relevant first (signed, or ``"abs"``)."""
+    check_choice(aggregation, AGGREGATIONS, "aggregation")
+    values = np.abs(maps) if aggregation == "abs" else maps
+    n, height, width = values.shape
+    order = np.argsort(-values.reshape(n, -1), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    rank[np.arange(n)[:, None], order] = np.arange(height * width)[None, :]
+    return rank.reshape(n, height, width).astype(np.int32)
+
+
+def replacement_images(
+    images: np.ndarray,
+    perturbation: str = "noise",
+    *,
+    noise_sd: float = 0.3,
+    blur_sigma: float = 4.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """What replaces a removed pixel, per image ``(N, H, W, C)``.
+
+    ``noise``: N(0, noise_sd) drawn once per image (seeded); ``mean``: the image's own mean
+    (0 under the z-score convention, computed anyway); ``zeros``: 0; ``blur``: the image
+    blurred with a Gaussian of ``blur_sigma`` pixels.
+    """
+    check_choice(perturbation, PERTURBATIONS, "perturbation")
+    if perturbation == "noise":
+        if noise_sd < 0:
+            raise ValueError(f"noise_sd must be non-negative; got {noise_sd}")
+        rng = np.random.default_rng(seed)
+        return rng.normal(0.0, noise_sd, size=images.shape).astype(np.float32)
+    if perturbation == "mean":
+        means = images.mean(axis=(1, 2), keepdims=True, dtype=np.float64)
+        return np.broadcast_to(means, images.shape).astype(np.float32)
+    if perturbation == "zeros":
+        return np.zeros_like(images, dtype=np.float32)
+    if blur_sigma <= 0:
+        raise ValueError(f"blur_sigma must be positive; got {blur_sigma}")
+    return ndimage.gaussian_filter(
+        images, sigma=(0, blur_sigma, blur_sigma, 0), mode="nearest"
+    ).astype(np.float32)
