@@ -1,0 +1,383 @@
+"""tf.data input pipeline: index rows -> batched dicts of network inputs and targets.
+
+Pre-processing (docs/architecture.md, docs/data.md): each image is resized preserving its
+aspect ratio so that its longer side equals ``image_size`` (bilinear with anti-aliasing),
+z-scored over its own pixels, then zero-padded to a square with the content **centred**
+(offsets ``(S - w) // 2`` and ``(S - h) // 2``). 0 is the image mean after z-scoring.
+The pixel size of the input is ``pixel_size_original * long_side / S``.
+
+Element dict (batched): ``image`` float32 (B,S,S,1); ``pixel_size_mm`` float32 (B,) of the
+input; ``hc_mm`` float32 (B,) (NaN without reference); ``hc_px_input`` = hc_mm /
+pixel_size_mm; ``filename`` string (B,); optional ``annotation`` float32 (B,S,S,1), a 0/1
+outline of the reference ellipse rasterised at input resolution; optional ``ellipse``
+float32 (B,6) = cx, cy, a (semi-major), b (semi-minor) in input px, sin 2θ, cos 2θ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fetalhc.data.errors import DataError
+
+# half width, in input pixels, of the band around the ellipse that the `annotation` marks
+OUTLINE_HALF_WIDTH_PX = 0.75
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random geometric and intensity changes that keep ``hc_mm`` true.
+
+    Geometry is one affine map about the input centre: optional flips, a rotation of up to
+    ``max_rotation_deg``, a zoom factor in ``scale_range`` (``pixel_size_mm`` is divided by
+    it, so ``hc_mm`` is unchanged while ``hc_px_input`` is multiplied by it) and a shift of
+    up to ``max_translation`` x image size. The ``ellipse`` and ``annotation`` follow the
+    same map. Intensity: after z-scoring, the image content (not the padding) becomes
+    ``contrast * z + brightness``.
+    """
+
+    flip_horizontal: bool = True
+    flip_vertical: bool = False
+    max_rotation_deg: float = 10.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    max_translation: float = 0.05
+    brightness: float = 0.1
+    contrast_range: tuple[float, float] = (0.9, 1.1)
+
+    def __post_init__(self):
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high; got {self.scale_range}")
+        low, high = self.contrast_range
+        if not 0 < low <= high:
+            raise ValueError(
+                f"contrast_range must satisfy 0 < low <= high; got {self.contrast_range}"
+            )
+        if self.max_rotation_deg < 0 or self.max_translation < 0 or self.brightness < 0:
+            raise ValueError("max_rotation_deg, max_translation and brightness must be >= 0")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an original image lands in the square network input."""
+
+    scale: float  # input px per original px (isotropic)
+    width: int  # resized content width, input px
+    height: int
+    offset_x: int  # left padding, input px
+    offset_y: int  # top padding, input px
+
+
+def input_geometry(width_px: int, height_px: int, image_size: int) -> Geometry:
+    """Resize-and-pad geometry of a ``width_px`` x ``height_px`` image into ``image_size``^2.
+
+    An original point ``(x, y)`` (pixel-centre coordinates) lands at
+    ``((x + 0.5) * width / width_px - 0.5 + offset_x, (y + 0.5) * height / height_px - 0.5 +
+    offset_y)``; lengths scale by ``scale = image_size / max(width_px, height_px)``.
+    """
+    if width_px <= 0 or height_px <= 0:
+        raise ValueError(f"image size must be positive; got {width_px}x{height_px}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8; got {image_size}")
+    scale = image_size / max(width_px, height_px)
+    width = min(image_size, max(1, int(round(width_px * scale))))
+    height = min(image_size, max(1, int(round(height_px * scale))))
+    return Geometry(scale, width, height, (image_size - width) // 2, (image_size - height) // 2)
+
+
+@lru_cache(maxsize=8192)
+def _cached_annotation_ellipse(path: str, mtime_ns: int, size: int):
+    from fetalhc.data.ellipse import annotation_ellipse
+
+    return tuple(annotation_ellipse(path))
+
+
+def annotation_ellipses(index: pd.DataFrame) -> np.ndarray:
+    """Fitted ellipses of the index's annotations, (N, 5) float64 in ORIGINAL px.
+
+    Columns: cx, cy, semi_major, semi_minor, angle_rad. Results are memoised per file.
+    """
+    if "annotation_path" not in index.columns:
+        raise ValueError("the index has no 'annotation_path' column")
+    ellipses = np.zeros((len(index), 5), dtype=np.float64)
+    for i, (filename, path) in enumerate(zip(index["filename"], index["annotation_path"],
+                                             strict=True)):
+        if path is None or (isinstance(path, float) and math.isnan(path)):
+            raise DataError(f"{filename}: no annotation, so no ellipse/annotation target")
+        try:
+            stat = Path(path).stat()
+        except FileNotFoundError:
+            raise DataError(f"{path}: annotation file is missing") from None
+        ellipses[i] = _cached_annotation_ellipse(str(path), stat.st_mtime_ns, stat.st_size)
+    return ellipses
+
+
+def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
+    required = ["filename", "image_path", "pixel_size_mm", "hc_mm", "width_px", "height_px"]
+    missing = [column for column in required if column not in index.columns]
+    if missing:
+        raise ValueError(f"the index lacks column(s) {missing}; use fetalhc.data.load_index")
+    if len(index) == 0:
+        raise ValueError("the index is empty")
+    geometries = [input_geometry(int(w), int(h), image_size)
+                  for w, h in zip(index["width_px"], index["height_px"], strict=True)]
+    pixel_size = index["pixel_size_mm"].to_numpy(np.float64)
+    scale = np.array([g.scale for g in geometries])
+    columns = {
+        "image_path": index["image_path"].astype(str).to_numpy(),
+        "filename": index["filename"].astype(str).to_numpy(),
+        "box": np.array([[g.height, g.width, g.offset_y, g.offset_x] for g in geometries],
+                        dtype=np.int32),
+        "pixel_size_mm": (pixel_size / scale).astype(np.float32),
+        "hc_mm": index["hc_mm"].to_numpy(np.float64).astype(np.float32),
+    }
+    if need_ellipse:
+        original = annotation_ellipses(index)
+        width = index["width_px"].to_numpy(np.float64)
+        height = index["height_px"].to_numpy(np.float64)
+        box = columns["box"].astype(np.float64)
+        columns["ellipse"] = np.stack([
+            (original[:, 0] + 0.5) * box[:, 1] / width - 0.5 + box[:, 3],
+            (original[:, 1] + 0.5) * box[:, 0] / height - 0.5 + box[:, 2],
+            original[:, 2] * scale,
+            original[:, 3] * scale,
+            original[:, 4],
+        ], axis=1).astype(np.float32)
+    return columns
+
+
+def _load_element(row, image_size: int):
+    """Deterministic part: decode, resize, z-score, pad (cacheable)."""
+    import tensorflow as tf
+
+    raw = tf.io.read_file(row["image_path"])
+    image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.float32)
+    box = row["box"]
+    image = tf.image.resize(image, tf.stack([box[0], box[1]]), method="bilinear",
+                            antialias=True)
+    mean = tf.reduce_mean(image)
+    std = tf.math.reduce_std(image)
+    image = (image - mean) / tf.maximum(std, 1e-6)
+    image = tf.pad(image, [[box[2], image_size - box[0] - box[2]],
+                           [box[3], image_size - box[1] - box[3]], [0, 0]])
+    image = tf.ensure_shape(image, (image_size, image_size, 1))
+    element = dict(row)
+    del element["image_path"]
+    element["image"] = image
+    return element
+
+
+def _content_mask(box, image_size: int):
+    import tensorflow as tf
+
+    rows = tf.range(image_size)[:, None]
+    cols = tf.range(image_size)[None, :]
+    inside = ((rows >= box[2]) & (rows < box[2] + box[0])
+              & (cols >= box[3]) & (cols < box[3] + box[1]))
+    return tf.cast(inside, tf.float32)[..., None]
+
+
+def _augment_element(element, seed, image_size: int, augmentation: Augmentation):
+    """Random affine + intensity jitter; updates pixel size, ellipse consistently."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(tf.stack([seed, seed // 7 + 11]), num=8)
+
+    def uniform(i, low, high):
+        return tf.random.stateless_uniform([], seeds[i], minval=low, maxval=high,
+                                           dtype=tf.float32)
+
+    def coin(i, enabled):
+        if not enabled:
+            return tf.constant(1.0)
+        return tf.where(uniform(i, 0.0, 1.0) < 0.5, -1.0, 1.0)
+
+    flip_x = coin(0, augmentation.flip_horizontal)
+    flip_y = coin(1, augmentation.flip_vertical)
+    limit = math.radians(augmentation.max_rotation_deg)
+    angle = uniform(2, -limit, limit) if limit > 0 else tf.constant(0.0)
+    low, high = augmentation.scale_range
+    scale = uniform(3, low, high) if high > low else tf.constant(float(low))
+    shift_limit = augmentation.max_translation * image_size
+    if shift_limit > 0:
+        shift = tf.stack([uniform(4, -shift_limit, shift_limit),
+                          uniform(5, -shift_limit, shift_limit)])
+    else:
+        shift = tf.zeros([2])
+    brightness = (uniform(6, -augmentation.brightness, augmentation.brightness)
+                  if augmentation.brightness > 0 else tf.constant(0.0))
+    low, high = augmentation.contrast_range
+    contrast = uniform(7, low, high) if high > low else tf.constant(float(low))
+
+    # forward map p' = scale * R @ F @ (p - c) + c + shift, F = diag(flip_x, flip_y)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    rotation = tf.reshape(tf.stack([cos, -sin, sin, cos]), (2, 2))
+    flips = tf.linalg.diag(tf.stack([flip_x, flip_y]))
+    forward = scale * rotation @ flips
+    centre = tf.fill([2], (image_size - 1) / 2.0)
+    inverse = tf.linalg.inv(forward)
+    offset = centre - tf.linalg.matvec(inverse, centre + shift)
+    transform = tf.stack([inverse[0, 0], inverse[0, 1], offset[0],
+                          inverse[1, 0], inverse[1, 1], offset[1], 0.0, 0.0])[None, :]
+
+    def warp(image, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=image[None], transforms=transform,
+            output_shape=tf.constant([image_size, image_size]), fill_value=0.0,
+            interpolation=interpolation, fill_mode="CONSTANT")[0]
+
+    element = dict(element)
+    image = warp(element["image"], "BILINEAR")
+    content = warp(_content_mask(element["box"], image_size), "BILINEAR")
+    image = image * contrast + brightness * content
+    element["image"] = tf.ensure_shape(image, (image_size, image_size, 1))
+    element["pixel_size_mm"] = element["pixel_size_mm"] / scale
+    if "ellipse" in element:
+        ellipse = element["ellipse"]
+        new_centre = tf.linalg.matvec(forward, ellipse[:2] - centre) + centre + shift
+        direction = tf.linalg.matvec(rotation @ flips,
+                                     tf.stack([tf.cos(ellipse[4]), tf.sin(ellipse[4])]))
+        new_angle = tf.math.floormod(tf.atan2(direction[1], direction[0]), math.pi)
+        element["ellipse"] = tf.concat(
+            [new_centre, ellipse[2:4] * scale, new_angle[None]], axis=0)
+    return element
+
+
+def rasterise_outline(ellipse, image_size: int, half_width_px: float = OUTLINE_HALF_WIDTH_PX):
+    """0/1 float32 (S, S, 1) outline of ``ellipse`` = (cx, cy, a, b, angle_rad) in px.
+
+    Marks pixel centres whose (first-order, Sampson) distance to the ellipse is at most
+    ``half_width_px``. A TensorFlow function; works eagerly too.
+    """
+    import tensorflow as tf
+
+    ellipse = tf.cast(ellipse, tf.float32)
+    coords = tf.range(image_size, dtype=tf.float32)
+    dx = coords[None, :] - ellipse[0]
+    dy = coords[:, None] - ellipse[1]
+    cos, sin = tf.cos(ellipse[4]), tf.sin(ellipse[4])
+    u = dx * cos + dy * sin
+    v = -dx * sin + dy * cos
+    a2, b2 = ellipse[2] ** 2, ellipse[3] ** 2
+    value = u * u / a2 + v * v / b2 - 1.0
+    gradient = 2.0 * tf.sqrt((u / a2) ** 2 + (v / b2) ** 2)
+    distance = tf.abs(value) / tf.maximum(gradient, 1e-12)
+    return tf.cast(distance <= half_width_px, tf.float32)[..., None]
+
+
+def _finish_element(element, image_size: int, with_annotation: bool, with_ellipse: bool):
+    import tensorflow as tf
+
+    out = {
+        "image": element["image"],
+        "pixel_size_mm": element["pixel_size_mm"],
+        "hc_mm": element["hc_mm"],
+        "hc_px_input": element["hc_mm"] / element["pixel_size_mm"],
+        "filename": element["filename"],
+    }
+    if with_annotation:
+        out["annotation"] = rasterise_outline(element["ellipse"], image_size)
+    if with_ellipse:
+        ellipse = element["ellipse"]
+        out["ellipse"] = tf.stack([ellipse[0], ellipse[1], ellipse[2], ellipse[3],
+                                   tf.sin(2.0 * ellipse[4]), tf.cos(2.0 * ellipse[4])])
+    return out
+
+
+def _cache_file(cache, columns: dict, image_size: int, need_ellipse: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(repr((image_size, need_ellipse)).encode())
+    for name in ("image_path", "filename"):
+        digest.update("\n".join(columns[name].tolist()).encode())
+    digest.update(columns["pixel_size_mm"].tobytes())
+    digest.update(columns["hc_mm"].tobytes())
+    path = Path(cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"{path}_{digest.hexdigest()[:16]}"
+
+
+def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 16,
+                 shuffle: bool = False, augment=False, with_annotation: bool = False,
+                 with_ellipse: bool = False, cache=False, seed: int = 0,
+                 drop_remainder: bool = False):
+    """A ``tf.data.Dataset`` of batched element dicts for the rows of ``index``.
+
+    ``augment``: False, True (default :class:`Augmentation`) or an ``Augmentation``.
+    ``cache``: False, True (in memory) or a path prefix for a file cache (a digest of the
+    rows and settings is appended, so different inputs never share a cache file). The cache
+    holds the deterministic part (decode, resize, z-score, pad); shuffling and augmentation
+    come after it. ``seed`` fixes the shuffle order and the augmentation draws (both change
+    from epoch to epoch, deterministically). Without shuffle/augment the order is the
+    index order.
+    """
+    import tensorflow as tf
+
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
+    image_size = int(image_size)
+    if augment is True:
+        augmentation = Augmentation()
+    elif augment is False or augment is None:
+        augmentation = None
+    elif isinstance(augment, Augmentation):
+        augmentation = augment
+    else:
+        raise ValueError(f"augment must be a bool or an Augmentation; got {augment!r}")
+    need_ellipse = bool(with_annotation or with_ellipse)
+    columns = _columns(index, image_size, need_ellipse)
+    autotune = tf.data.AUTOTUNE
+
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    dataset = dataset.map(lambda row: _load_element(row, image_size),
+                          num_parallel_calls=autotune, deterministic=True)
+    if cache is True:
+        dataset = dataset.cache()
+    elif cache:
+        dataset = dataset.cache(_cache_file(cache, columns, image_size, need_ellipse))
+    if shuffle:
+        dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    if augmentation is not None:
+        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip((dataset, randoms))
+        dataset = dataset.map(
+            lambda element, random: _augment_element(element, random, image_size,
+                                                     augmentation),
+            num_parallel_calls=autotune, deterministic=True)
+    dataset = dataset.map(
+        lambda element: _finish_element(element, image_size, with_annotation, with_ellipse),
+        num_parallel_calls=autotune, deterministic=True)
+    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
+    return dataset.prefetch(autotune)
+
+
+def load_arrays(index: pd.DataFrame, image_size: int = 128, with_annotation: bool = False,
+                with_ellipse: bool = False) -> dict[str, np.ndarray]:
+    """The whole index pre-processed into numpy arrays (same keys as :func:`make_dataset`).
+
+    No shuffling or augmentation; rows keep the index order; ``filename`` is a str array.
+    """
+    dataset = make_dataset(index, image_size=image_size, batch_size=64, shuffle=False,
+                           augment=False, with_annotation=with_annotation,
+                           with_ellipse=with_ellipse)
+    parts: dict[str, list] = {}
+    for batch in dataset.as_numpy_iterator():
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(value)
+    arrays = {key: np.concatenate(values, axis=0) for key, values in parts.items()}
+    arrays["filename"] = np.array([name.decode() for name in arrays["filename"]])
+    return arrays
+
+
+def augmentation_config(augment) -> dict:
+    """The augmentation settings as a plain dict (for run configs); {} when off."""
+    if augment is True:
+        return asdict(Augmentation())
+    if isinstance(augment, Augmentation):
+        return asdict(augment)
+    return {}
