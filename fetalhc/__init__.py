@@ -16,7 +16,19 @@ _SUBMODULES = {
 }
 
 
+# Eager imports: they register fetalhc's serializable Keras objects (layers, losses,
+# metrics), so `keras.models.load_model` works on fetalhc models after `import fetalhc`.
+import fetalhc.losses  # noqa: E402,F401
+import fetalhc.metrics  # noqa: E402,F401
+import fetalhc.models.layers  # noqa: E402,F401
+from fetalhc.models.io import load_model as load_model  # noqa: E402
+
+
 def __getattr__(name: str):
+    if name == "train":
+        from fetalhc.training import train
+
+        return train
     if name in _SUBMODULES:
         return importlib.import_module(f"fetalhc.{name}")
     raise AttributeError(f"module 'fetalhc' has no attribute {name!r}")

@@ -1,0 +1,69 @@
+"""Safe loading of saved fetalhc models."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import keras
+
+from fetalhc.models.build import HC_OUTPUT
+
+
+def output_names(model: keras.Model) -> list[str]:
+    """Names of a functional model's outputs (dict keys or output layer names)."""
+    outputs = model.outputs if hasattr(model, "outputs") else []
+    names = list(getattr(model, "output_names", None) or [])
+    if names:
+        return names
+    return [tensor._keras_history.operation.name for tensor in outputs]
+
+
+def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
+    """Load a ``.keras`` fetalhc model with ``safe_mode=True``.
+
+    Raises ``FileNotFoundError`` for a missing file and a one-line ``ValueError`` for a
+    file that is not a ``.keras`` archive, needs unsafe deserialisation (e.g. ``Lambda``
+    layers), or is not a fetalhc model (no output named ``hc_px_input``).
+    """
+    # Registering the custom objects happens on import of these modules.
+    import fetalhc.losses  # noqa: F401
+    import fetalhc.metrics  # noqa: F401
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a Keras v3 '.keras' model file")
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - turned into a one-line user error
+        message = " ".join(str(error).split())
+        if "safe_mode" in message or "unsafe" in message.lower() or "lambda" in message.lower():
+            raise ValueError(
+                f"refusing to load {path}: it needs unsafe deserialisation (e.g. a Lambda "
+                "layer); fetalhc models load with safe_mode=True"
+            ) from None
+        raise ValueError(f"cannot load {path} as a fetalhc model: {message[:200]}") from None
+    names = output_names(model)
+    if HC_OUTPUT not in names:
+        raise ValueError(
+            f"{path} is not a fetalhc model: it has no output named {HC_OUTPUT!r} "
+            f"(outputs: {', '.join(names) or 'none'})"
+        )
+    return model
+
+
+def check_input_size(model: keras.Model, image_size: int) -> None:
+    """Raise a ``ValueError`` when ``model`` cannot take ``image_size`` x ``image_size`` x 1."""
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[-1] != 1:
+        raise ValueError(f"model {model.name!r} takes inputs of shape {shape[1:]}, not (S, S, 1)")
+    height, width = shape[1], shape[2]
+    if (height is not None and height != image_size) or (
+        width is not None and width != image_size
+    ):
+        raise ValueError(
+            f"model {model.name!r} takes {height}x{width} px inputs, got image size {image_size}"
+        )

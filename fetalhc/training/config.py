@@ -1,0 +1,243 @@
+"""Training configuration: TOML in, validated and resolved dict out.
+
+A config has the sections ``[data]``, ``[model]`` and ``[train]``; every key has a default
+(``DEFAULTS``) and a type. Unknown sections or keys and values of the wrong type raise a
+``ValueError`` naming the key. ``resolve_config`` fills the defaults; ``train`` adds the
+sections ``[preprocessing]``, ``[run]`` and ``[split]`` before writing ``config.toml`` into
+the run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "image_size": 128,  # network input side S (px)
+        "val_fraction": 0.1,  # of filename groups (ignored when k >= 2)
+        "test_fraction": 0.1,  # of filename groups, held out before any k-fold split
+        "k": 0,  # k-fold cross-validation on the non-test groups when >= 2
+        "fold": 0,  # which fold is validation (0-based) when k >= 2
+        "split_seed": 0,  # seed of the grouped split (independent of train.seed)
+        "augment": False,  # random augmentation of training images (fetalhc.data)
+        "cache": True,  # cache decoded images in memory
+    },
+    "model": {
+        "backbone": "small_cnn",
+        "weights": "none",  # "none", "imagenet" or a weights file path
+        "pooling": "avg",  # "avg", "max" or "flatten"
+        "dropout": 0.2,
+        "dense_units": [],
+        "aux_ellipse": False,  # auxiliary output: 6 standardised ellipse values
+        "bn_momentum": 0.9,
+        "alpha": 0.0,  # MobileNetV2 width multiplier; 0 = the backbone's default
+        "standardise_output": True,  # predict (hc - mean) / sd of the training split
+    },
+    "train": {
+        "epochs": 30,
+        "batch_size": 16,
+        "learning_rate": 1e-4,
+        "loss": "mae",  # "mae", "mse" or "huber" (all in mm)
+        "huber_delta_mm": 5.0,
+        "aux_weight": 0.1,  # weight of the ellipse loss when model.aux_ellipse
+        "patience": 10,  # early stopping on the validation MAE (epochs)
+        "reduce_lr_patience": 5,
+        "reduce_lr_factor": 0.5,
+        "min_learning_rate": 1e-6,
+        "seed": 0,
+        "steps_per_epoch": 0,  # 0 = the whole training split each epoch
+        "tensorboard": True,
+    },
+}
+
+# Sections written by `train` into the resolved config; accepted when reading a run back.
+RESOLVED_SECTIONS = ("preprocessing", "run", "split")
+
+_OVERRIDE_ALIASES = {
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+    "fold": "data.fold",
+    "learning_rate": "train.learning_rate",
+}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list of integers"
+    return type(value).__name__
+
+
+def _check_value(section: str, key: str, value: Any) -> Any:
+    default = DEFAULTS[section][key]
+    where = f"config key [{section}] {key}"
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(
+            isinstance(item, int) and not isinstance(item, bool) for item in value
+        )
+    else:  # pragma: no cover - DEFAULTS only holds the types above
+        ok = True
+    if not ok:
+        raise ValueError(
+            f"{where} must be {_type_name(default)}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
+    data, model, train = config["data"], config["model"], config["train"]
+    checks = [
+        (data["image_size"] >= 16, "[data] image_size must be >= 16"),
+        (0.0 <= data["val_fraction"] < 1.0, "[data] val_fraction must be in [0, 1)"),
+        (0.0 <= data["test_fraction"] < 1.0, "[data] test_fraction must be in [0, 1)"),
+        (data["k"] == 0 or data["k"] >= 2, "[data] k must be 0 (no k-fold) or >= 2"),
+        (data["k"] < 2 or 0 <= data["fold"] < data["k"], "[data] fold must be in [0, k - 1]"),
+        (0.0 <= model["dropout"] < 1.0, "[model] dropout must be in [0, 1)"),
+        (all(units > 0 for units in model["dense_units"]), "[model] dense_units must be > 0"),
+        (0.0 < model["bn_momentum"] < 1.0, "[model] bn_momentum must be in (0, 1)"),
+        (model["alpha"] >= 0.0, "[model] alpha must be >= 0 (0 = default)"),
+        (train["epochs"] >= 1, "[train] epochs must be >= 1"),
+        (train["batch_size"] >= 1, "[train] batch_size must be >= 1"),
+        (train["learning_rate"] > 0, "[train] learning_rate must be > 0"),
+        (train["huber_delta_mm"] > 0, "[train] huber_delta_mm must be > 0"),
+        (train["aux_weight"] >= 0, "[train] aux_weight must be >= 0"),
+        (train["patience"] >= 1, "[train] patience must be >= 1"),
+        (train["reduce_lr_patience"] >= 1, "[train] reduce_lr_patience must be >= 1"),
+        (0 < train["reduce_lr_factor"] < 1, "[train] reduce_lr_factor must be in (0, 1)"),
+        (train["steps_per_epoch"] >= 0, "[train] steps_per_epoch must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    from fetalhc.losses import LOSS_NAMES
+    from fetalhc.models import available_backbones
+    from fetalhc.models.build import POOLINGS
+
+    if model["backbone"] not in available_backbones():
+        raise ValueError(
+            f"[model] backbone {model['backbone']!r} is unknown; known backbones: "
+            f"{', '.join(available_backbones())}"
+        )
+    if model["pooling"] not in POOLINGS:
+        raise ValueError(
+            f"[model] pooling {model['pooling']!r} is unknown; known: {', '.join(POOLINGS)}"
+        )
+    if train["loss"] not in LOSS_NAMES:
+        raise ValueError(
+            f"[train] loss {train['loss']!r} is unknown; known losses: {', '.join(LOSS_NAMES)}"
+        )
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: invalid TOML ({error})") from None
+
+
+def resolve_config(
+    config: dict[str, Any] | str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    allow_resolved: bool = False,
+) -> dict[str, Any]:
+    """Validate a config (dict or TOML path), fill defaults, apply ``overrides``.
+
+    ``overrides`` maps ``"section.key"`` (or the aliases ``epochs``, ``batch_size``, ``seed``,
+    ``fold``, ``learning_rate``) to values. With ``allow_resolved`` the run sections
+    (``[preprocessing]``, ``[run]``, ``[split]``) of a resolved config are kept as they are.
+    """
+    if config is None:
+        raw: dict[str, Any] = {}
+    elif isinstance(config, (str, os.PathLike)):
+        raw = read_toml(config)
+    elif isinstance(config, dict):
+        raw = copy.deepcopy(config)
+    else:
+        raise ValueError(f"config must be a dict or a TOML file path, got {type(config).__name__}")
+    resolved = copy.deepcopy(DEFAULTS)
+    extra: dict[str, Any] = {}
+    for section, values in raw.items():
+        if allow_resolved and section in RESOLVED_SECTIONS:
+            extra[section] = copy.deepcopy(values)
+            continue
+        if section not in DEFAULTS:
+            raise ValueError(
+                f"unknown config section [{section}]; known sections: {', '.join(DEFAULTS)}"
+            )
+        if not isinstance(values, dict):
+            raise ValueError(f"config section [{section}] must be a table of keys")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ValueError(
+                    f"unknown config key [{section}] {key}; known keys: "
+                    f"{', '.join(DEFAULTS[section])}"
+                )
+            resolved[section][key] = _check_value(section, key, value)
+    for dotted, value in (overrides or {}).items():
+        dotted = _OVERRIDE_ALIASES.get(dotted, dotted)
+        section, _, key = dotted.partition(".")
+        if section not in DEFAULTS or key not in DEFAULTS[section]:
+            raise ValueError(
+                f"unknown config key {dotted!r}; use section.key with a section of "
+                f"{', '.join(DEFAULTS)}"
+            )
+        resolved[section][key] = _check_value(section, key, value)
+    _check_ranges(resolved)
+    resolved.update(extra)
+    return resolved
+
+
+def parse_set_option(text: str) -> tuple[str, Any]:
+    """``"train.loss=mse"`` → ``("train.loss", "mse")``; the value is read as TOML
+    (numbers, booleans, lists, quoted strings) and otherwise taken as a bare string."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+        raise ValueError(f"--set expects section.key=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"value = {value}")["value"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key, parsed
+
+
+def write_config(config: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a resolved config as TOML (atomically)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as handle:
+        tomli_w.dump(config, handle)
+    os.replace(temporary, path)
+
+
+def user_sections(config: dict[str, Any]) -> dict[str, Any]:
+    """Only the ``[data]``, ``[model]`` and ``[train]`` sections (for comparing runs)."""
+    return {section: dict(config.get(section, {})) for section in DEFAULTS}
