@@ -27,8 +27,21 @@ from fetalhc.evaluate.randomisation import (
 )
 from fetalhc.evaluate.regions import ORDERS, make_grid, replacement_images
 from fetalhc.evaluate.stats import aopc, area_under_curve, bootstrap_ci, error_groups, summarise
+from fetalhc.evaluate.suite import (
+    METRICS,
+    EvaluationSettings,
+    MethodEvaluation,
+    evaluate_maps,
+    markdown_table,
+    metric_columns,
+    parse_metrics,
+    summary_table,
+    wide_table,
+)
 
 __all__ = [
+    "METRICS", "EvaluationSettings", "MethodEvaluation", "evaluate_maps", "markdown_table",
+    "metric_columns", "parse_metrics", "summary_table", "wide_table",
     "ORDERS", "PAPER_PROTOCOL", "PERTURBATIONS", "PRECISIONS", "BatchedForward",
     "DeletionCurves", "PerturbationCurves", "RandomisationResult", "aopc", "area_under_curve",
     "bootstrap_ci", "cascading_randomisation", "cast_model",

@@ -1,0 +1,309 @@
+"""All metrics for one method's maps in one call, with settings checked up front.
+
+This is what ``fetalhc evaluate`` runs per method; it is also the easiest entry point from
+Python::
+
+    settings = EvaluationSettings.paper()          # or EvaluationSettings(grid=8, ...)
+    settings.validate(images.shape, metrics)       # fail fast, before any map is computed
+    report = evaluate_maps(model, images, maps, pixel_size_mm, reference_mm,
+                           metrics=("aopc", "deletion", "insertion"), settings=settings)
+    report.per_image      # one row per image, metric columns with units
+    report.curves         # mean curves per order / kind (mm), for figures
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fetalhc.evaluate import stats
+from fetalhc.evaluate._common import (
+    AGGREGATIONS,
+    PERTURBATIONS,
+    PRECISIONS,
+    BatchedForward,
+    as_images,
+    as_maps,
+    as_vector,
+    check_choice,
+)
+from fetalhc.evaluate.deletion import UNITS, deletion_insertion
+from fetalhc.evaluate.localisation import RELEVANCE, localisation_scores
+from fetalhc.evaluate.perturbation import (
+    PAPER_PROTOCOL,
+    check_paper_input,
+    region_perturbation,
+)
+from fetalhc.evaluate.randomisation import SIMILARITIES, cascading_randomisation
+from fetalhc.evaluate.regions import ORDERS, make_grid
+
+METRICS = ("aopc", "deletion", "insertion", "localisation", "randomisation")
+
+
+def parse_metrics(metrics) -> tuple[str, ...]:
+    """``"aopc,deletion"`` or a list → a tuple of known metric names (ValueError otherwise)."""
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",")]
+    names = tuple(dict.fromkeys(m for m in metrics if m))
+    if not names:
+        raise ValueError(f"no metric given; choose from: {', '.join(METRICS)}")
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from: "
+                         f"{', '.join(METRICS)}")
+    return names
+
+
+@dataclass
+class EvaluationSettings:
+    """Every knob of the evaluation; ``paper()`` gives the seed paper's protocol."""
+
+    # region perturbation / AOPC
+    grid: int = 4
+    steps: int | None = None
+    regions_per_step: int = 1
+    orders: tuple[str, ...] = ORDERS
+    perturbation: str = "noise"
+    noise_sd: float = 0.3
+    blur_sigma: float = 4.0
+    aggregation: str = "mean"
+    recompute: bool = False
+    # deletion / insertion
+    deletion_unit: str = "pixels"
+    deletion_steps: int = 20
+    baseline: str = "zeros"
+    # localisation
+    band_mm: float = 3.0
+    relevance: str = "positive"
+    top_percent: float = 5.0
+    # randomisation
+    similarity: str = "spearman_abs"
+    similarity_threshold: float = 0.5
+    randomisation_images: int = 8
+    # statistics and compute
+    confidence: float = 0.95
+    n_boot: int = 2000
+    seed: int = 0
+    batch_size: int = 256
+    precision: str = "float32"
+    protocol: str | None = None
+    explain_target: str = "hc_mm"
+    explain_options: dict = field(default_factory=dict)
+
+    @classmethod
+    def paper(cls, **overrides) -> EvaluationSettings:
+        """Zhang et al. 2020: 128 px input, 4 x 4 regions ranked by mean signed relevance,
+        N(0, 0.3) replacement, 15 steps of one region, maps computed once."""
+        values = {key: PAPER_PROTOCOL[key] for key in
+                  ("grid", "aggregation", "perturbation", "noise_sd", "steps",
+                   "regions_per_step")}
+        values.update(recompute=False, protocol="paper")
+        values.update(overrides)
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["orders"] = list(self.orders)
+        return values
+
+    def validate(self, image_shape, metrics=METRICS) -> None:
+        """Check the settings against the images' shape ``(N, H, W[, C])``; one-line errors."""
+        metrics = parse_metrics(metrics)
+        check_choice(self.perturbation, PERTURBATIONS, "perturbation")
+        check_choice(self.baseline, PERTURBATIONS, "perturbation (deletion baseline)")
+        check_choice(self.aggregation, AGGREGATIONS, "aggregation")
+        check_choice(self.deletion_unit, UNITS, "deletion unit")
+        check_choice(self.relevance, RELEVANCE, "relevance")
+        check_choice(self.similarity, SIMILARITIES, "similarity")
+        check_choice(self.precision, PRECISIONS, "precision")
+        for order in self.orders:
+            check_choice(order, ORDERS, "order")
+        if self.protocol == "paper":
+            check_paper_input(image_shape)
+        height, width = int(image_shape[1]), int(image_shape[2])
+        curves = "deletion" in metrics or "insertion" in metrics
+        if "aopc" in metrics or (curves and self.deletion_unit == "regions"):
+            grid = make_grid((height, width), grid=self.grid)
+            n_regions = grid.n_regions
+            steps = self.steps if self.steps is not None else \
+                max(1, (n_regions - 1) // self.regions_per_step)
+            if "aopc" in metrics and (steps < 1 or steps * self.regions_per_step > n_regions):
+                raise ValueError(
+                    f"{steps} steps of {self.regions_per_step} region(s) need "
+                    f"{steps * self.regions_per_step} regions but the {self.grid} x {self.grid}"
+                    f" grid has only {n_regions}; use at most "
+                    f"{n_regions // self.regions_per_step} steps"
+                )
+        total = height * width if self.deletion_unit == "pixels" else self.grid ** 2
+        if curves and not 1 <= self.deletion_steps <= total:
+            raise ValueError(f"deletion steps must lie between 1 and the number of "
+                             f"{self.deletion_unit} ({total}); got {self.deletion_steps}")
+
+
+@dataclass
+class MethodEvaluation:
+    """The results for one method: per-image metrics, mean curves, randomisation stages."""
+
+    per_image: pd.DataFrame
+    curves: pd.DataFrame
+    randomisation: pd.DataFrame | None = None
+
+
+def _mean_curves(values: np.ndarray, x: np.ndarray, label: dict, quantity: str) -> list[dict]:
+    """Mean over images and 95 % normal CI per point of per-image curves ``(N, F)``."""
+    rows = []
+    finite = np.isfinite(values).all(axis=1)
+    data = values[finite]
+    for j, position in enumerate(x):
+        column = data[:, j] if len(data) else np.array([np.nan])
+        mean = float(np.mean(column))
+        half = float(1.96 * np.std(column, ddof=1) / np.sqrt(len(column))) if len(column) > 1 \
+            else 0.0
+        rows.append({**label, "quantity": quantity, "x": float(position), "mean": mean,
+                     "ci_low": mean - half, "ci_high": mean + half, "n": int(len(data))})
+    return rows
+
+
+def evaluate_maps(
+    model,
+    images,
+    maps,
+    pixel_size_mm,
+    reference_mm=None,
+    *,
+    metrics=("aopc", "deletion", "insertion"),
+    settings: EvaluationSettings | None = None,
+    annotation=None,
+    pixel_size_original_mm=None,
+    method: str | None = None,
+    forward: BatchedForward | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MethodEvaluation:
+    """Run the requested metrics on one method's ``maps``.
+
+    ``localisation`` needs ``annotation`` (0/1 outlines, ``(N, H, W[, 1])``);
+    ``randomisation`` and ``settings.recompute`` need ``method`` (an explain registry name).
+    Per-image columns carry their unit (``_mm``, ``_px_original``, ratios are unitless).
+    """
+    settings = settings or EvaluationSettings()
+    metrics = parse_metrics(metrics)
+    images = as_images(images)
+    settings.validate(images.shape, metrics)
+    maps = as_maps(maps, images)
+    n = images.shape[0]
+    pixel_size = as_vector(pixel_size_mm, n, "pixel_size_mm")
+    reference = as_vector(reference_mm, n, "reference_mm", allow_none=True)
+    if "localisation" in metrics and annotation is None:
+        raise ValueError("localisation needs the annotated contours (annotation=...)")
+    if ("randomisation" in metrics or settings.recompute) and method is None:
+        raise ValueError("randomisation and recomputed maps need the explain method's name")
+    forward = forward or BatchedForward(model, settings.batch_size, settings.precision)
+    columns: dict[str, np.ndarray] = {}
+    curve_rows: list[dict] = []
+    common = dict(seed=settings.seed, forward=forward, progress=progress)
+
+    unperturbed = forward.predict(images) * pixel_size
+    columns["hc_pred_mm"] = unperturbed
+    columns["reference_mm"] = reference
+    columns["abs_error_mm"] = np.abs(unperturbed - reference)
+
+    if "aopc" in metrics:
+        curves = region_perturbation(
+            model, images, maps, pixel_size, reference, grid=settings.grid,
+            steps=settings.steps, regions_per_step=settings.regions_per_step,
+            orders=settings.orders, perturbation=settings.perturbation,
+            noise_sd=settings.noise_sd, blur_sigma=settings.blur_sigma,
+            aggregation=settings.aggregation,
+            recompute=method if settings.recompute else None,
+            target=settings.explain_target, explain_options=settings.explain_options,
+            pixel_size_original_mm=pixel_size_original_mm, **common)
+        table = curves.per_image()
+        for name in table.columns:
+            if name.startswith("aopc_"):
+                columns[name] = table[name].to_numpy()
+        for order in curves.orders:
+            for quantity in curves.quantities():
+                curve_rows += _mean_curves(curves.curve(quantity, order),
+                                           curves.regions_removed,
+                                           {"curve": "perturbation", "order": order}, quantity)
+
+    kinds = [k for k in ("deletion", "insertion") if k in metrics]
+    if kinds:
+        result = deletion_insertion(
+            model, images, maps, pixel_size, reference, kinds=kinds,
+            unit=settings.deletion_unit, steps=settings.deletion_steps,
+            grid=settings.grid if settings.deletion_unit == "regions" else None,
+            baseline=settings.baseline, noise_sd=settings.noise_sd,
+            blur_sigma=settings.blur_sigma, aggregation=settings.aggregation, **common)
+        for kind, curves in result.items():
+            for name, values in curves.per_image().items():
+                columns[name] = values.to_numpy()
+            for quantity in ("abs_error_mm", "shift_mm"):
+                curve_rows += _mean_curves(getattr(curves, quantity), curves.fractions,
+                                           {"curve": kind, "order": "morf"}, quantity)
+
+    if "localisation" in metrics:
+        scores = localisation_scores(maps, annotation, pixel_size, band_mm=settings.band_mm,
+                                     relevance=settings.relevance,
+                                     top_percent=settings.top_percent)
+        for name in scores.columns:
+            columns[name] = scores[name].to_numpy()
+
+    randomisation = None
+    if "randomisation" in metrics:
+        count = min(n, max(1, int(settings.randomisation_images)))
+        result = cascading_randomisation(
+            model, images[:count], method, pixel_size[:count], reference[:count],
+            maps=maps[:count], target=settings.explain_target,
+            explain_options=settings.explain_options, similarity=settings.similarity,
+            threshold=settings.similarity_threshold, seed=settings.seed)
+        randomisation = result.stage_means()
+        randomisation["final_similarity"] = result.final_similarity
+        randomisation["similarity"] = settings.similarity
+        randomisation["flagged"] = result.flagged
+
+    return MethodEvaluation(pd.DataFrame(columns), pd.DataFrame(curve_rows), randomisation)
+
+
+# ----------------------------------------------------------------------------- tables
+def metric_columns(per_image: pd.DataFrame) -> list[str]:
+    """The per-image columns that are evaluation metrics (not predictions or labels)."""
+    skip = {"method", "filename", "image", "hc_pred_mm", "reference_mm", "abs_error_mm",
+            "error_group"}
+    return [c for c in per_image.columns
+            if c not in skip and pd.api.types.is_numeric_dtype(per_image[c])]
+
+
+def summary_table(per_image: pd.DataFrame, by=("method",), confidence: float = 0.95,
+                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Long summary: group(s) × metric with mean and bootstrap CI over images."""
+    return stats.summarise(per_image, metric_columns(per_image), by=by,
+                           confidence=confidence, n_boot=n_boot, seed=seed)
+
+
+def wide_table(summary: pd.DataFrame, index=("method",), digits: int = 3) -> pd.DataFrame:
+    """Methods (rows) × metrics (columns), cells ``"mean [low, high]"``."""
+    index = list(index)
+    cells = summary.assign(cell=[
+        "n/a" if not np.isfinite(m) else
+        f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        for m, lo, hi in zip(summary["mean"], summary["ci_low"], summary["ci_high"],
+                             strict=True)])
+    wide = cells.pivot_table(index=index, columns="metric", values="cell", aggfunc="first",
+                             sort=False)
+    order = list(dict.fromkeys(summary["metric"]))
+    return wide.reindex(columns=[m for m in order if m in wide.columns])
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (its index becomes the first columns)."""
+    flat = frame.reset_index()
+    header = [str(c) for c in flat.columns]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in flat.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines) + "\n"
