@@ -20,6 +20,7 @@ left unknown in the signature, so a function is traced once and reused for every
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Callable, Mapping
@@ -596,6 +597,18 @@ def _forward(context: ExplainContext):
     return cache.functions[key]
 
 
+@contextlib.contextmanager
+def _named_errors(method: str):
+    """Prefix a method's ValueError / NotImplementedError with the method name (one line)."""
+    try:
+        yield
+    except (ValueError, NotImplementedError) as error:
+        message = " ".join(str(error).split())
+        if message.startswith(f"{method}:") or message.startswith(f"{method} "):
+            raise
+        raise type(error)(f"{method}: {message}") from error
+
+
 def explain_batch(
     model,
     images,
@@ -640,7 +653,8 @@ def explain_batch(
         input_shape=tuple(int(d) for d in inputs.images.shape[1:]),
         batch_size=batch_size, chunk_size=chunk_size, output=output,
     )
-    method_instance.setup(context)
+    with _named_errors(method_instance.name):
+        method_instance.setup(context)
     pixel_size_array = inputs.pixel_size if inputs.pixel_size is not None else np.full(n, np.nan, np.float32)
     reference_array = inputs.reference if inputs.reference is not None else np.full(n, np.nan, np.float32)
     extras = {
@@ -657,12 +671,13 @@ def explain_batch(
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         batch = tf.constant(inputs.images[start:stop])
-        result = function(
-            batch,
-            tf.constant(pixel_size_array[start:stop]),
-            tf.constant(reference_array[start:stop]),
-            *[tf.constant(extras[name][start:stop]) for name in extra_names],
-        )
+        with _named_errors(method_instance.name):
+            result = function(
+                batch,
+                tf.constant(pixel_size_array[start:stop]),
+                tf.constant(reference_array[start:stop]),
+                *[tf.constant(extras[name][start:stop]) for name in extra_names],
+            )
         result = dict(result)
         attribution = result.pop("map")
         if attribution.shape.rank == 4:

@@ -1,0 +1,248 @@
+"""Explanation methods: analytic known answers and a common test over the whole registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from explain_models import gap_model, linear_model, random_images, tiny_cnn, tiny_residual
+
+import fetalhc.explain as fe
+from fetalhc.explain.integrated_gradients import (
+    DEFAULT_RULE,
+    DEFAULT_STEPS,
+    RULES,
+    gaussian_blur,
+    make_baseline,
+    quadrature,
+)
+
+PIXEL_SIZE = 0.25
+
+
+@pytest.fixture(scope="module")
+def linear():
+    model = linear_model(size=16)
+    weights = model.get_layer("hc_px_input").kernel.numpy().reshape(16, 16)
+    return model, weights, random_images(4, 16, seed=3)
+
+
+# ------------------------------------------------------------------ analytic, linear model
+def test_gradient_is_the_weights(linear):
+    model, weights, x = linear
+    maps = fe.explain(model, x, method="gradient", pixel_size=PIXEL_SIZE)
+    np.testing.assert_allclose(maps, np.broadcast_to(PIXEL_SIZE * weights, maps.shape), atol=1e-7)
+
+
+def test_input_x_gradient_is_w_times_x(linear):
+    model, weights, x = linear
+    maps = fe.explain(model, x, method="input_x_gradient", pixel_size=PIXEL_SIZE)
+    np.testing.assert_allclose(maps, PIXEL_SIZE * weights * x[..., 0], atol=1e-6)
+
+
+def test_channels_are_summed():
+    model = linear_model(size=8, channels=3)
+    weights = model.get_layer("hc_px_input").kernel.numpy().reshape(8, 8, 3)
+    x = random_images(2, 8, channels=3)
+    maps = fe.explain(model, x, method="input_x_gradient", target="hc_px_input")
+    np.testing.assert_allclose(maps, (weights * x).sum(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("baseline", ["zeros", "blur", "noise", 0.5])
+@pytest.mark.parametrize("rule", RULES)
+def test_integrated_gradients_is_w_times_x_minus_baseline(linear, baseline, rule):
+    model, weights, x = linear
+    result = fe.explain_batch(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
+                              baseline=baseline, rule=rule, steps=3)
+    b = make_baseline(x, baseline, 5.0, 0.3, 0)
+    np.testing.assert_allclose(result.maps, PIXEL_SIZE * weights * (x - b)[..., 0], atol=1e-5)
+    assert np.all(result.metadata["completeness_gap"] < 1e-4)
+    assert result.info["baseline"] == baseline and result.units == "mm"
+
+
+def test_integrated_gradients_array_baseline(linear):
+    model, weights, x = linear
+    b = np.full((16, 16, 1), -1.0, np.float32)
+    maps = fe.explain(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE, baseline=b)
+    np.testing.assert_allclose(maps, PIXEL_SIZE * weights * (x - b)[..., 0], atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        fe.explain(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
+                   baseline=np.zeros((4, 4, 1), np.float32))
+
+
+def test_quadrature_rules():
+    for rule in RULES:
+        nodes, weights = quadrature(rule, 5)
+        assert nodes.min() >= 0 and nodes.max() <= 1
+        assert weights.sum() == pytest.approx(1.0, abs=1e-6)
+    nodes, weights = quadrature("gauss_legendre", 4)  # exact up to degree 7
+    assert float(np.sum(weights * nodes.astype(np.float64) ** 7)) == pytest.approx(1 / 8, rel=1e-5)
+    nodes, weights = quadrature("trapezoid", 3)
+    np.testing.assert_allclose(nodes, [0, 0.5, 1]) and np.testing.assert_allclose(weights, [0.25, 0.5, 0.25])
+    with pytest.raises(ValueError, match="steps >= 2"):
+        quadrature("trapezoid", 1)
+
+
+def test_blur_baseline_keeps_constants_and_smooths():
+    constant = np.full((1, 12, 12, 1), 2.0, np.float32)
+    np.testing.assert_allclose(gaussian_blur(constant, 2.0), constant, atol=1e-6)
+    noise = random_images(1, 32, seed=1)
+    assert gaussian_blur(noise, 3.0).std() < 0.6 * noise.std()
+
+
+def test_smoothgrad_on_a_linear_model_is_the_gradient(linear):
+    model, weights, x = linear
+    maps = fe.explain(model, x, method="smoothgrad", pixel_size=PIXEL_SIZE, n=4)
+    np.testing.assert_allclose(maps, np.broadcast_to(PIXEL_SIZE * weights, maps.shape), atol=1e-6)
+
+
+def test_smoothgrad_noise_is_seeded_and_relative_to_the_range():
+    model, x = gap_model(size=16), random_images(2, 16)
+    first = fe.explain(model, x, method="smoothgrad", pixel_size=PIXEL_SIZE, n=3, seed=1)
+    again = fe.explain(model, x, method="smoothgrad", pixel_size=PIXEL_SIZE, n=3, seed=1)
+    other = fe.explain(model, x, method="smoothgrad", pixel_size=PIXEL_SIZE, n=3, seed=2)
+    plain = fe.explain(model, x, method="gradient", pixel_size=PIXEL_SIZE)
+    no_noise = fe.explain(model, x, method="smoothgrad", pixel_size=PIXEL_SIZE, n=3, noise_level=0.0)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    np.testing.assert_allclose(no_noise, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("patch, stride", [(4, 4), (4, 2), (5, 3)])
+def test_occlusion_on_a_linear_model(linear, patch, stride):
+    """Each patch's delta = f(x) - f(occluded) = sum over the patch of w * x (fill 0), i.e.
+    minus the change of the target; a pixel gets the mean delta of its covering patches."""
+    model, weights, x = linear
+    maps = fe.explain(model, x, method="occlusion", pixel_size=PIXEL_SIZE, patch=patch,
+                      stride=stride, chunk_size=7)
+    contribution = PIXEL_SIZE * weights * x[..., 0]
+    starts = sorted(set(range(0, 16 - patch + 1, stride)) | {16 - patch})
+    total, count = np.zeros_like(contribution), np.zeros((16, 16))
+    for r in starts:
+        for c in starts:
+            delta = contribution[:, r:r + patch, c:c + patch].sum(axis=(1, 2))
+            total[:, r:r + patch, c:c + patch] += delta[:, None, None]
+            count[r:r + patch, c:c + patch] += 1
+    np.testing.assert_allclose(maps, total / count, atol=1e-5)
+
+
+def test_occlusion_fill_value_and_patch_too_large(linear):
+    model, weights, x = linear
+    maps = fe.explain(model, x, method="occlusion", pixel_size=PIXEL_SIZE, patch=16, stride=16, fill=1.0)
+    expected = (PIXEL_SIZE * weights * (x[..., 0] - 1.0)).sum(axis=(1, 2))
+    np.testing.assert_allclose(maps, np.broadcast_to(expected[:, None, None], maps.shape), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="larger than the input"):
+        fe.explain(model, x, method="occlusion", pixel_size=PIXEL_SIZE, patch=17)
+
+
+# ------------------------------------------------------------------ Grad-CAM
+def test_gradcam_matches_hand_computation():
+    """F = sum_k v_k mean_ij A_ijk + c, so dF/dA_ijk = v_k / (h w) and cam = sum_k v_k/(hw) A_k."""
+    model, x = gap_model(size=16, filters=3), random_images(3, 16, seed=5)
+    model.get_layer("hc_px_input").kernel.assign([[1.0], [-2.0], [0.5]])  # mixed signs
+    activations = model.get_layer("conv")(x).numpy()
+    dense = model.get_layer("hc_px_input").kernel.numpy()[:, 0]
+    expected = PIXEL_SIZE * np.einsum("k,bijk->bij", dense / (16 * 16), activations)
+    result = fe.explain_batch(model, x, method="gradcam", pixel_size=PIXEL_SIZE, layer_name="conv")
+    np.testing.assert_allclose(result.maps, expected, atol=1e-7)
+    assert result.info["layer_name"] == "conv"
+    assert (result.maps < 0).any() and (result.maps > 0).any()  # signed by default
+    clipped = fe.explain(model, x, method="gradcam", pixel_size=PIXEL_SIZE, relu=True)
+    np.testing.assert_allclose(clipped, np.maximum(expected, 0), atol=1e-7)
+
+
+def test_gradcam_pp_matches_hand_computation():
+    model, x = gap_model(size=16, filters=3, seed=2), random_images(2, 16, seed=6)
+    activations = model.get_layer("conv")(x).numpy().astype(np.float64)
+    g = PIXEL_SIZE * model.get_layer("hc_px_input").kernel.numpy()[:, 0].astype(np.float64) / 256
+    denominator = 2 * g**2 + activations.sum(axis=(1, 2), keepdims=True) * g**3
+    alpha = np.where(denominator != 0, g**2 / np.where(denominator != 0, denominator, 1), 0)
+    weights = np.broadcast_to(alpha * g, activations.shape).sum(axis=(1, 2))
+    expected = np.einsum("bk,bijk->bij", weights, activations)
+    maps = fe.explain(model, x, method="gradcam_pp", pixel_size=PIXEL_SIZE)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_gradcam_upsamples_a_coarse_layer():
+    model, x = tiny_cnn(size=32), random_images(2, 32)
+    result = fe.explain_batch(model, x, method="gradcam", pixel_size=PIXEL_SIZE)
+    assert result.info["layer_name"] == "top_conv"  # the last 4-D layer
+    coarse = fe.explain(model, x, method="gradcam", pixel_size=PIXEL_SIZE, layer_name="block2_pool")
+    assert coarse.shape == (2, 32, 32)
+
+
+def test_gradcam_layer_errors_list_candidates():
+    model, x = tiny_cnn(size=32), random_images(1, 32)
+    with pytest.raises(ValueError, match="'nope' does not exist.*top_conv"):
+        fe.explain(model, x, method="gradcam", pixel_size=PIXEL_SIZE, layer_name="nope")
+    with pytest.raises(ValueError, match="'dense' is not 4-D.*block1_conv"):
+        fe.explain(model, x, method="gradcam_pp", pixel_size=PIXEL_SIZE, layer_name="dense")
+
+
+def test_gradcam_default_layer_is_the_recorded_backbone_layer():
+    models = pytest.importorskip("fetalhc.models")
+    model = models.build_model("small_cnn", (32, 32, 1))
+    expected = models.gradcam_layer_name(model)
+    result = fe.explain_batch(model, random_images(1, 32), method="gradcam", pixel_size=PIXEL_SIZE)
+    assert result.info["layer_name"] == expected
+
+
+# ------------------------------------------------------------------ IG completeness
+def test_integrated_gradients_default_is_complete_on_a_relu_cnn():
+    model, x = tiny_cnn(size=32, seed=4), random_images(6, 32, seed=7)
+    result = fe.explain_batch(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE)
+    assert result.info["rule"] == DEFAULT_RULE and result.info["steps"] == DEFAULT_STEPS
+    relative = result.metadata["completeness_gap_relative"]
+    assert np.all(relative < 0.01), relative
+    difference = result.metadata["target_value"] - result.metadata["baseline_target"]
+    np.testing.assert_allclose(result.maps.sum(axis=(1, 2)), difference, rtol=0.01)
+
+
+# ------------------------------------------------------------------ every registered method
+ARCHITECTURES = {"tiny_cnn": tiny_cnn, "tiny_residual": tiny_residual}
+OWN_METHODS = {"gradient", "smoothgrad", "input_x_gradient", "integrated_gradients",
+               "gradcam", "gradcam_pp", "occlusion"}
+FAST_OPTIONS = {"smoothgrad": {"n": 4}, "integrated_gradients": {"steps": 8},
+                "occlusion": {"patch": 8, "stride": 8}}
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def architecture(request):
+    return request.param, ARCHITECTURES[request.param](size=32)
+
+
+def _as(kind, x, pixel_size):
+    if kind == "numpy":
+        return x, {"pixel_size": pixel_size}
+    if kind == "tensor":
+        return tf.constant(x), {"pixel_size": pixel_size}
+    dataset = tf.data.Dataset.from_tensor_slices({
+        "image": x, "pixel_size_mm": pixel_size, "hc_mm": np.full(len(x), 150.0, np.float32),
+    }).batch(2)
+    return dataset, {}
+
+
+@pytest.mark.parametrize("method", fe.available_methods())
+def test_every_registered_method(architecture, method):
+    name, model = architecture
+    x = random_images(3, 32, seed=11)
+    pixel_size = np.array([0.2, 0.3, 0.4], np.float32)
+    options = FAST_OPTIONS.get(method, {})
+    results = []
+    for kind in ("numpy", "tensor", "dataset"):
+        images, extra = _as(kind, x, pixel_size)
+        try:
+            maps = fe.explain(model, images, method=method, batch_size=2, **extra, **options)
+        except (ValueError, NotImplementedError) as error:
+            # a method may refuse an architecture, but clearly and only if it is not ours
+            assert method not in OWN_METHODS, f"{method} failed on {name}: {error}"
+            assert "\n" not in str(error) and method in str(error), str(error)
+            return
+        assert maps.shape == (3, 32, 32) and maps.dtype == np.float32
+        assert np.all(np.isfinite(maps))
+        assert np.abs(maps).max() > 0, f"{method} returned an all-zero map"
+        results.append(maps)
+    for other in results[1:]:  # same inputs, three containers, identical maps
+        np.testing.assert_allclose(results[0], other, rtol=1e-5, atol=1e-7)
+    again = fe.explain(model, x, method=method, pixel_size=pixel_size, batch_size=2, **options)
+    np.testing.assert_array_equal(results[0], again)
