@@ -1,0 +1,124 @@
+"""``fetalhc predict``: HC (mm) for a split, in the HC18 challenge format.
+
+Pre-processing and the default split come from the model's run folder (the folder holding
+``model.keras`` and ``config.toml``). With references (train/val/test splits), also writes
+beside ``--out``: ``<stem>_per_image.csv``, ``<stem>_metrics.json``,
+``<stem>_bland_altman.png`` and ``<stem>_scatter.png``. The reference HC is never used to
+compute a prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+CHALLENGE_COLUMNS = ("filename", "head circumference (mm)")
+
+
+def _write_atomic_csv(frame, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(temporary, index=False, float_format="%.4f")
+    os.replace(temporary, path)
+
+
+def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Path,
+                    tta: bool = False, batch_size: int = 32,
+                    image_size: int | None = None) -> dict:
+    """Library side of ``fetalhc predict``; returns what it wrote."""
+    import fetalhc
+    from fetalhc.metrics import summarise_mm
+    from fetalhc.models import check_input_size
+    from fetalhc.training import load_run, predict_hc_mm, prediction_table, run_split_index
+    from fetalhc.viz.agreement import bland_altman_figure, save_figure, scatter_figure
+
+    model = fetalhc.load_model(model_path)
+    run = None
+    if (Path(model_path).parent / "config.toml").is_file():
+        run = load_run(Path(model_path).parent)
+    if image_size is None:
+        if run is None:
+            shape = model.inputs[0].shape
+            image_size = int(shape[1]) if shape[1] is not None else 0
+        else:
+            image_size = run.image_size
+    check_input_size(model, image_size)
+    split = split or "test"
+    if run is None:
+        if split != "challenge":
+            raise ValueError(
+                f"{model_path} has no run folder (config.toml beside it), so only "
+                "--split challenge is possible"
+            )
+        index = run_split_index({}, data_dir, "challenge")
+    else:
+        index = run_split_index(run.config, data_dir, split)
+    predictions = predict_hc_mm(model, index, image_size, batch_size=batch_size, tta=tta)
+
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise ValueError(f"--out must be a .csv file, got {out}")
+    written = {"predictions": out}
+    challenge = predictions[["filename", "prediction (mm)"]].rename(
+        columns={"prediction (mm)": CHALLENGE_COLUMNS[1]})
+    has_reference = index["hc_mm"].notna().all()
+    outputs = {}
+    if has_reference:
+        table = prediction_table(predictions, index)
+        summary = summarise_mm(table["prediction (mm)"], table["reference (mm)"])
+        summary = {"split": split, "model": str(model_path), "tta": bool(tta),
+                   "image_size": int(image_size), "units": "mm (pmae in %)", **summary}
+        bland_altman = bland_altman_figure(table["prediction (mm)"], table["reference (mm)"],
+                                           title=f"Bland–Altman, {split} split")
+        scatter = scatter_figure(table["prediction (mm)"], table["reference (mm)"])
+        outputs = {"table": table, "summary": summary, "bland_altman": bland_altman,
+                   "scatter": scatter}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic_csv(challenge, out)
+    if outputs:
+        stem = out.with_suffix("")
+        paths = {
+            "per_image": Path(f"{stem}_per_image.csv"),
+            "metrics": Path(f"{stem}_metrics.json"),
+            "bland_altman": Path(f"{stem}_bland_altman.png"),
+            "scatter": Path(f"{stem}_scatter.png"),
+        }
+        _write_atomic_csv(outputs["table"], paths["per_image"])
+        paths["metrics"].write_text(json.dumps(outputs["summary"], indent=2))
+        save_figure(outputs["bland_altman"], paths["bland_altman"])
+        save_figure(outputs["scatter"], paths["scatter"])
+        written.update(paths)
+        written["summary"] = outputs["summary"]
+    written["n"] = len(predictions)
+    return written
+
+
+@click.command("predict")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="A fetalhc model.keras.")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="HC18-layout data folder.")
+@click.option("--split", type=click.Choice(["challenge", "test", "val", "train"]), default=None,
+              help="Which images (default: the run's test split).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Prediction CSV (filename,head circumference (mm)).")
+@click.option("--tta", is_flag=True,
+              help="Test-time augmentation: average over horizontal/vertical flips.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--image-size", type=int, default=None,
+              help="Input size (default: from the run folder or the model).")
+def command(model_path, data_dir, split, out, tta, batch_size, image_size):
+    """Predict HC (mm) with a trained model."""
+    written = predict_command(model_path, data_dir, split, out, tta=tta, batch_size=batch_size,
+                              image_size=image_size)
+    click.echo(f"wrote {written['n']} predictions to {written['predictions']}")
+    summary = written.get("summary")
+    if summary:
+        click.echo(
+            f"{summary['split']}: MAE {summary['mae_mm']:.2f} mm, RMSE {summary['rmse_mm']:.2f} "
+            f"mm, DF {summary['df_mm']:+.2f} mm, PMAE {summary['pmae_percent']:.2f} % "
+            f"(n = {summary['n']}); tables and plots beside it"
+        )
