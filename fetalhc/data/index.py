@@ -102,15 +102,16 @@ def _positive_number(text: str) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def _image_size(path: Path, problems: _Problems, where: str, what: str):
+def _image_size(path: Path, problems: _Problems, where: str, what: str, verify: bool):
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
         problems.add(f"{where}: {what} {path} is missing")
         return None
     try:
-        with Image.open(path) as image:
-            image.verify()
+        if verify:  # reads the whole file and checks its checksums
+            with Image.open(path) as image:
+                image.verify()
         with Image.open(path) as image:
             return image.size  # (width, height)
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
@@ -183,11 +184,12 @@ def _load(root, part: str, validate: bool, problems: _Problems, progress=None) -
             else:
                 hc_mm = hc_value
         image_path = folder / filename
-        size = _image_size(image_path, problems, where, "image")
+        size = _image_size(image_path, problems, where, "image", validate)
         annotation_path = None
         if training:
             annotation_path = folder / annotation_name(filename)
-            annotation_size = _image_size(annotation_path, problems, where, "annotation")
+            annotation_size = _image_size(annotation_path, problems, where, "annotation",
+                                          validate)
             if size is not None and annotation_size is not None and annotation_size != size:
                 problems.add(
                     f"{where}: annotation {annotation_path.name} is "
@@ -226,19 +228,21 @@ def load_index(root, part: str = "training", validate: bool = True) -> pd.DataFr
 
     Every row's image (and, for ``part="training"``, annotation) must exist and be a readable
     image of the same size; pixel sizes and HCs must be positive numbers; file names must be
-    plain names inside the part's folder. ``validate=True`` additionally decodes every
-    annotation to check that it holds an outline. The first problem raises
+    plain names inside the part's folder. ``validate=True`` additionally verifies every PNG's
+    checksums and decodes every annotation to check that it holds an outline (about 3 ms
+    per image; ``validate=False`` reads the headers only). The first problem raises
     :class:`~fetalhc.data.DataError` naming the file or CSV line.
     """
     return _load(root, part, validate, _Problems(collect=False, messages=[]))
 
 
-def index_problems(root, part: str = "training", progress=None) -> tuple[pd.DataFrame, list]:
-    """Like :func:`load_index` with validation, but collect every row problem.
+def index_problems(root, part: str = "training", validate: bool = True,
+                   progress=None) -> tuple[pd.DataFrame, list]:
+    """Like :func:`load_index`, but collect every row problem instead of raising the first.
 
     Returns the index of the good rows and the list of one-line problem messages. Problems
     with the folder or the CSV as a whole still raise :class:`~fetalhc.data.DataError`.
     """
     problems = _Problems(collect=True, messages=[])
-    index = _load(root, part, True, problems, progress=progress)
+    index = _load(root, part, validate, problems, progress=progress)
     return index, problems.messages

@@ -1,0 +1,75 @@
+"""``fetalhc data``: check an HC18-layout folder, or write a phantom dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+MAX_LISTED_PROBLEMS = 20
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    def progress(iterable, total=None, desc=None, unit="it"):
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)
+
+    return progress
+
+
+@click.group("data")
+def command():
+    """Check the HC18 folder, or synthesise phantoms in the HC18 layout."""
+
+
+@command.command("check")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--refit/--no-refit", default=True, show_default=True,
+              help="Refit every annotation and compare its HC with the CSV.")
+@click.option("--tolerance-mm", type=float, default=0.05, show_default=True,
+              help="Largest allowed |refit HC - CSV HC| in mm.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def check(root: Path, refit: bool, tolerance_mm: float, progress: bool):
+    """Validate ROOT (training_set/ + CSV, optional test_set/) and print a summary.
+
+    Exits with status 1 when any problem is found.
+    """
+    from fetalhc.data.check import check_dataset
+
+    report = check_dataset(root, refit=refit, tolerance_mm=tolerance_mm,
+                           progress=_progress(progress))
+    for line in report.summary_lines():
+        click.echo(line)
+    if report.ok:
+        click.echo("OK: no problems found")
+        return
+    for message in report.problems[:MAX_LISTED_PROBLEMS]:
+        click.echo(f"problem: {message}", err=True)
+    if len(report.problems) > MAX_LISTED_PROBLEMS:
+        click.echo(f"... and {len(report.problems) - MAX_LISTED_PROBLEMS} more problems",
+                   err=True)
+    raise click.ClickException(f"{len(report.problems)} problem(s) found in {root}")
+
+
+@command.command("synth")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Number of training images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--challenge", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Number of test_set/ images without HC.")
+@click.option("--width", type=click.IntRange(min=32), default=320, show_default=True)
+@click.option("--height", type=click.IntRange(min=32), default=216, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def synth(out_dir: Path, n: int, seed: int, challenge: int, width: int, height: int,
+          overwrite: bool, progress: bool):
+    """Write N phantom images with known HC to OUT_DIR in the HC18 layout."""
+    from fetalhc.data.phantom import write_phantom_dataset
+
+    write_phantom_dataset(out_dir, n=n, seed=seed, challenge=challenge, width=width,
+                          height=height, overwrite=overwrite, progress=_progress(progress))
+    click.echo(f"wrote {n} training and {challenge} challenge phantoms to {out_dir}")
