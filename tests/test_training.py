@@ -1,0 +1,231 @@
+"""Training on phantoms: a short fit learns (acceptance), the run folder and its config,
+reading runs back, and every bad input of the config and the output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fetalhc.training import (
+    evaluate_split,
+    load_run,
+    parse_set_option,
+    resolve_config,
+    run_split_index,
+    train,
+)
+from fetalhc.training.run import _backup_epoch, _truncate_history
+
+REPO = Path(__file__).resolve().parents[1]
+
+QUICK = {
+    "data": {"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2, "cache": True},
+    "model": {"backbone": "small_cnn", "dropout": 0.0},
+    "train": {"epochs": 8, "batch_size": 8, "learning_rate": 3e-3, "seed": 0},
+}
+
+
+def phantom_dir(tmp_path_factory, n: int = 60, challenge: int = 4) -> Path:
+    """Phantoms shared by all tests of one pytest session (written once)."""
+    from fetalhc.data import write_phantom_dataset
+
+    root = tmp_path_factory.getbasetemp() / f"fetalhc_phantoms_{n}_{challenge}"
+    if not (root / "training_set_pixel_size_and_HC.csv").is_file():
+        write_phantom_dataset(root, n=n, seed=0, challenge=challenge)
+    return root
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    return phantom_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def quick_run(phantoms, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "quick"
+    result = train(QUICK, phantoms, out)
+    return result
+
+
+# ---------------------------------------------------------------------------- config ---
+
+
+def test_defaults_resolve_and_shipped_configs_are_valid():
+    config = resolve_config(None)
+    assert config["model"]["backbone"] == "small_cnn"
+    accuracy = resolve_config(REPO / "configs" / "paper_accuracy.toml")
+    assert accuracy["data"]["image_size"] == 224
+    assert accuracy["train"]["learning_rate"] == 1e-4 and accuracy["train"]["batch_size"] == 16
+    assert resolve_config(REPO / "configs" / "paper_explain.toml")["data"]["image_size"] == 128
+    assert resolve_config(REPO / "configs" / "quick_cpu.toml")["model"]["backbone"] == "small_cnn"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"trian": {}}, r"unknown config section \[trian\]"),
+    ({"train": {"epoch": 3}}, r"unknown config key \[train\] epoch; known keys: epochs"),
+    ({"train": {"epochs": "3"}}, r"\[train\] epochs must be an integer, got '3'"),
+    ({"train": {"epochs": 2.5}}, r"\[train\] epochs must be an integer"),
+    ({"train": {"epochs": True}}, r"\[train\] epochs must be an integer"),
+    ({"data": {"augment": 1}}, r"\[data\] augment must be a boolean"),
+    ({"model": {"dense_units": [64, "a"]}}, r"\[model\] dense_units must be a list"),
+    ({"train": {"learning_rate": "fast"}}, r"\[train\] learning_rate must be a number"),
+    ({"train": {"epochs": 0}}, r"\[train\] epochs must be >= 1"),
+    ({"model": {"backbone": "alexnet"}}, r"known backbones: vgg16, .*small_cnn"),
+    ({"train": {"loss": "l1"}}, r"known losses: mae, mse, huber"),
+    ({"data": {"k": 5, "fold": 5}}, r"fold must be in \[0, k - 1\]"),
+])
+def test_bad_config_names_the_key(config, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(config)
+
+
+def test_overrides_and_set_option_parsing():
+    assert parse_set_option("train.loss=mse") == ("train.loss", "mse")
+    assert parse_set_option("model.dense_units=[64, 32]") == ("model.dense_units", [64, 32])
+    assert parse_set_option("data.augment=true") == ("data.augment", True)
+    assert parse_set_option("train.learning_rate=1e-3") == ("train.learning_rate", 1e-3)
+    config = resolve_config({}, overrides={"epochs": 4, "train.loss": "huber", "fold": 1,
+                                           "data.k": 3})
+    assert config["train"]["epochs"] == 4 and config["train"]["loss"] == "huber"
+    assert config["data"]["fold"] == 1
+    with pytest.raises(ValueError, match="unknown config key 'train.epoch'"):
+        resolve_config({}, overrides={"train.epoch": 4})
+    with pytest.raises(ValueError, match="section.key=value"):
+        parse_set_option("no-equals-sign")
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        resolve_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3\n")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        resolve_config(bad)
+
+
+# ---------------------------------------------------------------------- a short fit ---
+
+
+def test_short_fit_beats_predicting_the_mean_by_half(quick_run, phantoms):
+    """Acceptance: held-out MAE (mm) <= half the MAE of predicting the training mean."""
+    config = load_run(quick_run.run_dir).config
+    train_hc = run_split_index(config, phantoms, "train")["hc_mm"].to_numpy()
+    test_hc = run_split_index(config, phantoms, "test")["hc_mm"].to_numpy()
+    baseline_mae = float(np.mean(np.abs(test_hc - train_hc.mean())))
+    assert quick_run.metrics["test"]["mae_mm"] <= 0.5 * baseline_mae, (
+        quick_run.metrics["test"], baseline_mae)
+
+
+def test_run_folder_contents(quick_run):
+    run_dir = quick_run.run_dir
+    for name in ("config.toml", "model.keras", "history.csv", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "logs").rglob("*")), "TensorBoard logs are missing"
+    assert not (run_dir / "backup").exists()  # BackupAndRestore cleans up after success
+    assert not list(run_dir.glob(".*tmp*"))  # atomic writes left no temporary files
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == list(range(len(history)))
+    assert {"mae_mm", "val_mae_mm", "val_rmse_mm", "val_df_mm", "val_pmae_percent"} <= set(
+        history.columns)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == len(history)
+    assert metrics["best_epoch"] == int(history.loc[history["val_mae_mm"].idxmin(), "epoch"])
+    assert metrics["val"]["mae_mm"] == pytest.approx(history["val_mae_mm"].min(), rel=1e-3)
+
+
+def test_resolved_config_records_split_preprocessing_and_seed(quick_run, phantoms):
+    from fetalhc.data import load_index
+
+    config = load_run(quick_run.run_dir).config
+    split = config["split"]
+    index = load_index(phantoms, "training")
+    names = [set(split[part]) for part in ("train", "val", "test")]
+    assert sum(len(part) for part in names) == len(index)
+    assert set().union(*names) == set(index["filename"])
+    group = dict(zip(index["filename"], index["group_id"], strict=True))
+    groups = [{group[name] for name in part} for part in names]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (
+        groups[1] & groups[2])
+    assert config["preprocessing"]["image_size"] == 32
+    assert config["preprocessing"]["pad_value"] == 0.0
+    assert config["run"]["seed"] == 0
+    train_rows = index[index["filename"].isin(names[0])]
+    long_side = np.maximum(train_rows["width_px"], train_rows["height_px"])
+    hc_px = train_rows["hc_mm"] / (train_rows["pixel_size_mm"] * long_side / 32)
+    assert config["run"]["hc_mean_px"] == pytest.approx(hc_px.mean())
+
+
+def test_metrics_json_matches_reloaded_model(quick_run, phantoms):
+    from fetalhc.models import load_model
+
+    run = load_run(quick_run.run_dir / "model.keras")
+    model = load_model(run.model_path)
+    table, summary = evaluate_split(model, run_split_index(run.config, phantoms, "test"),
+                                    run.image_size)
+    assert summary["mae_mm"] == pytest.approx(quick_run.metrics["test"]["mae_mm"], rel=1e-4)
+    assert list(table.columns) == ["filename", "pixel size (mm)", "reference (mm)",
+                                   "prediction (mm)", "error (mm)", "abs error (mm)"]
+
+
+def test_run_split_index(quick_run, phantoms):
+    config = load_run(quick_run.run_dir).config
+    for part in ("train", "val", "test"):
+        assert run_split_index(config, phantoms, part)["filename"].tolist() == config[
+            "split"][part]
+    challenge = run_split_index(config, phantoms, "challenge")
+    assert len(challenge) == 4 and challenge["hc_mm"].isna().all()
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        run_split_index(config, phantoms, "dev")
+    with pytest.raises(ValueError, match="'val' split of this run is empty"):
+        run_split_index({"split": {"val": []}}, phantoms, "val")
+    with pytest.raises(ValueError, match="lacks 1 file"):
+        run_split_index({"split": {"test": ["999_HC.png"]}}, phantoms, "test")
+    with pytest.raises(FileNotFoundError, match="not a fetalhc run folder"):
+        load_run(phantoms)
+
+
+def test_out_dir_holding_a_run_is_refused(quick_run, phantoms, tmp_path):
+    with pytest.raises(ValueError, match="already holds a run; pass --resume .* --overwrite"):
+        train(QUICK, phantoms, quick_run.run_dir)
+    different = {**QUICK, "train": {**QUICK["train"], "loss": "mse"}}
+    with pytest.raises(ValueError, match=r"holds a different run \(differs in \[train\] loss\)"):
+        train(different, phantoms, quick_run.run_dir, resume=True)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(QUICK, phantoms, quick_run.run_dir, resume=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no fetalhc run"):
+        train(QUICK, phantoms, other, overwrite=True)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_with_aux_ellipse_and_steps_per_epoch(phantoms, tmp_path):
+    out = tmp_path / "run"
+    one_epoch = {**QUICK, "train": {**QUICK["train"], "epochs": 1, "tensorboard": False}}
+    train(one_epoch, phantoms, out)
+    aux = {**one_epoch, "model": {**QUICK["model"], "aux_ellipse": True},
+           "train": {**one_epoch["train"], "steps_per_epoch": 2}}
+    result = train(aux, phantoms, out, overwrite=True)
+    assert load_run(out).config["model"]["aux_ellipse"] is True
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 1  # the old run's history is gone
+    assert "val_hc_px_input_mae_mm" in history.columns
+    assert "ellipse_loss" in history.columns
+    assert result.metrics["monitor"] == "val_hc_px_input_mae_mm"
+    assert np.isfinite(result.metrics["test"]["mae_mm"])
+
+
+def test_history_truncation_for_resume(tmp_path):
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss\n0,3.0\n1,2.0\n2,1.0\n")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    assert _backup_epoch(backup) == 2
+    _truncate_history(history, 2)  # epoch 2 was logged but not backed up: it reruns
+    assert pd.read_csv(history)["epoch"].tolist() == [0, 1]
