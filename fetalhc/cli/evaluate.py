@@ -62,16 +62,16 @@ def _float_list(text: str | None, what: str) -> list[float] | None:
 
 
 # ----------------------------------------------------------------------------- inputs
-def _load_model_and_index(model_path: Path, data_dir: Path, split: str | None,
-                          image_size: int | None):
-    """The model, its input size, the index rows to evaluate and the split's name."""
+def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
+                    image_size: int | None):
+    """Model file, input size, index rows and split name, loading the model only if the
+    input size is not known from a run folder (so bad options fail fast)."""
     import fetalhc
     from fetalhc.data import load_index
-    from fetalhc.models import check_input_size
     from fetalhc.training import load_run, run_split_index
 
     model_path = Path(model_path)
-    run = None
+    run, model = None, None
     if model_path.is_dir():
         run = load_run(model_path)
         model_file = run.model_path
@@ -79,16 +79,15 @@ def _load_model_and_index(model_path: Path, data_dir: Path, split: str | None,
         model_file = model_path
         if (model_path.parent / "config.toml").is_file():
             run = load_run(model_path.parent)
-    model = fetalhc.load_model(model_file)
     if image_size is None:
         if run is not None:
             image_size = run.image_size
         else:
+            model = fetalhc.load_model(model_file)
             side = model.inputs[0].shape[1]
             if side is None:
                 raise ValueError(f"{model_file} takes any input size; give --image-size")
             image_size = int(side)
-    check_input_size(model, image_size)
     if run is not None:
         split = split or "test"
         index = load_index(data_dir, "training", validate=False) if split == "all" else \
@@ -102,7 +101,7 @@ def _load_model_and_index(model_path: Path, data_dir: Path, split: str | None,
             )
         index = load_index(data_dir, "challenge" if split == "challenge" else "training",
                            validate=False)
-    return model, int(image_size), index.reset_index(drop=True), split
+    return model_file, model, int(image_size), index.reset_index(drop=True), split
 
 
 def _check_annotations(index, data_dir: Path) -> None:
@@ -122,11 +121,11 @@ def _check_annotations(index, data_dir: Path) -> None:
         )
 
 
-def _check_methods(methods: list[str]) -> None:
+def _check_methods(methods: list[str], external: bool = False) -> None:
     from fetalhc.explain import available_methods
 
     known = available_methods()
-    if not methods:
+    if not methods and not external:
         raise ValueError(f"no method given; available: {', '.join(known)}")
     unknown = [m for m in methods if m not in known]
     if unknown:
@@ -168,7 +167,7 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
                      out: Path, split: str | None = None, limit: int | None = None,
                      image_size: int | None = None, error_threshold_mm=None,
                      error_quantiles=None, figures: bool = True, progress: bool = False,
-                     **options) -> dict:
+                     maps_dir: Path | None = None, **options) -> dict:
     """Library side of ``fetalhc evaluate``; returns the paths it wrote and the summary."""
     import numpy as np
     import pandas as pd
@@ -186,17 +185,39 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
     from fetalhc.explain import explain
 
     metrics = parse_metrics(metrics)
-    _check_methods(methods)
+    external = set()
+    if maps_dir is not None:
+        if not Path(maps_dir).is_dir():
+            raise FileNotFoundError(f"--maps folder not found: {maps_dir}")
+        external = {m for m in methods if (Path(maps_dir) / f"{m}.npy").is_file()}
+    _check_methods([m for m in methods if m not in external], bool(external))
     settings = _settings(options)
+    if external and ("randomisation" in metrics or settings.recompute):
+        from fetalhc.explain import available_methods
+
+        foreign = sorted(external - set(available_methods()))
+        if foreign:
+            raise ValueError(
+                f"maps of {', '.join(foreign)} come from --maps and cannot be recomputed for "
+                "randomisation or --recompute; drop those or use an explain method"
+            )
     if error_threshold_mm is not None and error_quantiles is not None:
         raise ValueError("give either --error-threshold-mm or --error-quantiles, not both")
-    model, size, index, split = _load_model_and_index(model_path, data_dir, split, image_size)
+    model_file, model, size, index, split = _resolve_inputs(model_path, data_dir, split,
+                                                            image_size)
     if limit is not None:
         index = index.head(int(limit)).reset_index(drop=True)
     settings.validate((len(index), size, size, 1), metrics)
     localisation = "localisation" in metrics
     if localisation:
         _check_annotations(index, data_dir)
+    if model is None:
+        import fetalhc
+
+        model = fetalhc.load_model(model_file)
+    from fetalhc.models import check_input_size
+
+    check_input_size(model, size)
 
     arrays = load_arrays(index, image_size=size, with_annotation=localisation)
     images = arrays["image"]
@@ -223,9 +244,12 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
             tables = {name: pd.read_csv(folder / name) for name in RESULT_FILES
                       if (folder / name).is_file()}
         else:
-            maps = explain(model, images, method, target=settings.explain_target,
-                           pixel_size=pixel_size, reference=reference,
-                           **settings.explain_options)
+            if maps_dir is not None and (Path(maps_dir) / f"{method}.npy").is_file():
+                maps = np.load(Path(maps_dir) / f"{method}.npy", allow_pickle=False)
+            else:
+                maps = explain(model, images, method, target=settings.explain_target,
+                               pixel_size=pixel_size, reference=reference,
+                               **settings.explain_options)
             result = evaluate_maps(
                 model, images, maps, pixel_size, reference, metrics=metrics,
                 settings=settings, annotation=arrays.get("annotation"),
@@ -430,16 +454,19 @@ def _figures(folder: Path, table, curves, by_error) -> dict:
               help="Images per forward pass (memory bound).")
 @click.option("--precision", default="float32", show_default=True,
               help="float32, mixed_float16 or mixed_bfloat16 forward passes.")
+@click.option("--maps", "maps_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of precomputed maps <method>.npy, float (N, S, S), in the order "
+                   "of the evaluated images; other methods go through fetalhc.explain.")
 @click.option("--figures/--no-figures", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(model_path, data_dir, methods, metrics, out, split, limit, image_size,
-            error_threshold_mm, error_quantiles, figures, progress, **options):
+            error_threshold_mm, error_quantiles, maps_dir, figures, progress, **options):
     """Evaluate explanation methods of a model on a data split (see docs/evaluate.md)."""
     result = evaluate_command(
         model_path, data_dir, _split_list(methods), metrics, out, split=split, limit=limit,
         image_size=image_size,
         error_threshold_mm=_float_list(error_threshold_mm, "--error-threshold-mm"),
         error_quantiles=_float_list(error_quantiles, "--error-quantiles"),
-        figures=figures, progress=progress, **options)
+        figures=figures, progress=progress, maps_dir=maps_dir, **options)
     for name, path in result["written"].items():
         click.echo(f"{name}: {path}")

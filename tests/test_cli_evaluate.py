@@ -1,0 +1,141 @@
+"""``fetalhc evaluate`` end to end on phantoms with a tiny trained run, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fetalhc.cli.main import cli
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from fetalhc.data import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path_factory.mktemp("data") / "phantoms", n=16, seed=0,
+                                 challenge=2, width=96, height=72)
+
+
+@pytest.fixture(scope="module")
+def run_dir(phantoms, tmp_path_factory):
+    from fetalhc.training import train
+
+    config = {
+        "data": {"image_size": SIZE, "val_fraction": 0.2, "test_fraction": 0.3,
+                 "cache": False},
+        "model": {"backbone": "small_cnn", "dropout": 0.0},
+        "train": {"epochs": 1, "batch_size": 8, "tensorboard": False, "patience": 1},
+    }
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(config, phantoms, out)
+    return out
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["evaluate", *map(str, args)], catch_exceptions=False)
+
+
+FAST = ("--n-boot", 100, "--deletion-steps", 4, "--randomisation-images", 1, "--no-progress")
+
+
+def test_full_evaluation_writes_summaries_and_resumes(run_dir, phantoms, tmp_path):
+    out = tmp_path / "evaluation"
+    result = invoke("--model", run_dir, "--data", phantoms, "--methods", "gradient",
+                    "--metrics", "aopc,deletion,insertion,localisation,randomisation",
+                    "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    per_image = pd.read_csv(out / "per_image.csv")
+    run_config_test = pd.read_csv(out / "methods" / "gradient" / "per_image.csv")
+    n_test = len(run_config_test)
+    assert n_test >= 2 and len(per_image) == n_test
+    for column in ("aopc_morf_abs_error_mm", "aopc_gap_shift_mm",
+                   "aopc_morf_abs_error_px_original", "deletion_auc_abs_error_mm",
+                   "insertion_auc_shift_mm", "band_ratio", "top_distance_mm", "error_group"):
+        assert column in per_image
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["ci_low"] <= summary["mean"] + 1e-9).all()
+    assert (summary["mean"] <= summary["ci_high"] + 1e-9).all()
+    row = summary.set_index("metric").loc["aopc_morf_abs_error_mm"]
+    assert row["mean"] == pytest.approx(per_image["aopc_morf_abs_error_mm"].mean())
+    markdown = (out / "summary.md").read_text()
+    assert "| gradient |" in markdown and "aopc_morf_abs_error_mm" in markdown
+    assert "Model randomisation" in markdown
+    assert (out / "summary_by_error.csv").is_file()
+    randomisation = pd.read_csv(out / "randomisation.csv")
+    assert randomisation["stage"].max() >= 3  # every weighted layer of the small CNN
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"perturbation_abs_error_mm.png", "deletion_insertion_abs_error_mm.png",
+            "localisation_band_ratio.png"} <= figures
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary files left
+
+    # Re-running with one more method skips the finished one.
+    finished = out / "methods" / "gradient" / "per_image.csv"
+    stamp = finished.stat().st_mtime_ns
+    again = invoke("--model", run_dir, "--data", phantoms, "--methods",
+                   "gradient,input_x_gradient", "--metrics",
+                   "aopc,deletion,insertion,localisation,randomisation", "--out", out, *FAST)
+    assert again.exit_code == 0, again.output
+    assert finished.stat().st_mtime_ns == stamp
+    both = pd.read_csv(out / "per_image.csv")
+    assert set(both["method"]) == {"gradient", "input_x_gradient"}
+    assert len(both) == 2 * n_test
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["methods"] == ["gradient", "input_x_gradient"]
+
+
+def test_paper_protocol_and_external_maps(run_dir, phantoms, tmp_path):
+    maps_dir = tmp_path / "maps"
+    maps_dir.mkdir()
+    n_test = 3  # --limit
+    np.save(maps_dir / "mine.npy", np.ones((n_test, SIZE, SIZE), np.float32))
+    out = tmp_path / "external"
+    result = invoke("--model", run_dir, "--data", phantoms, "--methods", "mine",
+                    "--maps", maps_dir, "--metrics", "aopc", "--limit", n_test,
+                    "--grid", 2, "--steps", 3, "--out", out, "--no-figures", *FAST)
+    assert result.exit_code == 0, result.output
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert list(per_image["method"].unique()) == ["mine"]
+    # Tied maps: MoRF and LeRF both keep the grid order, so their AOPCs are equal.
+    assert len(per_image) == n_test
+    np.testing.assert_array_equal(per_image["aopc_morf_shift_mm"],
+                                  per_image["aopc_lerf_shift_mm"])
+    np.save(maps_dir / "mine.npy", np.ones((n_test, 16, 16), np.float32))
+    bad = invoke("--model", run_dir, "--data", phantoms, "--methods", "mine", "--maps",
+                 maps_dir, "--metrics", "aopc", "--limit", n_test, "--grid", 2, "--out",
+                 tmp_path / "bad", *FAST)
+    assert bad.exit_code == 1
+    assert "maps have shape (3, 16, 16) but the images need (3, 32, 32)" in bad.output
+    paper = invoke("--model", run_dir, "--data", phantoms, "--protocol", "paper",
+                   "--methods", "gradient", "--metrics", "aopc", "--out", tmp_path / "p",
+                   *FAST)
+    assert paper.exit_code == 1 and "128 x 128" in paper.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--grid", 5), "a grid of 5 regions does not divide the image height 32 px; "
+                    "regions per side that do: 16, 8, 4, 2"),
+    (("--steps", 17), "the 4 x 4 grid has only 16"),
+    (("--metrics", "aopc,faithfulness"), "unknown metric(s) faithfulness"),
+    (("--perturbation", "salt"), "unknown perturbation 'salt'"),
+    (("--methods", "magic"), "unknown method(s) magic"),
+    (("--split", "challenge", "--metrics", "localisation"),
+     "localisation needs the contour annotations, but"),
+])
+def test_bad_input_gives_one_line_errors(run_dir, phantoms, tmp_path, args, message):
+    base = {"--methods": "gradient", "--metrics": "aopc"}
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        base[key] = value
+    flat = [item for pair in base.items() for item in pair]
+    result = invoke("--model", run_dir, "--data", phantoms, "--out", tmp_path / "e", *flat,
+                    *FAST)
+    assert result.exit_code == 1, result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.output
+    if "localisation" in message:
+        assert "000_HC_Annotation.png" in error_lines[0]
