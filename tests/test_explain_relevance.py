@@ -328,7 +328,7 @@ def test_unsupported_layers_raise_naming_layer_and_class():
     x = keras.layers.Flatten()(x)
     model = keras.Model(inputs, keras.layers.Dense(1, name="hc_px_input")(x))
     for method in RELEVANCE_METHODS:
-        with pytest.raises(ValueError, match=r"'tanh_conv.activation' \(Conv2D\).*tanh"):
+        with pytest.raises(ValueError, match=rf"{method}: no relevance rule for layer 'tanh_conv.activation' \(Conv2D\).*tanh"):
             fe.explain(model, images(), method=method, pixel_size=0.3)
     fe.explain(model, images(), method="guided_backprop", pixel_size=0.3)  # no ReLU: fine
 

@@ -102,12 +102,12 @@ class Plan:
                     f"in model {self.model_name!r}"
                 )
 
-    def check_relevance_support(self) -> None:
+    def check_relevance_support(self, method: str = "relevance propagation") -> None:
         """Raise a one-line ``ValueError`` naming the first layer no relevance rule covers."""
         for step in self.steps:
             if step.kind == OPAQUE:
                 raise ValueError(
-                    f"no relevance rule for layer {step.name!r} ({step.layer_class})"
+                    f"{method}: no relevance rule for layer {step.name!r} ({step.layer_class})"
                     + (f": {step.note}" if step.note else "")
                     + f" in model {self.model_name!r}"
                 )

@@ -312,7 +312,7 @@ def propagate_relevance(
     ``collect_layer_sums`` ``layer_sums``: a list of ``(step name, sum R_out (N,),
     sum R_in (N,))``.
     """
-    plan.check_relevance_support()
+    plan.check_relevance_support(rules.name)
     images = tf.convert_to_tensor(images, tf.float32)
     batch_axes = list(range(1, len(images.shape)))
 
