@@ -246,8 +246,8 @@ def test_cache_in_memory_and_on_disk_give_the_same_elements(phantoms, tmp_path):
     for cache in (True, str(prefix)):
         dataset = make_dataset(index, image_size=32, batch_size=10, with_ellipse=True,
                                cache=cache)
-        for _ in range(2):  # second pass reads the cache
-            batch = first_batch(dataset)
+        for _ in range(2):  # a full first pass writes the cache, the second reads it
+            (batch,) = list(dataset.as_numpy_iterator())
             for key in ("image", "pixel_size_mm", "hc_px_input", "ellipse"):
                 np.testing.assert_array_equal(batch[key], reference[key])
     assert any(path.name.startswith("train_") for path in (tmp_path / "cache").iterdir())

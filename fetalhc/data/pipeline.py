@@ -174,119 +174,135 @@ def _load_element(row, image_size: int):
 
 
 def _content_mask(box, image_size: int):
+    """(B, S, S, 1) float mask of the image content (not the padding) for boxes (B, 4)."""
     import tensorflow as tf
 
-    rows = tf.range(image_size)[:, None]
-    cols = tf.range(image_size)[None, :]
-    inside = ((rows >= box[2]) & (rows < box[2] + box[0])
-              & (cols >= box[3]) & (cols < box[3] + box[1]))
+    rows = tf.range(image_size)[None, :, None]
+    cols = tf.range(image_size)[None, None, :]
+    height, width = box[:, 0, None, None], box[:, 1, None, None]
+    top, left = box[:, 2, None, None], box[:, 3, None, None]
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
     return tf.cast(inside, tf.float32)[..., None]
 
 
-def _augment_element(element, seed, image_size: int, augmentation: Augmentation):
-    """Random affine + intensity jitter; updates pixel size, ellipse consistently."""
+def _augment_batch(batch, seed, image_size: int, augmentation: Augmentation):
+    """Random affine + intensity jitter per element of a batch; targets follow the image."""
     import tensorflow as tf
 
+    count = tf.shape(batch["image"])[0]
     seeds = tf.random.experimental.stateless_split(tf.stack([seed, seed // 7 + 11]), num=8)
 
     def uniform(i, low, high):
-        return tf.random.stateless_uniform([], seeds[i], minval=low, maxval=high,
+        return tf.random.stateless_uniform([count], seeds[i], minval=low, maxval=high,
                                            dtype=tf.float32)
+
+    def constant(value):
+        return tf.fill([count], tf.constant(float(value), tf.float32))
 
     def coin(i, enabled):
         if not enabled:
-            return tf.constant(1.0)
+            return constant(1.0)
         return tf.where(uniform(i, 0.0, 1.0) < 0.5, -1.0, 1.0)
 
     flip_x = coin(0, augmentation.flip_horizontal)
     flip_y = coin(1, augmentation.flip_vertical)
     limit = math.radians(augmentation.max_rotation_deg)
-    angle = uniform(2, -limit, limit) if limit > 0 else tf.constant(0.0)
+    angle = uniform(2, -limit, limit) if limit > 0 else constant(0.0)
     low, high = augmentation.scale_range
-    scale = uniform(3, low, high) if high > low else tf.constant(float(low))
+    scale = uniform(3, low, high) if high > low else constant(low)
     shift_limit = augmentation.max_translation * image_size
     if shift_limit > 0:
         shift = tf.stack([uniform(4, -shift_limit, shift_limit),
-                          uniform(5, -shift_limit, shift_limit)])
+                          uniform(5, -shift_limit, shift_limit)], axis=-1)
     else:
-        shift = tf.zeros([2])
+        shift = tf.zeros([count, 2])
     brightness = (uniform(6, -augmentation.brightness, augmentation.brightness)
-                  if augmentation.brightness > 0 else tf.constant(0.0))
+                  if augmentation.brightness > 0 else None)
     low, high = augmentation.contrast_range
-    contrast = uniform(7, low, high) if high > low else tf.constant(float(low))
+    contrast = uniform(7, low, high) if high > low else constant(low)
 
     # forward map p' = scale * R @ F @ (p - c) + c + shift, F = diag(flip_x, flip_y)
     cos, sin = tf.cos(angle), tf.sin(angle)
-    rotation = tf.reshape(tf.stack([cos, -sin, sin, cos]), (2, 2))
-    flips = tf.linalg.diag(tf.stack([flip_x, flip_y]))
-    forward = scale * rotation @ flips
+    rotation = tf.stack([tf.stack([cos, -sin], -1), tf.stack([sin, cos], -1)], -2)
+    orientation = rotation @ tf.linalg.diag(tf.stack([flip_x, flip_y], -1))
+    forward = scale[:, None, None] * orientation
     centre = tf.fill([2], (image_size - 1) / 2.0)
-    inverse = tf.linalg.inv(forward)
+    # inverse = (R F)^T / scale = F R^T / scale: output pixel -> input pixel, as the op wants
+    inverse = tf.linalg.matrix_transpose(orientation) / scale[:, None, None]
     offset = centre - tf.linalg.matvec(inverse, centre + shift)
-    transform = tf.stack([inverse[0, 0], inverse[0, 1], offset[0],
-                          inverse[1, 0], inverse[1, 1], offset[1], 0.0, 0.0])[None, :]
+    zeros = tf.zeros([count])
+    transforms = tf.stack([inverse[:, 0, 0], inverse[:, 0, 1], offset[:, 0],
+                           inverse[:, 1, 0], inverse[:, 1, 1], offset[:, 1], zeros, zeros],
+                          axis=-1)
 
-    def warp(image, interpolation):
+    def warp(images, interpolation):
         return tf.raw_ops.ImageProjectiveTransformV3(
-            images=image[None], transforms=transform,
+            images=images, transforms=transforms,
             output_shape=tf.constant([image_size, image_size]), fill_value=0.0,
-            interpolation=interpolation, fill_mode="CONSTANT")[0]
+            interpolation=interpolation, fill_mode="CONSTANT")
 
-    element = dict(element)
-    image = warp(element["image"], "BILINEAR")
-    content = warp(_content_mask(element["box"], image_size), "BILINEAR")
-    image = image * contrast + brightness * content
-    element["image"] = tf.ensure_shape(image, (image_size, image_size, 1))
-    element["pixel_size_mm"] = element["pixel_size_mm"] / scale
-    if "ellipse" in element:
-        ellipse = element["ellipse"]
-        new_centre = tf.linalg.matvec(forward, ellipse[:2] - centre) + centre + shift
-        direction = tf.linalg.matvec(rotation @ flips,
-                                     tf.stack([tf.cos(ellipse[4]), tf.sin(ellipse[4])]))
-        new_angle = tf.math.floormod(tf.atan2(direction[1], direction[0]), math.pi)
-        element["ellipse"] = tf.concat(
-            [new_centre, ellipse[2:4] * scale, new_angle[None]], axis=0)
-    return element
+    batch = dict(batch)
+    image = warp(batch["image"], "BILINEAR") * contrast[:, None, None, None]
+    if brightness is not None:
+        content = warp(_content_mask(batch["box"], image_size), "BILINEAR")
+        image = image + brightness[:, None, None, None] * content
+    batch["image"] = image
+    batch["pixel_size_mm"] = batch["pixel_size_mm"] / scale
+    if "ellipse" in batch:
+        ellipse = batch["ellipse"]
+        new_centre = tf.linalg.matvec(forward, ellipse[:, :2] - centre) + centre + shift
+        axis = tf.stack([tf.cos(ellipse[:, 4]), tf.sin(ellipse[:, 4])], -1)
+        direction = tf.linalg.matvec(orientation, axis)
+        new_angle = tf.math.floormod(tf.atan2(direction[:, 1], direction[:, 0]), math.pi)
+        batch["ellipse"] = tf.concat(
+            [new_centre, ellipse[:, 2:4] * scale[:, None], new_angle[:, None]], axis=-1)
+    return batch
 
 
 def rasterise_outline(ellipse, image_size: int, half_width_px: float = OUTLINE_HALF_WIDTH_PX):
-    """0/1 float32 (S, S, 1) outline of ``ellipse`` = (cx, cy, a, b, angle_rad) in px.
+    """0/1 float32 outline of ellipses (cx, cy, a, b, angle_rad) in px, at ``image_size``.
 
-    Marks pixel centres whose (first-order, Sampson) distance to the ellipse is at most
+    ``ellipse`` of shape (5,) gives (S, S, 1); shape (B, 5) gives (B, S, S, 1). Marks pixel
+    centres whose (first-order, Sampson) distance to the ellipse is at most
     ``half_width_px``. A TensorFlow function; works eagerly too.
     """
     import tensorflow as tf
 
-    ellipse = tf.cast(ellipse, tf.float32)
+    ellipse = tf.convert_to_tensor(ellipse, tf.float32)
+    single = ellipse.shape.rank == 1
+    if single:
+        ellipse = ellipse[None]
+    e = [ellipse[:, i, None, None] for i in range(5)]
     coords = tf.range(image_size, dtype=tf.float32)
-    dx = coords[None, :] - ellipse[0]
-    dy = coords[:, None] - ellipse[1]
-    cos, sin = tf.cos(ellipse[4]), tf.sin(ellipse[4])
+    dx = coords[None, None, :] - e[0]
+    dy = coords[None, :, None] - e[1]
+    cos, sin = tf.cos(e[4]), tf.sin(e[4])
     u = dx * cos + dy * sin
     v = -dx * sin + dy * cos
-    a2, b2 = ellipse[2] ** 2, ellipse[3] ** 2
+    a2, b2 = e[2] ** 2, e[3] ** 2
     value = u * u / a2 + v * v / b2 - 1.0
     gradient = 2.0 * tf.sqrt((u / a2) ** 2 + (v / b2) ** 2)
     distance = tf.abs(value) / tf.maximum(gradient, 1e-12)
-    return tf.cast(distance <= half_width_px, tf.float32)[..., None]
+    outline = tf.cast(distance <= half_width_px, tf.float32)[..., None]
+    return outline[0] if single else outline
 
 
-def _finish_element(element, image_size: int, with_annotation: bool, with_ellipse: bool):
+def _finish_batch(batch, image_size: int, with_annotation: bool, with_ellipse: bool):
     import tensorflow as tf
 
     out = {
-        "image": element["image"],
-        "pixel_size_mm": element["pixel_size_mm"],
-        "hc_mm": element["hc_mm"],
-        "hc_px_input": element["hc_mm"] / element["pixel_size_mm"],
-        "filename": element["filename"],
+        "image": batch["image"],
+        "pixel_size_mm": batch["pixel_size_mm"],
+        "hc_mm": batch["hc_mm"],
+        "hc_px_input": batch["hc_mm"] / batch["pixel_size_mm"],
+        "filename": batch["filename"],
     }
     if with_annotation:
-        out["annotation"] = rasterise_outline(element["ellipse"], image_size)
+        out["annotation"] = rasterise_outline(batch["ellipse"], image_size)
     if with_ellipse:
-        ellipse = element["ellipse"]
-        out["ellipse"] = tf.stack([ellipse[0], ellipse[1], ellipse[2], ellipse[3],
-                                   tf.sin(2.0 * ellipse[4]), tf.cos(2.0 * ellipse[4])])
+        ellipse = batch["ellipse"]
+        out["ellipse"] = tf.concat([ellipse[:, :4], tf.sin(2.0 * ellipse[:, 4:5]),
+                                    tf.cos(2.0 * ellipse[:, 4:5])], axis=-1)
     return out
 
 
@@ -342,17 +358,18 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
         dataset = dataset.cache(_cache_file(cache, columns, image_size, need_ellipse))
     if shuffle:
         dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
     if augmentation is not None:
+        # one random draw per batch seeds every element's transform (stateless, so a given
+        # seed reproduces the whole stream; a new draw each epoch)
         randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         dataset = tf.data.Dataset.zip((dataset, randoms))
         dataset = dataset.map(
-            lambda element, random: _augment_element(element, random, image_size,
-                                                     augmentation),
+            lambda batch, random: _augment_batch(batch, random, image_size, augmentation),
             num_parallel_calls=autotune, deterministic=True)
     dataset = dataset.map(
-        lambda element: _finish_element(element, image_size, with_annotation, with_ellipse),
+        lambda batch: _finish_batch(batch, image_size, with_annotation, with_ellipse),
         num_parallel_calls=autotune, deterministic=True)
-    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
     return dataset.prefetch(autotune)
 
 
