@@ -15,7 +15,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from fetalhc.losses import prediction_error_mm
+
+def prediction_error_mm(y_true, y_pred):
+    """Signed error in mm, ``y_pred * pixel_size_mm - hc_mm`` (same packing as the losses)."""
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
+    return y_pred * y_true[:, 1] - y_true[:, 0]
 
 
 class _MillimetreErrorMetric(keras.metrics.Metric):

@@ -27,10 +27,7 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     file that is not a ``.keras`` archive, needs unsafe deserialisation (e.g. ``Lambda``
     layers), or is not a fetalhc model (no output named ``hc_px_input``).
     """
-    # Registering the custom objects happens on import of these modules.
-    import fetalhc.losses  # noqa: F401
-    import fetalhc.metrics  # noqa: F401
-
+    # fetalhc/__init__.py has registered the custom losses and metrics already.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")

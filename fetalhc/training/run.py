@@ -362,7 +362,7 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     """
     import keras
 
-    from fetalhc import __version__
+    import fetalhc
     from fetalhc.data import load_index
     from fetalhc.losses import get_loss
     from fetalhc.metrics import keras_metrics
@@ -400,7 +400,7 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
             hc_mean, hc_std = 0.0, 1.0
         config["preprocessing"] = {"image_size": size, **PREPROCESSING}
         config["run"] = {
-            "fetalhc_version": __version__,
+            "fetalhc_version": fetalhc.__version__,
             "keras_version": keras.__version__,
             "data_dir": str(data_dir.resolve()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
