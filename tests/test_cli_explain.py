@@ -1,0 +1,99 @@
+"""``fetalhc explain``: per-image .npz + overlays, grid, index CSV; re-runs skip; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_training import phantom_dir
+
+import fetalhc.explain as fe
+from fetalhc.cli.main import cli
+from fetalhc.data import load_arrays
+from fetalhc.training import load_run, run_split_index, train
+
+CONFIG = {
+    "data": {"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2},
+    "model": {"backbone": "small_cnn", "dropout": 0.0},
+    "train": {"epochs": 1, "batch_size": 8, "learning_rate": 3e-3, "tensorboard": False},
+}
+METHODS = "gradient,integrated_gradients,gradcam"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return phantom_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def run_dir(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain") / "run"
+    train(CONFIG, data, out)
+    return out
+
+
+def _explain(*args):
+    return CliRunner().invoke(cli, ["explain", *map(str, args)])
+
+
+def test_explain_writes_maps_overlays_grid_and_index_then_skips(run_dir, data, tmp_path):
+    out = tmp_path / "maps"
+    result = _explain("--model", run_dir, "--data", data, "--methods", METHODS,
+                      "--out", out, "--limit", 3)
+    assert result.exit_code == 0, result.output
+    assert "wrote 9" in result.output
+    run = load_run(run_dir)
+    index = run_split_index(run.config, data, "test").iloc[:3]
+    arrays = load_arrays(index, image_size=32)
+    table = pd.read_csv(out / "index.csv")
+    assert len(table) == 9 and set(table["method"]) == set(METHODS.split(","))
+    assert table["filename"].tolist()[:3] == index["filename"].tolist()
+    np.testing.assert_allclose(table["reference (mm)"][:3], index["hc_mm"], atol=1e-3)
+
+    model = __import__("fetalhc").load_model(run_dir / "model.keras")
+    expected = fe.explain(model, arrays["image"], method="integrated_gradients",
+                          pixel_size=arrays["pixel_size_mm"])
+    for i, filename in enumerate(index["filename"]):
+        stem = filename.rsplit(".", 1)[0]
+        with np.load(out / "integrated_gradients" / f"{stem}.npz") as stored:
+            np.testing.assert_allclose(stored["map"], expected[i], rtol=1e-4, atol=1e-6)
+            assert str(stored["method"]) == "integrated_gradients"
+            assert str(stored["target"]) == "hc_mm" and str(stored["units"]) == "mm"
+            assert str(stored["baseline"]) == "zeros"
+            assert float(stored["pixel_size_mm"]) == pytest.approx(arrays["pixel_size_mm"][i])
+            assert float(stored["reference_mm"]) == pytest.approx(arrays["hc_mm"][i])
+            assert np.isfinite(float(stored["prediction_mm"]))
+            assert stored["annotation"].shape == (32, 32) and stored["annotation"].max() == 1
+        for method in METHODS.split(","):
+            assert (out / method / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    ig_rows = table[table["method"] == "integrated_gradients"]
+    assert ig_rows["completeness gap"].notna().all()
+    assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.rglob(".*"))  # no temporary files left
+
+    stamp = (out / "gradient" / f"{index['filename'][0].rsplit('.', 1)[0]}.npz").stat().st_mtime_ns
+    again = _explain("--model", run_dir / "model.keras", "--data", data, "--methods", METHODS,
+                     "--out", out, "--limit", 4)
+    assert again.exit_code == 0, again.output
+    assert "wrote 3, skipped 9" in again.output
+    assert (out / "gradient" / f"{index['filename'][0].rsplit('.', 1)[0]}.npz").stat().st_mtime_ns == stamp
+    assert len(pd.read_csv(out / "index.csv")) == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "gradient,nope"], "unknown explanation method 'nope'"),
+    (["--methods", "gradcam_pp", "--target", "hc"], "unknown target 'hc'"),
+    (["--methods", "gradient", "--split", "bogus"], "unknown split 'bogus'"),
+    (["--methods", "gradient", "--limit", "0"], "--limit must be >= 1"),
+])
+def test_explain_errors_are_one_line(run_dir, data, tmp_path, args, message):
+    result = _explain("--model", run_dir, "--data", data, "--out", tmp_path / "o", *args)
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_explain_list_methods():
+    result = CliRunner().invoke(cli, ["explain", "--model", "x", "--data", "y", "--out", "z", "--list"])
+    assert result.exit_code == 0
+    assert "integrated_gradients:" in result.output and "occlusion:" in result.output
