@@ -9,7 +9,8 @@ Writes into ``--out``::
     randomisation.csv        cascade stages per method (when asked for)
     settings.json            what was run
     figures/*.png            curves, boxplots, error-split bars
-    methods/<name>/          per-method results; a finished method is skipped on re-runs
+    methods/<name>/          per-method results (also perturbation_steps.csv: HC, error and
+                             shift per image, order and step); finished methods are skipped
 
 All files are written atomically (temporary file, then rename).
 """
@@ -258,6 +259,9 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
                       "curves.csv": result.curves}
             if result.randomisation is not None:
                 tables["randomisation.csv"] = result.randomisation
+            if result.steps is not None:  # per image, order and step; kept for analysis
+                _write_csv(result.steps.assign(filename=filenames[result.steps["image"]]),
+                           folder / "perturbation_steps.csv")
             for name, frame in tables.items():
                 _write_csv(frame, folder / name)
             _write_text(done_file, json.dumps(run_settings, indent=2) + "\n")

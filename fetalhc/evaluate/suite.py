@@ -151,6 +151,7 @@ class MethodEvaluation:
     per_image: pd.DataFrame
     curves: pd.DataFrame
     randomisation: pd.DataFrame | None = None
+    steps: pd.DataFrame | None = None  # per image, order and step (region perturbation)
 
 
 def _mean_curves(values: np.ndarray, x: np.ndarray, label: dict, quantity: str) -> list[dict]:
@@ -204,6 +205,7 @@ def evaluate_maps(
     forward = forward or BatchedForward(model, settings.batch_size, settings.precision)
     columns: dict[str, np.ndarray] = {}
     curve_rows: list[dict] = []
+    steps_frame = None
     common = dict(seed=settings.seed, forward=forward, progress=progress)
 
     unperturbed = forward.predict(images) * pixel_size
@@ -221,6 +223,7 @@ def evaluate_maps(
             recompute=method if settings.recompute else None,
             target=settings.explain_target, explain_options=settings.explain_options,
             pixel_size_original_mm=pixel_size_original_mm, **common)
+        steps_frame = curves.to_frame()
         table = curves.per_image()
         for name in table.columns:
             if name.startswith("aopc_"):
@@ -266,7 +269,8 @@ def evaluate_maps(
         randomisation["similarity"] = settings.similarity
         randomisation["flagged"] = result.flagged
 
-    return MethodEvaluation(pd.DataFrame(columns), pd.DataFrame(curve_rows), randomisation)
+    return MethodEvaluation(pd.DataFrame(columns), pd.DataFrame(curve_rows), randomisation,
+                            steps_frame)
 
 
 # ----------------------------------------------------------------------------- tables
