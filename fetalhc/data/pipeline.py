@@ -242,11 +242,12 @@ def _augment_batch(batch, seed, image_size: int, augmentation: Augmentation):
             interpolation=interpolation, fill_mode="CONSTANT")
 
     batch = dict(batch)
-    image = warp(batch["image"], "BILINEAR") * contrast[:, None, None, None]
+    # intensity first (the warp is linear, so this equals jittering the warped image and
+    # warping the content mask too, at the cost of one warp)
+    image = batch["image"] * contrast[:, None, None, None]
     if brightness is not None:
-        content = warp(_content_mask(batch["box"], image_size), "BILINEAR")
-        image = image + brightness[:, None, None, None] * content
-    batch["image"] = image
+        image = image + brightness[:, None, None, None] * _content_mask(batch["box"], image_size)
+    batch["image"] = warp(image, "BILINEAR")
     batch["pixel_size_mm"] = batch["pixel_size_mm"] / scale
     if "ellipse" in batch:
         ellipse = batch["ellipse"]
