@@ -204,10 +204,14 @@ def test_out_dir_holding_a_run_is_refused(quick_run, phantoms, tmp_path):
     assert (other / "notes.txt").read_text() == "mine"
 
 
-def test_overwrite_with_aux_ellipse_and_steps_per_epoch(phantoms, tmp_path):
+def test_augmentation_then_overwrite_with_aux_ellipse_and_steps_per_epoch(phantoms, tmp_path):
     out = tmp_path / "run"
     one_epoch = {**QUICK, "train": {**QUICK["train"], "epochs": 1, "tensorboard": False}}
-    train(one_epoch, phantoms, out)
+    augmented = {**one_epoch, "data": {**QUICK["data"], "augment": True}}
+    train(augmented, phantoms, out)
+    recorded = load_run(out).config
+    assert recorded["data"]["augment"] is True
+    assert recorded["run"]["augmentation"]["flip_horizontal"] is True
     aux = {**one_epoch, "model": {**QUICK["model"], "aux_ellipse": True},
            "train": {**one_epoch["train"], "steps_per_epoch": 2}}
     result = train(aux, phantoms, out, overwrite=True)
