@@ -288,8 +288,22 @@ def test_bad_arguments(phantoms):
         make_dataset(index, 32, batch_size=0)
     with pytest.raises(ValueError, match="augment"):
         make_dataset(index, 32, augment="yes")
+    with pytest.raises(ValueError, match="bad augmentation settings"):
+        make_dataset(index, 32, augment={"rotation": 5})
+    from_dict = make_dataset(index, 32, augment={"max_rotation_deg": 5, "scale_range": [1, 1]})
+    assert from_dict.element_spec["image"].shape.as_list() == [None, 32, 32, 1]
     with pytest.raises(ValueError, match="lacks column"):
         make_dataset(index.drop(columns=["width_px"]), 32)
     with pytest.raises(ValueError, match="scale_range"):
         Augmentation(scale_range=(1.2, 0.8))
     assert Path(index["image_path"].iloc[0]).is_file()
+
+
+def test_augmentation_draws_anew_each_epoch_without_shuffle(phantoms):
+    index = load_index(phantoms)
+    dataset = make_dataset(index, image_size=32, batch_size=10, augment=True, seed=6)
+    first, second = (batch for batch in dataset.repeat(2).as_numpy_iterator())
+    assert first["filename"].tolist() == second["filename"].tolist()
+    assert not np.allclose(first["pixel_size_mm"], second["pixel_size_mm"])
+    again = first_batch(make_dataset(index, image_size=32, batch_size=10, augment=True, seed=6))
+    np.testing.assert_array_equal(again["image"], first["image"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -102,18 +103,30 @@ def _positive_number(text: str) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def _image_size(path: Path, problems: _Problems, where: str, what: str, verify: bool):
-    from PIL import Image, UnidentifiedImageError
+@lru_cache(maxsize=16384)
+def _header_size(path: str, mtime_ns: int, file_size: int, verify: bool) -> tuple[int, int]:
+    """(width, height) from the image header; memoised per file version."""
+    from PIL import Image
 
-    if not path.is_file():
+    if verify:  # reads the whole file and checks its checksums
+        with Image.open(path) as image:
+            image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+def _image_size(path: Path, problems: _Problems, where: str, what: str, verify: bool):
+    from PIL import UnidentifiedImageError
+
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is None or not path.is_file():
         problems.add(f"{where}: {what} {path} is missing")
         return None
     try:
-        if verify:  # reads the whole file and checks its checksums
-            with Image.open(path) as image:
-                image.verify()
-        with Image.open(path) as image:
-            return image.size  # (width, height)
+        return _header_size(str(path), stat.st_mtime_ns, stat.st_size, verify)
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         problems.add(f"{where}: {what} {path} is unreadable ({error})")
         return None

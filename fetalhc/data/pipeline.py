@@ -325,7 +325,8 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
                  drop_remainder: bool = False):
     """A ``tf.data.Dataset`` of batched element dicts for the rows of ``index``.
 
-    ``augment``: False, True (default :class:`Augmentation`) or an ``Augmentation``.
+    ``augment``: False, True (default :class:`Augmentation`), an ``Augmentation`` or a dict
+    of its fields (e.g. from a run config).
     ``cache``: False, True (in memory) or a path prefix for a file cache (a digest of the
     rows and settings is appended, so different inputs never share a cache file). The cache
     holds the deterministic part (decode, resize, z-score, pad); shuffling and augmentation
@@ -344,8 +345,15 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
         augmentation = None
     elif isinstance(augment, Augmentation):
         augmentation = augment
+    elif isinstance(augment, dict):
+        try:
+            augmentation = Augmentation(**augment)
+        except TypeError as error:
+            raise ValueError(f"bad augmentation settings {augment!r}: {error}") from None
     else:
-        raise ValueError(f"augment must be a bool or an Augmentation; got {augment!r}")
+        raise ValueError(
+            f"augment must be a bool, an Augmentation or a dict of its fields; got {augment!r}"
+        )
     need_ellipse = bool(with_annotation or with_ellipse)
     columns = _columns(index, image_size, need_ellipse)
     autotune = tf.data.AUTOTUNE
