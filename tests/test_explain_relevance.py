@@ -265,7 +265,7 @@ def test_fetalhc_adapter_and_output_affine_are_linear_steps():
     kinds = [(step.name, step.kind) for step in get_plan(fe.hc_output_model(model)).steps]
     assert ("adapter.affine", "linear") in kinds and ("adapter.repeat", "structural") in kinds
     assert not any(name == "ellipse" for name, _ in kinds)  # auxiliary output pruned
-    for method in ("deep_taylor", "lrp_composite"):
+    for method in ("deep_taylor",):
         maps = fe.explain(model, x, method=method, pixel_size=0.5)
         assert maps.shape == (3, SIZE, SIZE) and np.all(np.isfinite(maps))
 
