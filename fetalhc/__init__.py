@@ -16,6 +16,11 @@ _SUBMODULES = {
 }
 
 
+from fetalhc import _startup  # noqa: E402
+
+if _startup.running_as_cli():
+    _startup.import_tensorflow_quietly()
+
 # Eager imports: they register fetalhc's serializable Keras objects (layers, losses,
 # metrics), so `keras.models.load_model` works on fetalhc models after `import fetalhc`.
 import fetalhc.losses  # noqa: E402,F401

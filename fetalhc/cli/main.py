@@ -40,7 +40,6 @@ class LazyGroup(click.Group):
         module_name = COMMAND_MODULES.get(name)
         if module_name is None or not _module_exists(module_name):
             return None
-        _import_tensorflow_quietly()
         return importlib.import_module(module_name).command
 
     def invoke(self, ctx):
@@ -49,25 +48,6 @@ class LazyGroup(click.Group):
         except USER_ERRORS as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             raise click.ClickException(str(message)) from None
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing, CPU features) hidden.
-
-    Those lines are written to file descriptor 2 before absl logging is initialised, so
-    TF_CPP_MIN_LOG_LEVEL cannot silence them. Set FETALHC_VERBOSE_TF=1 to see them."""
-    if os.environ.get("FETALHC_VERBOSE_TF") or "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _module_exists(module_name: str) -> bool:

@@ -7,6 +7,36 @@ from pathlib import Path
 import click
 
 
+def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_every: int = 0,
+                        explain_methods=("gradient",), explain_images: int = 8,
+                        resume: bool = False, overwrite: bool = False, verbose: int = 2):
+    """``fetalhc.training.train`` plus, when ``explain_every > 0``, a
+    :class:`fetalhc.callbacks.SaliencyCallback` on the first ``explain_images`` images of the
+    run's validation split, logging to ``<out>/logs/saliency``. The CLI builds the callback
+    and hands it over: ``fetalhc.training`` never imports ``fetalhc.callbacks``."""
+    from fetalhc.training import resolve_config, resolve_split, train
+
+    extra_callbacks = []
+    if explain_every:
+        from fetalhc.callbacks import SaliencyCallback
+        from fetalhc.data import load_arrays, load_index
+
+        config = resolve_config(config_path, overrides=overrides)
+        names = resolve_split(config, data_dir)["val"][:explain_images]
+        if not names:
+            raise ValueError("--explain-every needs a validation split; set data.val_fraction > 0")
+        index = load_index(data_dir, "training", validate=False)
+        subset = index[index["filename"].isin(names)]
+        arrays = load_arrays(subset, image_size=config["data"]["image_size"],
+                             with_annotation=True)
+        extra_callbacks.append(SaliencyCallback(
+            arrays, methods=list(explain_methods), every_n_epochs=explain_every,
+            output_dir=Path(out_dir) / "logs" / "saliency", max_images=explain_images,
+        ))
+    return train(config_path, data_dir, out_dir, callbacks=extra_callbacks, resume=resume,
+                 overwrite=overwrite, overrides=overrides, verbose=verbose)
+
+
 @click.command("train")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="TOML config (see configs/); defaults apply to missing keys.")
@@ -23,18 +53,28 @@ import click
 @click.option("--resume", is_flag=True, help="Continue the run in --out after a kill.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
+@click.option("--explain-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Log saliency maps and explanation scores to TensorBoard every N epochs "
+                   "(0 = off), on a fixed subset of the validation split.")
+@click.option("--explain-methods", default="gradient,integrated_gradients", show_default=True,
+              help="Comma-separated registered methods for --explain-every.")
+@click.option("--explain-images", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Validation images in the --explain-every subset.")
 def command(config_path, data_dir, out_dir, epochs, batch_size, seed, fold, settings, resume,
-            overwrite, quiet):
+            overwrite, quiet, explain_every, explain_methods, explain_images):
     """Train a model; writes the run folder --out."""
-    from fetalhc.training import parse_set_option, train
+    from fetalhc.training import parse_set_option
 
     overrides = dict(parse_set_option(text) for text in settings)
     for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
                        ("train.seed", seed), ("data.fold", fold)):
         if value is not None:
             overrides[key] = value
-    result = train(config_path, data_dir, out_dir, resume=resume, overwrite=overwrite,
-                   overrides=overrides, verbose=0 if quiet else 2)
+    methods = [name.strip() for name in explain_methods.split(",") if name.strip()]
+    result = train_with_saliency(config_path, data_dir, out_dir, overrides=overrides,
+                                 explain_every=explain_every, explain_methods=methods,
+                                 explain_images=explain_images, resume=resume,
+                                 overwrite=overwrite, verbose=0 if quiet else 2)
     click.echo(f"run folder: {result.run_dir}")
     for split in ("val", "test"):
         scores = result.metrics.get(split)

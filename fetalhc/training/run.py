@@ -149,7 +149,8 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     return True
 
 
-def _resolve_split(config: dict[str, Any], data_dir) -> dict[str, list[str]]:
+def resolve_split(config: dict[str, Any], data_dir) -> dict[str, list[str]]:
+    """The train / val / test file names ``config`` selects from ``data_dir`` (deterministic)."""
     from fetalhc.data import kfold_split, load_index, split_index
 
     data = config["data"]
@@ -392,7 +393,7 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     size = data["image_size"]
 
     if not resuming:
-        split = _resolve_split(config, data_dir)
+        split = resolve_split(config, data_dir)
         index = load_index(data_dir, "training", validate=False)
         train_index = index[index["filename"].isin(set(split["train"]))]
         hc_mean, hc_std = _hc_statistics(train_index, size)
