@@ -282,6 +282,12 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
     by_error = summary_table(table, by=("method", "error_group"),
                              confidence=settings.confidence, n_boot=settings.n_boot,
                              seed=settings.seed)
+    # Error groups from the smallest to the largest errors, methods in the given order.
+    typical = table.groupby("error_group")["abs_error_mm"].median().fillna(np.inf)
+    by_error = by_error.assign(
+        _method=by_error["method"].map({m: i for i, m in enumerate(methods)}),
+        _group=by_error["error_group"].map(typical.rank(method="first")),
+    ).sort_values(["_method", "_group"], kind="stable").drop(columns=["_method", "_group"])
     written = {"per_image": out / "per_image.csv", "summary": out / "summary.csv",
                "summary_md": out / "summary.md", "by_error": out / "summary_by_error.csv",
                "by_error_md": out / "summary_by_error.md"}
@@ -380,9 +386,9 @@ def _figures(folder: Path, table, curves, by_error) -> dict:
             written[f"figure_deletion_{quantity}"] = save_figure(
                 deletion_insertion_figure(nested(group), ylabel=labels[quantity]), path)
     for column, ylabel, chance in (
-            ("band_ratio", "relevance in contour band / band area share", 1.0),
-            ("inside_ratio", "relevance inside head / head area share", 1.0),
-            ("top_distance_mm", "distance of top relevant pixels to contour (mm)", None)):
+            ("band_ratio", "contour-band ratio (1 = chance)", 1.0),
+            ("inside_ratio", "inside-head ratio (1 = chance)", 1.0),
+            ("top_distance_mm", "top pixels to contour (mm)", None)):
         if column in table:
             values = {m: g[column].to_numpy() for m, g in table.groupby("method", sort=False)}
             written[f"figure_{column}"] = save_figure(
