@@ -87,7 +87,18 @@ def batchnorm_block(x):
     return keras.layers.BatchNormalization(name="bn_alone")(x)  # not after a linear layer
 
 
+def structural_block(x):
+    a = conv_block(x)
+    b = keras.layers.Conv2D(2, 1, use_bias=False, activation="relu", name="conv_1x1")(x)
+    x = keras.layers.Concatenate(name="concat")([a, b])
+    x = keras.layers.Cropping2D(1, name="crop")(x)
+    x = keras.layers.UpSampling2D(2, name="upsample")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
+    return keras.layers.Reshape((2, 3), name="reshape")(x)
+
+
 BLOCKS = {
+    "structural": structural_block,
     "conv": conv_block,
     "dense": dense_block,
     "maxpool": maxpool_block,
@@ -129,7 +140,10 @@ def test_lrp_z_equals_input_x_gradient_and_conserves_layer_by_layer(block):
     np.testing.assert_allclose(result["start"].numpy(), start, rtol=1e-5)
     np.testing.assert_allclose(result["input_sum"].numpy(), start, rtol=1e-4, atol=1e-6)
     assert len(result["layer_sums"]) == len(plan.steps)
-    branch_steps = {"conv_b", "relu_b"}  # inside the residual branch: a share of the total
+    branch_steps = {  # steps on parallel branches carry a share of the total
+        "residual": {"conv_b", "relu_b"},
+        "structural": {"conv", "conv.activation", "conv_1x1", "conv_1x1.activation"},
+    }.get(block, set())
     for name, out_sum, in_sum in result["layer_sums"]:  # each step conserves locally
         np.testing.assert_allclose(in_sum.numpy(), out_sum.numpy(), rtol=1e-4, atol=1e-6,
                                    err_msg=name)
