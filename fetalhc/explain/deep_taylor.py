@@ -8,9 +8,11 @@ images are z-scored per image, so the default bounds are each image's own min an
 and elementwise affine layers (the output de-standardisation, a BatchNorm that is not
 folded) the z rule, as in :mod:`fetalhc.explain.lrp`.
 
-Relevance starts at ``output * d target / d output`` and keeps its sign, so for the default
-``hc_mm`` target and a positive prediction the map is non-negative above the input layer's
-z^B share. Metadata: ``relevance_start``, ``relevance_sum``, ``conservation_gap`` (target
+Relevance starts at ``output * d target / d output`` and keeps its sign. Every z+ and z^B
+share (``w (x - low)`` for ``w > 0``, ``w (x - high)`` for ``w < 0``) is non-negative, so on a
+chain network the map has the sign of the relevance entering it (with fetalhc's
+``OutputAffine``: of the prediction's deviation from the training mean HC); residual sums
+(z rule) can mix signs. Metadata: ``relevance_start``, ``relevance_sum``, ``conservation_gap`` (target
 units).
 """
 
