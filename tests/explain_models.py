@@ -25,18 +25,24 @@ def gap_model(size: int = 16, filters: int = 3, seed: int = 0) -> keras.Model:
 
 
 def tiny_cnn(size: int = 32, seed: int = 0) -> keras.Model:
-    """Plain conv net: conv-BN-ReLU-pool x 2, conv, GAP, Dense(1)."""
+    """Plain conv net: conv-BN-ReLU-pool x 2, conv, GAP, Dense(1).
+
+    Biases are random (not Keras' zeros) so the net is not positively homogeneous: with zero
+    biases f(a x) = a f(x) and IG from a zero baseline would be exact with one point."""
     keras.utils.set_random_seed(seed)
+    bias = keras.initializers.RandomNormal(stddev=0.3, seed=seed)
     inputs = keras.Input((size, size, 1), name="image")
     x = inputs
     for block, width in enumerate((4, 8), start=1):
-        x = keras.layers.Conv2D(width, 3, padding="same", name=f"block{block}_conv")(x)
+        x = keras.layers.Conv2D(width, 3, padding="same", bias_initializer=bias,
+                                name=f"block{block}_conv")(x)
         x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
         x = keras.layers.ReLU(name=f"block{block}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="top_conv")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", bias_initializer=bias,
+                            name="top_conv")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dense(8, activation="relu", name="dense")(x)
+    x = keras.layers.Dense(8, activation="relu", bias_initializer=bias, name="dense")(x)
     outputs = keras.layers.Dense(1, name="hc_px_input")(x)
     return keras.Model(inputs, outputs, name="tiny_cnn")
 

@@ -193,9 +193,26 @@ def test_integrated_gradients_default_is_complete_on_a_relu_cnn():
     result = fe.explain_batch(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE)
     assert result.info["rule"] == DEFAULT_RULE and result.info["steps"] == DEFAULT_STEPS
     relative = result.metadata["completeness_gap_relative"]
-    assert np.all(relative < 0.01), relative
+    assert np.all(relative < 0.01), (relative, result.metadata["steps"])
     difference = result.metadata["target_value"] - result.metadata["baseline_target"]
     np.testing.assert_allclose(result.maps.sum(axis=(1, 2)), difference, rtol=0.01)
+
+
+def test_integrated_gradients_refines_images_over_tolerance():
+    model, x = tiny_cnn(size=32, seed=4), random_images(4, 32, seed=8)
+    coarse = fe.explain_batch(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
+                              steps=2, tolerance=None)
+    assert np.all(coarse.metadata["steps"] == 2)
+    assert coarse.metadata["completeness_gap_relative"].max() > 0.01  # 2 points are too few
+    refined = fe.explain_batch(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
+                               steps=2, tolerance=0.01, max_steps=256)
+    steps, relative = refined.metadata["steps"], refined.metadata["completeness_gap_relative"]
+    assert steps.max() > 2 and set(steps) <= {2, 4, 8, 16, 32, 64, 128, 256}
+    assert np.all((relative <= 0.01) | (steps == 256)), (relative, steps)
+    done = steps == 2  # images not refined keep their coarse maps exactly
+    np.testing.assert_array_equal(refined.maps[done], coarse.maps[done])
+    with pytest.raises(ValueError, match="tolerance must be None or a number > 0"):
+        fe.explain(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE, tolerance=0)
 
 
 # ------------------------------------------------------------------ every registered method

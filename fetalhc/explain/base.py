@@ -381,6 +381,15 @@ class Method:
         """One batch -> ``{"map": (B, H, W[, C]), other per-image tensors (B,)}``."""
         raise NotImplementedError
 
+    def refine_indices(self, reports: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """Indices (into this run's images) whose result should be recomputed with
+        :meth:`refined`; default none. ``reports`` are the per-image arrays of the run."""
+        return None
+
+    def refined(self) -> Method | None:
+        """A more accurate (costlier) variant of this method, or None when at its limit."""
+        return None
+
     def metadata(self, context: ExplainContext) -> dict[str, Any]:
         """Run-level metadata (e.g. the resolved layer, quadrature); default: the options."""
         return {key: _describe(value) for key, value in self.options.items()}
@@ -609,6 +618,32 @@ def _named_errors(method: str):
         raise type(error)(f"{method}: {message}") from error
 
 
+def _run(context, method, images, pixel_size, reference, extras):
+    """Run ``method``'s traced function over ``images`` in batches -> (maps, reports)."""
+    function = _traced(context, method, extras)
+    extra_names = sorted(extras)
+    batch_size = context.batch_size
+    maps, reports = [], {}
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        with _named_errors(method.name):
+            result = function(
+                tf.constant(images[start:stop]),
+                tf.constant(pixel_size[start:stop]),
+                tf.constant(reference[start:stop]),
+                *[tf.constant(extras[name][start:stop]) for name in extra_names],
+            )
+        result = dict(result)
+        attribution = result.pop("map")
+        if attribution.shape.rank == 4:
+            attribution = tf.reduce_sum(attribution, axis=-1)
+        maps.append(np.asarray(attribution, np.float32))
+        for name, value in result.items():
+            reports.setdefault(name, []).append(np.asarray(value, np.float32).reshape(stop - start))
+    return (np.concatenate(maps).astype(np.float32),
+            {name: np.concatenate(values) for name, values in reports.items()})
+
+
 def explain_batch(
     model,
     images,
@@ -664,28 +699,30 @@ def explain_batch(
     for name, value in extras.items():
         if len(value) != n:
             raise ValueError(f"{method}: prepared input {name!r} has {len(value)} rows for {n} images")
-    function = _traced(context, method_instance, extras)
-    forward = _forward(context)
-    extra_names = sorted(extras)
-    maps, reports, predictions = [], {}, []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        batch = tf.constant(inputs.images[start:stop])
+    maps, reports = _run(context, method_instance, inputs.images, pixel_size_array,
+                         reference_array, extras)
+    # methods may refine the images they are not satisfied with (e.g. IG: more points)
+    pending = method_instance.refine_indices(reports)
+    refining = method_instance
+    while pending is not None and len(pending):
+        refining = refining.refined()
+        if refining is None:
+            break
         with _named_errors(method_instance.name):
-            result = function(
-                batch,
-                tf.constant(pixel_size_array[start:stop]),
-                tf.constant(reference_array[start:stop]),
-                *[tf.constant(extras[name][start:stop]) for name in extra_names],
-            )
-        result = dict(result)
-        attribution = result.pop("map")
-        if attribution.shape.rank == 4:
-            attribution = tf.reduce_sum(attribution, axis=-1)
-        maps.append(np.asarray(attribution, np.float32))
-        for name, value in result.items():
-            reports.setdefault(name, []).append(np.asarray(value, np.float32).reshape(stop - start))
-        predictions.append(np.asarray(forward(batch), np.float32))
+            refining.setup(context)
+        sub_extras = {name: value[pending] for name, value in extras.items()}
+        sub_maps, sub_reports = _run(context, refining, inputs.images[pending],
+                                     pixel_size_array[pending], reference_array[pending], sub_extras)
+        maps[pending] = sub_maps
+        for name, values in sub_reports.items():
+            reports[name][pending] = values
+        still = refining.refine_indices(sub_reports)
+        pending = pending[still] if still is not None else None
+    forward = _forward(context)
+    predictions = [
+        np.asarray(forward(tf.constant(inputs.images[start:start + batch_size])), np.float32)
+        for start in range(0, n, batch_size)
+    ]
     prediction_px = np.concatenate(predictions)
     prediction_mm = prediction_px * pixel_size_array
     target_value = np.asarray(
@@ -698,7 +735,7 @@ def explain_batch(
         "target_value": target_value,
         "pixel_size_mm": pixel_size_array,
         "reference_mm": reference_array,
-        **{name: np.concatenate(values) for name, values in reports.items()},
+        **reports,
     }
     if "filename" in inputs.extra:
         metadata["filename"] = inputs.extra["filename"]
@@ -711,7 +748,7 @@ def explain_batch(
         "chunk_size": chunk_size,
         **method_instance.metadata(context),
     }
-    maps_array = np.concatenate(maps).astype(np.float32)
+    maps_array = maps
     if not np.all(np.isfinite(maps_array)):
         raise ValueError(f"{method}: the map has non-finite values (check the model and the inputs)")
     return Explanation(
