@@ -63,6 +63,7 @@ class _Problems:
     messages: list
 
     def add(self, message: str) -> None:
+        message = " ".join(message.split())  # always one line
         if not self.collect:
             raise DataError(message)
         self.messages.append(message)
