@@ -72,3 +72,22 @@ def test_top_pixel_distance_in_mm_and_relevance_modes():
         evaluate.localisation_scores(maps, annotation, 0.5, relevance="relu")
     with pytest.raises(ValueError, match="annotations"):
         evaluate.localisation_scores(maps[:, :32], annotation, 0.5)
+
+
+@pytest.mark.slow
+def test_real_hc18_outlines_band_and_head(hc18_path):
+    from fetalhc.data import load_arrays, load_index
+
+    index = load_index(hc18_path, "training", validate=False).head(4)
+    arrays = load_arrays(index, image_size=64, with_annotation=True)
+    annotation, pixel_size = arrays["annotation"], arrays["pixel_size_mm"]
+    band = evaluate.contour_distance_mm(annotation, pixel_size) <= 3.0
+    scores = evaluate.localisation_scores(band.astype(np.float32), annotation, pixel_size)
+    np.testing.assert_allclose(scores["band_ratio"], 1.0 / scores["band_area_fraction"])
+    # The filled head's perimeter-equivalent matches the reference HC roughly: an ellipse of
+    # area A has a perimeter of at least 2 sqrt(pi A) (equality for a circle); the filled
+    # mask also holds the outline's outer half-width (about 1 px of 64), hence the slack.
+    area_mm2 = evaluate.head_mask(annotation).sum(axis=(1, 2)) * pixel_size ** 2
+    lower_bound = 2 * np.sqrt(np.pi * area_mm2)
+    assert np.all(lower_bound <= arrays["hc_mm"] * 1.15)
+    assert np.all(lower_bound >= arrays["hc_mm"] * 0.75)
