@@ -307,3 +307,23 @@ def test_augmentation_draws_anew_each_epoch_without_shuffle(phantoms):
     assert not np.allclose(first["pixel_size_mm"], second["pixel_size_mm"])
     again = first_batch(make_dataset(index, image_size=32, batch_size=10, augment=True, seed=6))
     np.testing.assert_array_equal(again["image"], first["image"])
+
+
+def test_rasterise_outline_of_a_circle():
+    from fetalhc.data import rasterise_outline
+
+    single = rasterise_outline([20.0, 18.0, 10.0, 10.0, 0.3], 40).numpy()
+    assert single.shape == (40, 40, 1) and set(np.unique(single)) == {0.0, 1.0}
+    rows, cols = np.nonzero(single[..., 0])
+    radius = np.hypot(cols - 20.0, rows - 18.0)
+    assert np.all(np.abs(radius - 10.0) <= 0.8)  # first-order distance <= 0.75
+    assert single.sum() == pytest.approx(2 * math.pi * 10 * 1.5, rel=0.15)
+    batch = rasterise_outline(np.array([[20, 18, 10, 10, 0.3], [5, 5, 3, 2, 0]]), 40).numpy()
+    assert batch.shape == (2, 40, 40, 1)
+    np.testing.assert_array_equal(batch[0], single)
+
+
+def test_relative_root_gives_absolute_paths(phantoms, monkeypatch):
+    monkeypatch.chdir(phantoms.parent)
+    index = load_index(phantoms.name)
+    assert all(Path(path).is_absolute() for path in index["image_path"])

@@ -148,7 +148,7 @@ def _check_annotation(path: Path, problems: _Problems, where: str) -> None:
 def _load(root, part: str, validate: bool, problems: _Problems, progress=None) -> pd.DataFrame:
     if part not in PARTS:
         raise ValueError(f"part must be one of {sorted(PARTS)}; got {part!r}")
-    root = Path(root)
+    root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder is missing")
     folder_name, csv_name = PARTS[part]
