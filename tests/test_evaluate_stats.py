@@ -59,6 +59,7 @@ def test_error_groups_by_threshold_and_quantiles():
     assert three[2] == "1.00 < error <= 5.00 mm"
     halves = stats.error_groups(errors[:4], quantiles=[0.5])
     assert (halves == "error <= 2.25 mm").sum() == 2
+    assert list(stats.error_groups([np.nan, np.nan], quantiles=[0.5])) == ["no reference"] * 2
     with pytest.raises(ValueError, match="exactly one"):
         stats.error_groups(errors)
     with pytest.raises(ValueError, match="between 0 and 1"):

@@ -376,12 +376,16 @@ def _figures(folder: Path, table, curves, by_error) -> dict:
         perturbation = curves[curves["curve"] == "perturbation"].assign(
             panel=lambda f: f["order"])
         for quantity, group in perturbation.groupby("quantity", sort=False):
+            if not group["mean"].notna().any():  # no references (e.g. challenge split)
+                continue
             path = folder / f"perturbation_{quantity}.png"
             written[f"figure_perturbation_{quantity}"] = save_figure(
                 perturbation_figure(nested(group), ylabel=labels[quantity]), path)
         deletion = curves[curves["curve"].isin(["deletion", "insertion"])].assign(
             panel=lambda f: f["curve"])
         for quantity, group in deletion.groupby("quantity", sort=False):
+            if not group["mean"].notna().any():
+                continue
             path = folder / f"deletion_insertion_{quantity}.png"
             written[f"figure_deletion_{quantity}"] = save_figure(
                 deletion_insertion_figure(nested(group), ylabel=labels[quantity]), path)
