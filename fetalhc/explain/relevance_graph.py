@@ -87,7 +87,6 @@ class Plan:
     steps: list[Step]
     consumers: dict = field(default_factory=dict)
     _keep_alive: list = field(default_factory=list, repr=False)
-    functions: dict = field(default_factory=dict, repr=False)
 
     def unsupported(self) -> list[Step]:
         return [step for step in self.steps if step.kind == OPAQUE]
@@ -184,8 +183,9 @@ def _bn_axis_is_last(layer, rank: int) -> bool:
 
 
 class _Builder:
-    def __init__(self, consumers: dict):
-        self.consumers = consumers
+    """Makes keys for the tensors a split layer creates (e.g. a conv's pre-activation)."""
+
+    def __init__(self):
         self.counter = 0
 
     def new_key(self, base: str):
@@ -557,7 +557,7 @@ def build_plan(model: keras.Model, output: str | None = None) -> Plan:
         bn_fold[("output", id(source))] = id(node.outputs[0])
         skip_nodes.add(id(node))
 
-    builder = _Builder(consumers)
+    builder = _Builder()
     steps: list[Step] = []
     for node in nodes:
         if id(node) in skip_nodes:
