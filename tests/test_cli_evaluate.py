@@ -126,7 +126,8 @@ def test_external_maps_resume_and_paper_protocol(run_dir, phantoms, tmp_path):
     paper = invoke("--model", run_dir, "--data", phantoms, "--protocol", "paper",
                    "--methods", "gradient", "--metrics", "aopc", "--out", tmp_path / "p",
                    *FAST)
-    assert paper.exit_code == 1 and "128 x 128" in paper.output
+    assert paper.exit_code == 1
+    assert "the paper protocol uses 128 x 128 inputs; got images of 32 x 32 px" in paper.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -111,6 +111,10 @@ def test_per_image_table_summary_and_original_pixels(one_region_setup):
     long = curves.to_frame()
     assert len(long) == len(images) * 3 * 5
     assert set(long["order"]) == {"morf", "lerf", "random"}
+    np.testing.assert_allclose(np.abs(long["signed_shift_mm"]), long["shift_mm"], rtol=1e-6)
+    # Region 5 (bright, positive weight) replaced by noise: the prediction drops.
+    first_morf = long[(long["order"] == "morf") & (long["step"] == 1)]
+    assert (first_morf["signed_shift_mm"] < -5).all()
     summary = curves.summary(n_boot=200)
     row = summary.set_index("metric").loc["aopc_morf_abs_error_mm"]
     assert row["ci_low"] <= row["mean"] <= row["ci_high"]
@@ -225,7 +229,14 @@ def test_bad_inputs_give_one_line_errors(one_region_setup):
 def test_paper_protocol_helpers():
     assert evaluate.PAPER_PROTOCOL["grid"] == 4 and evaluate.PAPER_PROTOCOL["steps"] == 15
     evaluate.check_paper_input(np.zeros((1, 128, 128, 1)))
-    with pytest.raises(ValueError, match="128 x 128"):
+    with pytest.raises(ValueError, match="128 x 128 inputs; got images of 64 x 64 px"):
         evaluate.check_paper_input(np.zeros((1, 64, 64, 1)))
+    with pytest.raises(ValueError, match="got images of 64 x 64 px"):
+        evaluate.check_paper_input((3, 64, 64, 1))
+    evaluate.check_paper_input((3, 128, 128, 1))
+    settings = evaluate.EvaluationSettings.paper()
+    settings.validate((3, 128, 128, 1), ["aopc"])
+    assert (settings.grid, settings.steps, settings.noise_sd, settings.perturbation,
+            settings.aggregation, settings.recompute) == (4, 15, 0.3, "noise", "mean", False)
     # 800 px long side resized to 128: an input pixel covers 6.25 original pixels.
     np.testing.assert_allclose(evaluate.pixel_size_original([0.625], 128, [800]), [0.1])

@@ -123,7 +123,8 @@ class PerturbationCurves:
         return pd.DataFrame(columns)
 
     def to_frame(self) -> pd.DataFrame:
-        """Long table: image, order, step, regions removed, HC, error and shift (mm)."""
+        """Long table: image, order, step, regions removed, HC, |error|, |shift| and signed
+        shift (mm; positive = the perturbed prediction is larger)."""
         n, n_orders, n_steps = self.hc_mm.shape
         image = np.repeat(np.arange(n), n_orders * n_steps)
         order = np.tile(np.repeat(np.asarray(self.orders, dtype=object), n_steps), n)
@@ -136,7 +137,8 @@ class PerturbationCurves:
             "fraction_removed": np.tile(self.regions_removed / self.n_regions, n * n_orders),
             "hc_pred_mm": self.hc_mm.reshape(-1),
             "abs_error_mm": self.abs_error_mm.reshape(-1),
-            "shift_mm": (self.hc_mm - self.hc_mm[:, :, :1]).reshape(-1),
+            "shift_mm": self.shift_mm.reshape(-1),
+            "signed_shift_mm": (self.hc_mm - self.hc_mm[:, :, :1]).reshape(-1),
         })
         if self.pixel_size_original_mm is not None:
             frame["abs_error_px_original"] = self.abs_error_px_original.reshape(-1)
@@ -317,11 +319,14 @@ def pixel_size_original(pixel_size_input_mm, input_size: int, original_long_side
 
 
 def check_paper_input(images) -> None:
-    """The paper protocol needs 128 x 128 inputs; say so otherwise."""
-    shape = np.shape(images)
+    """The paper protocol needs 128 x 128 inputs; say so otherwise.
+
+    ``images`` is the image array or its shape ``(N, H, W[, C])``.
+    """
+    shape = tuple(images) if isinstance(images, tuple | list) else np.shape(images)
     size = PAPER_PROTOCOL["image_size"]
     if len(shape) < 3 or tuple(shape[1:3]) != (size, size):
         raise ValueError(
             f"the paper protocol uses {size} x {size} inputs; got images of "
-            f"{tuple(shape[1:3])} (load the data with image_size={size})"
+            f"{shape[1]} x {shape[2]} px (load the data with image_size={size})"
         )
