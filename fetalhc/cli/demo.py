@@ -164,9 +164,12 @@ def _write_report(out: Path, run_dir: Path, predictions: Path, explain_dir: Path
               "(LeRF) or at random; more negative MoRF = more faithful. Band ratio: share of "
               "positive relevance within ±3 mm of the skull contour over the band's share of "
               "the image (1 = chance). 95 % bootstrap intervals in brackets.", ""]
-    if summary_md.is_file():
-        lines += [summary_md.read_text().strip(), ""]
-    for figure in sorted(evaluate_dir.glob("*.png")):
+    summary_csv = evaluate_dir / "summary.csv"
+    if summary_csv.is_file():
+        lines += [*_quality_table(summary_csv), "",
+                  f"Every metric with its interval: [{_relative(summary_md, out)}]"
+                  f"({_relative(summary_md, out)}).", ""]
+    for figure in sorted(evaluate_dir.rglob("*.png")):
         lines += [f"![{figure.stem}]({_relative(figure, out)})", ""]
     lines += ["## Time per step (s)", "", "| step | seconds |", "| --- | --- |"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
@@ -175,6 +178,36 @@ def _write_report(out: Path, run_dir: Path, predictions: Path, explain_dir: Path
     report = out / "report.md"
     _write_text(report, "\n".join(lines))
     return report
+
+
+QUALITY_COLUMNS = {
+    "aopc_morf_abs_error_mm": "AOPC MoRF (mm)",
+    "aopc_lerf_abs_error_mm": "AOPC LeRF (mm)",
+    "aopc_random_abs_error_mm": "AOPC random (mm)",
+    "aopc_gap_abs_error_mm": "MoRF − LeRF (mm)",
+    "band_ratio": "contour band ratio",
+    "top_distance_mm": "top-5 % distance to contour (mm)",
+}
+
+
+def _quality_table(summary_csv: Path) -> list[str]:
+    """A compact methods x metrics Markdown table from the evaluation's summary.csv."""
+    import pandas as pd
+
+    summary = pd.read_csv(summary_csv)
+    columns = [c for c in QUALITY_COLUMNS if c in set(summary["metric"])]
+    table = summary.pivot_table(index="method", columns="metric", values="mean")
+    low = summary.pivot_table(index="method", columns="metric", values="ci_low")
+    high = summary.pivot_table(index="method", columns="metric", values="ci_high")
+    if "aopc_morf_abs_error_mm" in columns:
+        table = table.sort_values("aopc_morf_abs_error_mm")
+    lines = ["| method | " + " | ".join(QUALITY_COLUMNS[c] for c in columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    for method, row in table.iterrows():
+        cells = [f"{row[c]:.3g} [{low.loc[method, c]:.3g}, {high.loc[method, c]:.3g}]"
+                 for c in columns]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 @click.command("demo")
