@@ -43,8 +43,10 @@ def variants(methods: list[str]) -> list[tuple[str, str, dict]]:
     rows = []
     for method in methods:
         if method == "integrated_gradients":
-            rows.append((f"IG default ({DEFAULT_RULE}, {DEFAULT_STEPS})", method, {}))
-            rows.append(("IG riemann_right 50", method, {"rule": "riemann_right", "steps": 50}))
+            rows.append((f"IG default ({DEFAULT_RULE} {DEFAULT_STEPS}, refine)", method, {}))
+            rows.append((f"IG {DEFAULT_RULE} {DEFAULT_STEPS} fixed", method, {"tolerance": None}))
+            rows.append(("IG riemann_right 50 fixed", method,
+                         {"rule": "riemann_right", "steps": 50, "tolerance": None}))
         else:
             rows.append((method, method, {}))
     return rows
@@ -90,7 +92,8 @@ def main() -> None:
                 absolute = result.metadata["completeness_gap"]
                 relative = result.metadata["completeness_gap_relative"]
                 gap = (f"{np.median(absolute):.3g} / {absolute.max():.3g} mm "
-                       f"({100 * np.median(relative):.2f} % / {100 * relative.max():.2f} %)")
+                       f"({100 * np.median(relative):.2f} % / {100 * relative.max():.2f} %), "
+                       f"points used mean {result.metadata['steps'].mean():.0f}")
             elif "conservation_gap" in result.metadata:
                 gap = f"conservation gap median {np.median(result.metadata['conservation_gap']):.3g}"
             print(f"{label:34s} {elapsed:9.1f}  {gap}", flush=True)

@@ -2,14 +2,19 @@
 
 Trains a small CNN (fetalhc ``small_cnn`` backbone, BN + ReLU) on phantoms for a few epochs,
 then for every quadrature rule and number of points measures each image's completeness gap
-``|sum(map) - (f(x) - f(b))|`` relative to ``|f(x) - f(b)|`` (target hc_mm, baseline zeros
-and blur). The rule is chosen on the calibration images (the cheapest whose largest relative
-gap is < 0.5 %, half the 1 % requirement) and checked on held-out phantoms and, when HC18 is
-present, on real HC18 images the model never saw.
+``|sum(map) - (f(x) - f(b))|`` relative to ``|f(x) - f(b)|`` (target hc_mm). Per rule it
+prints the fewest points whose median gap on the calibration images is < 0.5 % (the base
+number of points: most images finish in one pass) and the fewest whose largest gap is < 1 %
+(what a fixed rule would need), with the held-out phantoms and, when HC18 is present, real
+HC18 images the model never saw, next to it. The refinement of the default (images over
+1 % get twice the points) covers the tail. Fixed-point refinement is what the numbers call
+for: on a ReLU network the integrand is piecewise constant along the path, so every rule
+converges like 1/steps and Gauss-Legendre gains nothing.
 
     .venv/bin/python benchmarks/calibrate_ig.py [--size 64] [--epochs 12] [--hc18 DIR]
 
-Prints a table; the numbers are quoted in docs/explain.md. CPU: about 2-4 minutes.
+Prints a table; the numbers are quoted in docs/explain.md. CPU: 10-25 minutes on a shared
+2-core machine (each row explains 72 images); restrict with --rules / --steps.
 """
 
 from __future__ import annotations
@@ -118,13 +123,16 @@ def main() -> None:
                     results[name] = relative
                     row.append(f"{100 * np.median(relative):8.3f}% / {100 * relative.max():7.3f}%")
                 print(f"{rule:15s} {steps:5d}  " + "  ".join(f"{cell:>24s}" for cell in row))
-                calibration_max = results["calibration (phantoms)"].max()
-                if calibration_max < 0.005 and (baseline, rule) not in chosen:
-                    chosen[(baseline, rule)] = (steps, {k: float(v.max()) for k, v in results.items()})
-    print("\nfewest points per rule with max calibration gap < 0.5 %:")
-    for (baseline, rule), (steps, maxima) in sorted(chosen.items(), key=lambda item: item[1][0]):
+                calibration = results["calibration (phantoms)"]
+                maxima = {k: float(v.max()) for k, v in results.items()}
+                if np.median(calibration) < 0.005 and ("median", baseline, rule) not in chosen:
+                    chosen[("median", baseline, rule)] = (steps, maxima)
+                if calibration.max() < 0.01 and ("max", baseline, rule) not in chosen:
+                    chosen[("max", baseline, rule)] = (steps, maxima)
+    print("\nfewest points per rule: calibration median < 0.5 % (base) / calibration max < 1 % (fixed):")
+    for (kind, baseline, rule), (steps, maxima) in sorted(chosen.items()):
         held = ", ".join(f"{name} max {100 * value:.3f}%" for name, value in maxima.items())
-        print(f"  baseline={baseline:5s} {rule:15s} steps={steps:3d}: {held}")
+        print(f"  {kind:6s} baseline={baseline:5s} {rule:15s} steps={steps:3d}: {held}")
     print(f"\ntotal {time.time() - started:.0f} s")
 
 

@@ -16,7 +16,8 @@ from fetalhc.training import load_run, run_split_index, train
 CONFIG = {
     "data": {"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2},
     "model": {"backbone": "small_cnn", "dropout": 0.0},
-    "train": {"epochs": 1, "batch_size": 8, "learning_rate": 3e-3, "tensorboard": False},
+    "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "learning_rate": 3e-3,
+              "tensorboard": False},
 }
 METHODS = "gradient,integrated_gradients,gradcam"
 
