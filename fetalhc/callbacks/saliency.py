@@ -96,6 +96,8 @@ class SaliencyCallback(keras.callbacks.Callback):
         if "localisation" in self.scores and self.subset.get("annotation") is None:
             self.scores = tuple(s for s in self.scores if s != "localisation")
         self._writer = None
+        self._forward_model = None
+        self._forward = None  # one traced forward pass for the AOPC curves, built lazily
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs=None):
@@ -155,9 +157,14 @@ class SaliencyCallback(keras.callbacks.Callback):
     def _scores(self, method, maps, images, pixel_size, reference) -> dict[str, float]:
         scores: dict[str, float] = {}
         if "aopc" in self.scores:
+            if self._forward is None or self._forward_model is not self.model:
+                # built once and reused every epoch: it reads the model's current weights
+                self._forward = evaluate.BatchedForward(self.model)
+                self._forward_model = self.model
             curves = evaluate.region_perturbation(
                 self.model, images, maps, pixel_size, reference,
                 grid=self.grid, orders=("morf", "random"), perturbation="noise",
+                forward=self._forward,
             )
             quantity = "abs_error_mm" if reference is not None else "shift_mm"
             for order in ("morf", "random"):

@@ -1,0 +1,68 @@
+"""The README is the front door: its Python example and its commands must keep working."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture()
+def in_tmp_repo(tmp_path):
+    """Run from a scratch folder holding a copy of configs/, as a user in a checkout."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(previous)
+
+
+def test_python_api_example_runs(in_tmp_repo, capsys):
+    example = next(block for block in _blocks("python") if "fetalhc.train(" in block)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["maps"].shape == namespace["batch"]["image"].shape[:3]
+    assert "aopc_morf_abs_error_mm" in capsys.readouterr().out
+
+
+def _commands() -> list[list[str]]:
+    block = next(block for block in _blocks("bash") if "fetalhc data check" in block)
+    joined = block.replace("\\\n", " ")
+    commands = []
+    for line in joined.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("fetalhc "):
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_readme_lists_every_command():
+    names = {arguments[0] for arguments in _commands()}
+    assert {"data", "train", "predict", "explain", "evaluate", "demo"} <= names
+
+
+@pytest.mark.slow
+def test_cli_commands_in_readme_run(in_tmp_repo, hc18_path):
+    from click.testing import CliRunner
+
+    from fetalhc.cli.main import cli
+
+    runner = CliRunner()
+    for arguments in _commands():
+        arguments = [str(hc18_path) if a == "../shared/data/hc18" else a for a in arguments]
+        if arguments[0] == "demo":
+            arguments += ["--n", "30", "--epochs", "2", "--explain-images", "2",
+                          "--evaluate-images", "3"]
+        result = runner.invoke(cli, arguments)
+        assert result.exit_code == 0, f"fetalhc {' '.join(arguments)}\n{result.output}"
