@@ -347,15 +347,15 @@ def test_unsupported_layers_raise_naming_layer_and_class():
     fe.explain(model, images(), method="guided_backprop", pixel_size=0.3)  # no ReLU: fine
 
     inputs = keras.Input((SIZE, SIZE, 1))
-    x = keras.layers.DepthwiseConv2D(3, activation="relu", name="depthwise")(inputs)
+    x = keras.layers.ReLU(threshold=0.5, name="thresholded")(inputs)  # not swappable
     x = keras.layers.LeakyReLU(name="leaky")(x)
     model = keras.Model(inputs, keras.layers.Dense(1, name="hc_px_input")(
         keras.layers.Flatten()(x)))
     plan = build_plan(model)
     assert [step.kind for step in plan.steps[:2]] == [OPAQUE, OPAQUE]
-    with pytest.raises(ValueError, match=r"'depthwise' \(DepthwiseConv2D\)"):
+    with pytest.raises(ValueError, match=r"'thresholded' \(ReLU\)"):
         fe.explain(model, images(), method="lrp_z", pixel_size=0.3)
-    with pytest.raises(ValueError, match=r"guided_backprop: layer 'depthwise'.*ReLU"):
+    with pytest.raises(ValueError, match=r"guided_backprop: layer 'thresholded'.*ReLU"):
         fe.explain(model, images(), method="guided_backprop", pixel_size=0.3)
 
 

@@ -1,8 +1,10 @@
 """DeConvNet (Zeiler and Fergus 2014) for HC regression.
 
-The target's gradient with every ReLU's backward pass replaced by
+The target's gradient with every rectifier's backward pass replaced by
 ``grad_in = relu(grad_out)``: the backward signal is rectified as in the forward pass and
-ignores whether the unit was active. Replays the functional graph with the ReLUs swapped
+ignores whether (and how steeply) the unit was active. The same for ReLU, ReLU6 and
+swish/SiLU; other activations (a squeeze-and-excitation sigmoid gate) keep their ordinary
+gradient. Replays the functional graph with the rectifiers swapped
 (:mod:`fetalhc.explain.guided_backprop`); the user's model is never modified. Units: target
 units per input unit. Signed map, channels summed.
 """
@@ -15,18 +17,14 @@ from fetalhc.explain.guided_backprop import ModifiedGradientMethod
 from fetalhc.explain.registry import register
 
 
-@tf.custom_gradient
-def deconvnet_relu(x):
-    """ReLU forward; backward rectifies the incoming gradient, whatever the input was."""
-
-    def backward(upstream):
-        return tf.nn.relu(upstream)
-
-    return tf.nn.relu(x), backward
+def deconvnet_rule(upstream, local_derivative):
+    """DeConvNet: rectify the backward signal, whatever the unit's input was."""
+    del local_derivative
+    return tf.nn.relu(upstream)
 
 
 @register()
 class DeconvNet(ModifiedGradientMethod):
     name = "deconvnet"
-    description = "gradient with ReLU backward rectifying the backward signal (Zeiler-Fergus)"
-    relu = staticmethod(deconvnet_relu)
+    description = "gradient with rectifier backward rectifying the backward signal (Zeiler-Fergus)"
+    backward_rule = staticmethod(deconvnet_rule)

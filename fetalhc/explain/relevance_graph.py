@@ -5,13 +5,20 @@ output, and turns every layer call into one or more :class:`Step` objects that t
 relevance engine (:mod:`fetalhc.explain.relevance_rules`) and the modified-gradient
 methods (Guided Backprop, DeConvNet) execute themselves, tensor by tensor:
 
-- ``Conv1D/2D/3D`` and ``Dense`` become a ``linear`` step (the affine part, computed from the
-  layer's own variables) followed by a ``relu`` step when their activation is ReLU;
-- a ``BatchNormalization`` whose input is the sole use of a linear ``Conv``/``Dense`` output
-  is folded into it (kernel and bias rescaled per output channel); any other
-  ``BatchNormalization`` is an elementwise ``affine`` step;
+- ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` and ``Dense`` become a ``linear`` step (the
+  affine part, computed from the layer's own variables) followed by an activation step;
+  ``SeparableConv1D/2D`` becomes two linear steps (the bias-free depthwise part, then the
+  1x1 pointwise part with the bias);
+- activations: ReLU and ReLU6 (``ReLU(max_value=...)``, ``"relu6"``) are ``relu`` steps
+  (identity for relevance, swapped in Guided Backprop / DeConvNet); swish/SiLU and sigmoid
+  are ``activation`` steps (identity for relevance, an approximation; see docs/relevance.md);
+- a ``BatchNormalization`` whose input is the sole use of a linear Conv / DepthwiseConv /
+  SeparableConv / Dense output is folded into it (kernel and bias rescaled per output
+  channel); any other ``BatchNormalization`` is an elementwise ``affine`` step;
 - ``GrayscaleAdapter`` is an ``affine`` step and a channel-repeat ``structural`` step;
-  ``OutputAffine`` and ``Rescaling`` are ``affine`` steps;
+  ``OutputAffine``, ``Rescaling`` and ``Normalization`` are ``affine`` steps;
+- ``Multiply`` of a tensor by a broadcast gate (squeeze-and-excitation) is an ``affine``
+  step whose scale is the gate, held constant: relevance flows to the gated tensor only;
 - pooling, ``Add``, reshaping, padding and dropout layers get their own kinds.
 
 The user's model is never modified: the plan only reads its variables, so weight updates
@@ -31,7 +38,8 @@ import tensorflow as tf
 
 # Step kinds.
 LINEAR = "linear"  # affine map, relevance rules apply (conv, dense, pooling, add, affine)
-RELU = "relu"  # ReLU: identity for relevance, swapped in Guided Backprop / DeConvNet
+RELU = "relu"  # ReLU / ReLU6: identity for relevance, swapped in Guided Backprop / DeConvNet
+ACTIVATION = "activation"  # other elementwise activation (swish, sigmoid): identity for LRP
 MAXPOOL = "maxpool"  # max pooling: winner takes all
 STRUCTURAL = "structural"  # copies / selects / rearranges values: relevance by the transpose
 IDENTITY = "identity"  # dropout and friends at inference
@@ -59,6 +67,9 @@ class LinearOp:
     family: str
     apply: Callable[[Sequence[tf.Tensor], WeightPart], tf.Tensor | None]
     bias: Callable[[], tf.Tensor | None]
+    # Only the first ``relevant_inputs`` inputs carry relevance (None: all). The others are
+    # held constant by the rules (e.g. the gate of a squeeze-and-excitation ``Multiply``).
+    relevant_inputs: int | None = None
 
 
 @dataclass
@@ -74,6 +85,8 @@ class Step:
     linear: LinearOp | None = None
     note: str = ""
     hidden_relu: bool = False  # opaque step that applies a ReLU we cannot swap
+    max_value: float | None = None  # relu steps: upper clip (6.0 for ReLU6)
+    activation: str = ""  # activation steps: Keras activation name ("silu", "sigmoid")
 
 
 @dataclass
@@ -130,11 +143,43 @@ def activation_name(function) -> str:
 
 
 def _relu_layer_is_plain(layer: keras.layers.ReLU) -> bool:
-    return (
-        layer.max_value is None
-        and float(layer.negative_slope) == 0.0
-        and float(layer.threshold) == 0.0
-    )
+    """ReLU, possibly clipped at ``max_value`` (ReLU6), without slope or threshold."""
+    return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+
+
+# Rectifiers Guided Backprop / DeConvNet swap: forward and local derivative.
+def _clipped_relu(x, max_value):
+    return tf.nn.relu(x) if max_value is None else tf.clip_by_value(
+        x, 0.0, tf.cast(max_value, x.dtype))
+
+
+def _clipped_relu_derivative(x, max_value):
+    active = x > 0
+    if max_value is not None:
+        active = tf.logical_and(active, x < tf.cast(max_value, x.dtype))
+    return tf.cast(active, x.dtype)
+
+
+def _silu_derivative(x):
+    s = tf.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+SWAPPABLE_ACTIVATIONS = ("silu",)  # smooth rectifiers the modified backward passes swap
+PASS_THROUGH_ACTIVATIONS = ("silu", "sigmoid")  # identity rule for relevance (approximation)
+
+
+def swapped(forward, derivative, backward_rule):
+    """``forward`` with the backward pass ``backward_rule(upstream, derivative(x))``."""
+
+    @tf.custom_gradient
+    def function(x):
+        def backward(upstream):
+            return backward_rule(upstream, derivative(x))
+
+        return forward(x), backward
+
+    return function
 
 
 # --------------------------------------------------------------------------------------
@@ -209,6 +254,32 @@ def _layer_call_forward(layer, node):
     return forward
 
 
+def _fold(kernel_fn, bias_fn, bn, kernel_scale_shape=None):
+    """Fold an inference BatchNormalization into a kernel and bias (per output channel)."""
+    if bn is None:
+        return kernel_fn, bias_fn
+    bn_scale, bn_offset = _batch_norm_affine(bn)
+
+    def kernel():
+        scale = bn_scale()
+        if kernel_scale_shape is not None:
+            scale = tf.reshape(scale, kernel_scale_shape)
+        return kernel_fn() * scale
+
+    def bias():
+        value = bias_fn()
+        return bn_offset() if value is None else value * bn_scale() + bn_offset()
+
+    return kernel, bias
+
+
+def _layer_bias(layer):
+    def bias():
+        return tf.cast(layer.bias, tf.float32) if layer.use_bias else None
+
+    return bias
+
+
 def _conv_or_dense_linear(layer, family: str, bn=None) -> LinearOp:
     if family == CONV:
         if layer.data_format != "channels_last":
@@ -222,24 +293,40 @@ def _conv_or_dense_linear(layer, family: str, bn=None) -> LinearOp:
         def raw(x, kernel):
             return keras.ops.matmul(x, kernel)
 
-    bn_scale, bn_offset = _batch_norm_affine(bn) if bn is not None else (None, None)
-
-    def kernel():
-        value = tf.cast(layer.kernel, tf.float32)
-        if bn_scale is not None:
-            value = value * bn_scale()  # per output channel (last kernel axis)
-        return value
-
-    def bias():
-        value = tf.cast(layer.bias, tf.float32) if layer.use_bias else None
-        if bn_scale is not None:
-            value = bn_offset() if value is None else value * bn_scale() + bn_offset()
-        return value
+    kernel, bias = _fold(lambda: tf.cast(layer.kernel, tf.float32), _layer_bias(layer), bn)
 
     def apply(inputs, part):
         return raw(inputs[0], _part(kernel(), part))
 
     return LinearOp(family=family, apply=apply, bias=bias)
+
+
+def _depthwise_linear(layer, kernel_attr: str, bn=None, with_bias: bool = True) -> LinearOp:
+    """Depthwise convolution (each input channel with its own ``depth_multiplier`` filters)."""
+    raw_kernel = getattr(layer, kernel_attr)
+    channels, multiplier = int(raw_kernel.shape[-2]), int(raw_kernel.shape[-1])
+    bias_fn = _layer_bias(layer) if with_bias else (lambda: None)
+    kernel, bias = _fold(lambda: tf.cast(getattr(layer, kernel_attr), tf.float32), bias_fn, bn,
+                         kernel_scale_shape=(channels, multiplier))
+
+    def apply(inputs, part):
+        return keras.ops.depthwise_conv(
+            inputs[0], _part(kernel(), part), strides=layer.strides, padding=layer.padding,
+            data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+
+    return LinearOp(family=CONV, apply=apply, bias=bias)
+
+
+def _pointwise_linear(layer, bn=None) -> LinearOp:
+    """The 1x1 pointwise part of a separable convolution, with the layer's bias."""
+    kernel, bias = _fold(lambda: tf.cast(layer.pointwise_kernel, tf.float32),
+                         _layer_bias(layer), bn)
+
+    def apply(inputs, part):
+        return keras.ops.conv(inputs[0], _part(kernel(), part), strides=1, padding="valid",
+                              data_format=layer.data_format)
+
+    return LinearOp(family=CONV, apply=apply, bias=bias)
 
 
 def _affine_linear(scale_fn, offset_fn) -> LinearOp:
@@ -265,8 +352,24 @@ def _linear_forward(op: LinearOp):
     return forward
 
 
-def _relu_forward(values, relu=None):
-    return (relu or tf.nn.relu)(values[0])
+def _relu_step(name, cls, in_keys, out_key, max_value=None) -> Step:
+    max_value = None if max_value is None else float(max_value)
+    return Step(name, cls, RELU, in_keys, out_key,
+                lambda values: _clipped_relu(values[0], max_value), max_value=max_value)
+
+
+def _activation_steps(act: str, function, name, cls, in_keys, out_key) -> list[Step] | None:
+    """Steps of an elementwise activation, or None when no rule covers it."""
+    if act == "linear":
+        return [Step(name, cls, IDENTITY, in_keys, out_key, lambda values: values[0])]
+    if act == "relu":
+        return [_relu_step(name, cls, in_keys, out_key)]
+    if act == "relu6":
+        return [_relu_step(name, cls, in_keys, out_key, 6.0)]
+    if act in PASS_THROUGH_ACTIVATIONS:
+        return [Step(name, cls, ACTIVATION, in_keys, out_key,
+                     lambda values, f=function: f(values[0]), activation=act)]
+    return None
 
 
 STRUCTURAL_CLASSES = (
@@ -310,6 +413,9 @@ AVGPOOL_CLASSES = (
     keras.layers.GlobalAveragePooling3D,
 )
 CONV_CLASSES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+DEPTHWISE_CLASSES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+SEPARABLE_CLASSES = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+WEIGHTED_CLASSES = CONV_CLASSES + DEPTHWISE_CLASSES + SEPARABLE_CLASSES + (keras.layers.Dense,)
 
 
 def _fetalhc_layer_classes():
@@ -336,7 +442,7 @@ def _steps_for_node(node, builder: _Builder, bn_fold: dict) -> list[Step]:
     def opaque(note=""):
         act = getattr(layer, "activation", None)
         hidden = isinstance(layer, keras.layers.ReLU) or (
-            callable(act) and activation_name(act) == "relu")
+            callable(act) and activation_name(act) in ("relu", "relu6"))
         return [Step(name, cls, OPAQUE, in_keys, out_key, _layer_call_forward(layer, node),
                      note=note, hidden_relu=hidden)]
 
@@ -345,32 +451,47 @@ def _steps_for_node(node, builder: _Builder, bn_fold: dict) -> list[Step]:
     if isinstance(layer, keras.Model):
         return opaque("nested model; build the model flat")
 
-    if isinstance(layer, CONV_CLASSES) or isinstance(layer, keras.layers.Dense):
+    if isinstance(layer, WEIGHTED_CLASSES):
         if len(in_keys) != 1:
             return opaque("called on several tensors")
-        family = CONV if isinstance(layer, CONV_CLASSES) else DENSE
-        if family == CONV and layer.data_format != "channels_last":
+        dense = isinstance(layer, keras.layers.Dense)
+        if not dense and layer.data_format != "channels_last":
             return opaque("channels_first convolution")
         bn = bn_fold.get(id(node))
         act = activation_name(layer.activation)
         if bn is not None and act != "linear":  # pragma: no cover - guarded by fold finder
             bn = None
-        op = _conv_or_dense_linear(layer, family, bn=bn)
         label = name if bn is None else f"{name}+{bn.name}"
         if bn is not None:
             out_key = bn_fold[("output", id(node))]
-        if act == "linear":
-            return [Step(label, cls, LINEAR, in_keys, out_key, _linear_forward(op), linear=op)]
-        pre = builder.new_key(name)
-        steps = [Step(label, cls, LINEAR, in_keys, pre, _linear_forward(op), linear=op)]
-        if act == "relu":
-            steps.append(Step(f"{name}.activation", cls, RELU, (pre,), out_key, _relu_forward))
+        pre = out_key if act == "linear" else builder.new_key(name)
+        if isinstance(layer, SEPARABLE_CLASSES):
+            depthwise = _depthwise_linear(layer, "depthwise_kernel", with_bias=False)
+            pointwise = _pointwise_linear(layer, bn=bn)
+            mid = builder.new_key(name)
+            steps = [
+                Step(f"{name}.depthwise", cls, LINEAR, in_keys, mid, _linear_forward(depthwise),
+                     linear=depthwise),
+                Step(f"{label}.pointwise", cls, LINEAR, (mid,), pre,
+                     _linear_forward(pointwise), linear=pointwise),
+            ]
         else:
+            if isinstance(layer, DEPTHWISE_CLASSES):
+                op = _depthwise_linear(layer, "kernel", bn=bn)
+            else:
+                op = _conv_or_dense_linear(layer, DENSE if dense else CONV, bn=bn)
+            steps = [Step(label, cls, LINEAR, in_keys, pre, _linear_forward(op), linear=op)]
+        if act == "linear":
+            return steps
+        more = _activation_steps(act, layer.activation, f"{name}.activation", cls, (pre,),
+                                 out_key)
+        if more is None:
             function = layer.activation
-            steps.append(Step(f"{name}.activation", cls, OPAQUE, (pre,), out_key,
-                              lambda values, f=function: f(values[0]),
-                              note=f"activation {act!r} (only ReLU and linear are covered)"))
-        return steps
+            more = [Step(f"{name}.activation", cls, OPAQUE, (pre,), out_key,
+                         lambda values, f=function: f(values[0]),
+                         note=f"activation {act!r} (covered: relu, relu6, silu, sigmoid, "
+                              "linear)")]
+        return steps + more
 
     if isinstance(layer, keras.layers.BatchNormalization):
         rank = len(node.input_tensors[0].shape)
@@ -405,16 +526,37 @@ def _steps_for_node(node, builder: _Builder, bn_fold: dict) -> list[Step]:
 
     if isinstance(layer, keras.layers.ReLU):
         if not _relu_layer_is_plain(layer):
-            return opaque("ReLU with max_value, negative_slope or threshold")
-        return [Step(name, cls, RELU, in_keys, out_key, _relu_forward)]
+            return opaque("ReLU with negative_slope or threshold")
+        return [_relu_step(name, cls, in_keys, out_key, layer.max_value)]
 
     if isinstance(layer, keras.layers.Activation):
         act = activation_name(layer.activation)
-        if act == "relu":
-            return [Step(name, cls, RELU, in_keys, out_key, _relu_forward)]
-        if act == "linear":
-            return [Step(name, cls, IDENTITY, in_keys, out_key, lambda values: values[0])]
-        return opaque(f"activation {act!r} (only ReLU and linear are covered)")
+        steps = _activation_steps(act, layer.activation, name, cls, in_keys, out_key)
+        if steps is None:
+            return opaque(f"activation {act!r} (covered: relu, relu6, silu, sigmoid, linear)")
+        return steps
+
+    if isinstance(layer, keras.layers.Normalization):
+        mean = tf.cast(layer.mean, tf.float32)
+        sd = tf.maximum(tf.sqrt(tf.cast(layer.variance, tf.float32)), keras.backend.epsilon())
+        if layer.invert:
+            op = _affine_linear(lambda: sd, lambda: mean)
+        else:
+            op = _affine_linear(lambda: 1.0 / sd, lambda: -mean / sd)
+        return [Step(name, cls, LINEAR, in_keys, out_key, _linear_forward(op), linear=op)]
+
+    if isinstance(layer, keras.layers.Multiply):
+        gate = _gate_operand(node)
+        if gate is None:
+            return opaque("Multiply is covered only as a tensor times a broadcast gate")
+        keys = (in_keys[1 - gate], in_keys[gate])  # gated tensor first, gate second
+
+        def apply(inputs, part):
+            return inputs[0] * _part(inputs[1], part)
+
+        op = LinearOp(family=AFFINE, apply=apply, bias=lambda: None, relevant_inputs=1)
+        return [Step(name, cls, LINEAR, keys, out_key, lambda values: values[0] * values[1],
+                     linear=op, note="gate held constant")]
 
     if isinstance(layer, IDENTITY_CLASSES):
         return [Step(name, cls, IDENTITY, in_keys[:1], out_key, lambda values: values[0])]
@@ -449,6 +591,21 @@ def _steps_for_node(node, builder: _Builder, bn_fold: dict) -> list[Step]:
         return [Step(name, cls, STRUCTURAL, in_keys, out_key, _layer_call_forward(layer, node))]
 
     return opaque()
+
+
+def _gate_operand(node) -> int | None:
+    """Index of the gate of ``Multiply([x, gate])``: the one operand that is broadcast."""
+    if len(node.input_tensors) != 2:
+        return None
+    shapes = [tuple(t.shape[1:]) for t in node.input_tensors]
+    if len(shapes[0]) != len(shapes[1]) or shapes[0] == shapes[1]:
+        return None
+    for gate in (0, 1):
+        small, big = shapes[gate], shapes[1 - gate]
+        if all(s == 1 or s == b for s, b in zip(small, big, strict=True)) and any(
+                s == 1 and b != 1 for s, b in zip(small, big, strict=True)):
+            return gate
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -542,7 +699,7 @@ def build_plan(model: keras.Model, output: str | None = None) -> Plan:
         if source is None or id(node.input_tensors[0]) == id(output_tensor):
             continue
         src_layer = source.operation
-        if not (isinstance(src_layer, CONV_CLASSES) or isinstance(src_layer, keras.layers.Dense)):
+        if not isinstance(src_layer, WEIGHTED_CLASSES):
             continue
         if activation_name(src_layer.activation) != "linear":
             continue
@@ -551,7 +708,8 @@ def build_plan(model: keras.Model, output: str | None = None) -> Plan:
         rank = len(node.input_tensors[0].shape)
         if not _bn_axis_is_last(layer, rank):
             continue
-        if isinstance(src_layer, CONV_CLASSES) and src_layer.data_format != "channels_last":
+        if not isinstance(src_layer, keras.layers.Dense) and (
+                src_layer.data_format != "channels_last"):
             continue
         bn_fold[id(source)] = layer
         bn_fold[("output", id(source))] = id(node.outputs[0])
@@ -596,13 +754,25 @@ def get_plan(model: keras.Model, output: str | None = None) -> Plan:
     return per_model[output]
 
 
-def run_forward(plan: Plan, images: tf.Tensor, relu: Callable | None = None) -> dict:
-    """Replay the plan on ``images``; returns every tensor by key (``relu`` swaps ReLUs)."""
+def run_forward(plan: Plan, images: tf.Tensor, backward_rule: Callable | None = None) -> dict:
+    """Replay the plan on ``images``; returns every tensor by key.
+
+    ``backward_rule(upstream, local_derivative)``, if given, replaces the backward pass of
+    every rectifier: ReLU, ReLU6 (local derivative ``[0 < x < max]``) and swish/SiLU
+    (``sigma(x) (1 + x (1 - sigma(x)))``). Other steps keep their ordinary gradient.
+    """
     values = {plan.input_key: images}
     for step in plan.steps:
         inputs = [values[key] for key in step.inputs]
-        if step.kind == RELU:
-            values[step.output] = _relu_forward(inputs, relu)
+        if backward_rule is not None and step.kind == RELU:
+            function = swapped(lambda x, m=step.max_value: _clipped_relu(x, m),
+                               lambda x, m=step.max_value: _clipped_relu_derivative(x, m),
+                               backward_rule)
+            values[step.output] = function(inputs[0])
+        elif (backward_rule is not None and step.kind == ACTIVATION
+              and step.activation in SWAPPABLE_ACTIVATIONS):
+            function = swapped(lambda x: x * tf.sigmoid(x), _silu_derivative, backward_rule)
+            values[step.output] = function(inputs[0])
         else:
             values[step.output] = step.forward(inputs)
     return values

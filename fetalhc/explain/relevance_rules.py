@@ -7,7 +7,10 @@ Gradient of the target itself) and keeps its sign. It then flows backwards step 
 - ``linear`` steps (conv, dense, pooling, add, elementwise affine) use the rule the
   :class:`RuleSet` picks for their family, computed with the gradient trick
   ``R_in = x * J^T (R / z)``;
-- ``relu`` and ``identity`` steps pass relevance unchanged;
+- ``relu`` (ReLU, ReLU6), ``activation`` (swish/SiLU, sigmoid: an approximation, see
+  docs/relevance.md) and ``identity`` steps pass relevance unchanged;
+- a linear step whose ``relevant_inputs`` is set holds its other inputs constant (the gate of
+  a squeeze-and-excitation ``Multiply``): they receive no relevance;
 - ``maxpool`` steps give each window's relevance to its winner; ``structural`` steps
   (flatten, reshape, padding, cropping, concatenation, channel repeat) move relevance with
   the transpose of their map (copies add up, cropped or padded positions drop out).
@@ -36,6 +39,7 @@ from dataclasses import dataclass, replace
 import tensorflow as tf
 
 from fetalhc.explain.relevance_graph import (
+    ACTIVATION,
     ADD,
     AFFINE,
     CONV,
@@ -46,6 +50,7 @@ from fetalhc.explain.relevance_graph import (
     POOL,
     RELU,
     STRUCTURAL,
+    LinearOp,
     Plan,
     output_per_image,
 )
@@ -119,9 +124,12 @@ class RuleSet:
             "Add (residual)": self.add.label(),
             "elementwise affine (BatchNorm alone, OutputAffine, GrayscaleAdapter, Rescaling)":
                 self.affine.label(),
+            "squeeze-and-excitation Multiply (gate held constant)": self.affine.label(),
             "MaxPooling": "winner takes all",
-            "ReLU, Dropout": "identity",
-            "Flatten, Reshape, ZeroPadding, channel repeat": "transpose (moves relevance)",
+            "ReLU, ReLU6, Dropout": "identity",
+            "swish/SiLU, sigmoid (approximation)": "identity",
+            "Flatten, Reshape, ZeroPadding, Cropping, Concatenate, channel repeat":
+                "transpose (moves relevance)",
         }
         if self.input is not None:
             table["first Conv/Dense (input layer)"] = self.input.label()
@@ -252,6 +260,16 @@ def _z_bounded(op, xs, relevance, low, high):
     return [x * gx + low * gl + high * gh]
 
 
+def _hold_constant(op: LinearOp, constants) -> LinearOp:
+    """``op`` as a map of its relevant inputs only, the others fixed at their values."""
+    constants = [tf.stop_gradient(c) for c in constants]
+
+    def apply(inputs, part):
+        return op.apply(list(inputs) + constants, part)
+
+    return LinearOp(family=op.family, apply=apply, bias=op.bias)
+
+
 def _transpose(step, xs, relevance):
     with tf.GradientTape() as tape:
         tape.watch(xs)
@@ -364,23 +382,27 @@ def propagate_relevance(
         r_out = relevance.pop(step.output, None)
         if r_out is None:
             continue
-        xs = [values[key] for key in step.inputs]
-        if step.kind in (RELU, IDENTITY):
+        keys = step.inputs
+        xs = [values[key] for key in keys]
+        if step.kind in (RELU, ACTIVATION, IDENTITY):
             r_in = [r_out]
         elif step.kind in (MAXPOOL, STRUCTURAL):
             r_in = _transpose(step, xs, r_out)
         elif step.kind == LINEAR:
-            rule = rules.rule_for(step.linear.family, index in bounded_linear)
+            op = step.linear
+            if op.relevant_inputs is not None and op.relevant_inputs < len(xs):
+                op = _hold_constant(op, xs[op.relevant_inputs:])
+                keys, xs = keys[: step.linear.relevant_inputs], xs[: step.linear.relevant_inputs]
+            rule = rules.rule_for(op.family, index in bounded_linear)
             if rule.name == "pass":
                 r_in = [r_out]
             elif rule.name in ("z", "epsilon"):
-                r_in = _z_or_epsilon(step.linear, xs, values[step.output], r_out, rule.epsilon)
+                r_in = _z_or_epsilon(op, xs, values[step.output], r_out, rule.epsilon)
             elif rule.name == "alpha_beta":
-                r_in = _alpha_beta(step.linear, xs, r_out, rule,
-                                   [key in nonneg for key in step.inputs])
+                r_in = _alpha_beta(op, xs, r_out, rule, [key in nonneg for key in keys])
             elif rule.name == "zb":
-                low_x, high_x = bounds[step.inputs[0]]
-                r_in = _z_bounded(step.linear, xs, r_out, low_x, high_x)
+                low_x, high_x = bounds[keys[0]]
+                r_in = _z_bounded(op, xs, r_out, low_x, high_x)
             else:  # pragma: no cover - RuleSet only builds the names above
                 raise ValueError(f"unknown rule {rule.name!r}")
         else:  # pragma: no cover - check_relevance_support refuses opaque steps
@@ -388,7 +410,7 @@ def propagate_relevance(
         if collect_layer_sums:
             layer_sums.append((step.name, per_image_sum(r_out),
                                tf.add_n([per_image_sum(r) for r in r_in])))
-        for key, r in zip(step.inputs, r_in, strict=True):
+        for key, r in zip(keys, r_in, strict=True):
             relevance[key] = relevance[key] + r if key in relevance else r
 
     input_relevance = relevance.get(plan.input_key)
