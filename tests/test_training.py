@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = {
     "data": {"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2, "cache": True},
     "model": {"backbone": "small_cnn", "dropout": 0.0},
-    "train": {"epochs": 8, "batch_size": 8, "learning_rate": 3e-3, "seed": 0},
+    "train": {"epochs": 6, "batch_size": 8, "learning_rate": 3e-3, "seed": 0},
 }
 
 

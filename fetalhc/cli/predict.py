@@ -34,6 +34,9 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     from fetalhc.training import load_run, predict_hc_mm, prediction_table, run_split_index
     from fetalhc.viz.agreement import bland_altman_figure, save_figure, scatter_figure
 
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise ValueError(f"--out must be a .csv file, got {out}")
     model = fetalhc.load_model(model_path)
     run = None
     if (Path(model_path).parent / "config.toml").is_file():
@@ -57,9 +60,6 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
         index = run_split_index(run.config, data_dir, split)
     predictions = predict_hc_mm(model, index, image_size, batch_size=batch_size, tta=tta)
 
-    out = Path(out)
-    if out.suffix.lower() != ".csv":
-        raise ValueError(f"--out must be a .csv file, got {out}")
     written = {"predictions": out}
     challenge = predictions[["filename", "prediction (mm)"]].rename(
         columns={"prediction (mm)": CHALLENGE_COLUMNS[1]})

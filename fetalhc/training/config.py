@@ -53,6 +53,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "steps_per_epoch": 0,  # 0 = the whole training split each epoch
         "tensorboard": True,
+        "strategy": "default",  # "default", "mirrored" (one machine) or "multiworker" (TF_CONFIG)
+        "scale_learning_rate": False,  # multiply learning_rate by the number of replicas
     },
 }
 
@@ -129,6 +131,8 @@ def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
         (train["reduce_lr_patience"] >= 1, "[train] reduce_lr_patience must be >= 1"),
         (0 < train["reduce_lr_factor"] < 1, "[train] reduce_lr_factor must be in (0, 1)"),
         (train["steps_per_epoch"] >= 0, "[train] steps_per_epoch must be >= 0"),
+        (train["strategy"] in ("default", "mirrored", "multiworker"),
+         "[train] strategy must be default, mirrored or multiworker"),
     ]
     for ok, message in checks:
         if not ok:

@@ -193,7 +193,7 @@ def standardise_ellipse(ellipse, image_size: int):
     return tf.concat([centre, axes, angle], axis=-1)
 
 
-def _fit_dataset(index, config: dict[str, Any], training: bool):
+def _fit_dataset(index, config: dict[str, Any], training: bool, batch_size: int | None = None):
     import tensorflow as tf
 
     from fetalhc.data import make_dataset
@@ -204,7 +204,8 @@ def _fit_dataset(index, config: dict[str, Any], training: bool):
     aux = model_cfg["aux_ellipse"]
     size = data["image_size"]
     dataset = make_dataset(
-        index, image_size=size, batch_size=train_cfg["batch_size"], shuffle=training,
+        index, image_size=size, batch_size=batch_size or train_cfg["batch_size"],
+        shuffle=training,
         augment=bool(data["augment"]) and training, with_ellipse=aux,
         cache=data["cache"], seed=train_cfg["seed"],
     )
@@ -350,28 +351,15 @@ def evaluate_split(model, index: pd.DataFrame, image_size: int, batch_size: int 
 # ----------------------------------------------------------------------------- train ---
 
 
-def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.PathLike,
-          out_dir: str | os.PathLike, callbacks=(), resume: bool = False,
-          overwrite: bool = False, overrides: dict[str, Any] | None = None,
-          verbose: int = 0) -> TrainResult:
-    """Train a regression CNN as ``config`` says and write the run folder ``out_dir``.
-
-    ``callbacks`` are extra Keras callbacks appended after fetalhc's own (best checkpoint,
-    BackupAndRestore, EarlyStopping, ReduceLROnPlateau, TensorBoard, CSVLogger,
-    TerminateOnNaN). ``resume`` continues a run killed in ``out_dir`` (same config; the
-    epoch count may change); ``overwrite`` replaces the run in ``out_dir``.
-    """
+def _prepare_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,
+                 overwrite: bool) -> tuple[dict[str, Any], bool]:
+    """Check ``out_dir``; on a new run resolve the split and the HC statistics and write
+    ``config.toml``; on resume read the stored config back. Returns (config, resuming)."""
     import keras
 
     import fetalhc
     from fetalhc.data import load_index
-    from fetalhc.losses import get_loss
-    from fetalhc.metrics import keras_metrics
-    from fetalhc.models import ELLIPSE_OUTPUT, HC_OUTPUT, build_model
 
-    data_dir = Path(data_dir)
-    out_dir = Path(out_dir)
-    config = resolve_config(config, overrides=overrides)
     resuming = _prepare_out_dir(out_dir, resume, overwrite)
     config_path = out_dir / CONFIG_FILE
     if resuming:
@@ -387,7 +375,9 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
             )
         if (out_dir / METRICS_FILE).is_file() and not (out_dir / BACKUP_DIR).exists():
             raise ValueError(f"nothing to resume: the run in {out_dir} has finished")
-        stored["train"]["epochs"] = config["train"]["epochs"]
+        if stored["train"]["epochs"] != config["train"]["epochs"]:
+            stored["train"]["epochs"] = config["train"]["epochs"]
+            write_config(stored, config_path)
         config = stored
     data, model_cfg, train_cfg = config["data"], config["model"], config["train"]
     size = data["image_size"]
@@ -420,15 +410,20 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
             }
         config["split"] = split
         write_config(config, config_path)
-    split = config["split"]
+    return config, resuming
+
+
+def _build_and_compile(config: dict[str, Any], learning_rate: float):
+    """The model, optimizer and loss of ``config`` (call inside a strategy's scope)."""
+    import keras
+
+    from fetalhc.losses import get_loss
+    from fetalhc.metrics import keras_metrics
+    from fetalhc.models import ELLIPSE_OUTPUT, HC_OUTPUT, build_model
+
+    data, model_cfg, train_cfg = config["data"], config["model"], config["train"]
+    size = data["image_size"]
     run_info = config["run"]
-    monitor = run_info["monitor"]
-    has_val = bool(split.get("val"))
-
-    train_index = run_split_index(config, data_dir, "train")
-    val_index = run_split_index(config, data_dir, "val") if has_val else None
-
-    keras.utils.set_random_seed(train_cfg["seed"])
     model = build_model(
         model_cfg["backbone"],
         input_shape=(size, size, 1),
@@ -443,7 +438,7 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         alpha=model_cfg["alpha"] or None,
     )
     loss = get_loss(train_cfg["loss"], huber_delta_mm=train_cfg["huber_delta_mm"])
-    optimizer = keras.optimizers.Adam(learning_rate=train_cfg["learning_rate"])
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     if model_cfg["aux_ellipse"]:
         model.compile(
             optimizer=optimizer,
@@ -453,6 +448,56 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         )
     else:
         model.compile(optimizer=optimizer, loss=loss, metrics=keras_metrics())
+
+    return model, optimizer, loss
+
+
+def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.PathLike,
+          out_dir: str | os.PathLike, callbacks=(), resume: bool = False,
+          overwrite: bool = False, overrides: dict[str, Any] | None = None,
+          verbose: int = 0) -> TrainResult:
+    """Train a regression CNN as ``config`` says and write the run folder ``out_dir``.
+
+    ``callbacks`` are extra Keras callbacks appended after fetalhc's own (best checkpoint,
+    BackupAndRestore, EarlyStopping, ReduceLROnPlateau, TensorBoard, CSVLogger,
+    TerminateOnNaN). ``resume`` continues a run killed in ``out_dir`` (same config; the
+    epoch count may change); ``overwrite`` replaces the run in ``out_dir``.
+    """
+    import keras
+
+    data_dir = Path(data_dir)
+    out_dir = Path(out_dir)
+    config = resolve_config(config, overrides=overrides)
+    if config["train"]["strategy"] == "multiworker":  # keras fit cannot (keras#20585)
+        from fetalhc.training.distributed import train_multiworker
+
+        return train_multiworker(config, data_dir, out_dir, callbacks=callbacks, resume=resume,
+                                 overwrite=overwrite, verbose=verbose)
+    config, resuming = _prepare_run(config, data_dir, out_dir, resume, overwrite)
+    data, train_cfg = config["data"], config["train"]
+    size = data["image_size"]
+    from fetalhc.training.distributed import (
+        make_strategy,
+        scaled_batch_and_learning_rate,
+        synchronise_batch_norm,
+    )
+
+    strategy = make_strategy(train_cfg["strategy"])
+    global_batch, learning_rate = scaled_batch_and_learning_rate(
+        train_cfg, strategy.num_replicas_in_sync)
+    split = config["split"]
+    run_info = config["run"]
+    monitor = run_info["monitor"]
+    has_val = bool(split.get("val"))
+
+    train_index = run_split_index(config, data_dir, "train")
+    val_index = run_split_index(config, data_dir, "val") if has_val else None
+
+    keras.utils.set_random_seed(train_cfg["seed"])
+    with strategy.scope():
+        model, _, _ = _build_and_compile(config, learning_rate)
+        if strategy.num_replicas_in_sync > 1:
+            synchronise_batch_norm(model)
 
     history_path = out_dir / HISTORY_FILE
     backup_dir = out_dir / BACKUP_DIR
@@ -485,8 +530,9 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     if train_cfg["steps_per_epoch"]:
         fit_kwargs["steps_per_epoch"] = train_cfg["steps_per_epoch"]
     model.fit(
-        _fit_dataset(train_index, config, training=True),
-        validation_data=_fit_dataset(val_index, config, training=False) if has_val else None,
+        _fit_dataset(train_index, config, training=True, batch_size=global_batch),
+        validation_data=_fit_dataset(val_index, config, training=False,
+                                     batch_size=global_batch) if has_val else None,
         epochs=train_cfg["epochs"],
         callbacks=[*own_callbacks, *callbacks],
         verbose=verbose,
