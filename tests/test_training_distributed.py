@@ -127,7 +127,10 @@ def test_mirrored_strategy_on_two_logical_cpus_keeps_replicas_identical(phantoms
     assert len(report["devices"]) == 2, report
     assert report["largest_gap"] == 0.0, report
     assert report["epochs_run"] == 2
-    assert (out / "model.keras").is_file() and (out / "metrics.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["strategy"] == "mirrored" and metrics["replicas"] == 2
+    assert metrics["global_batch_size"] == 8  # 4 per replica x 2
+    assert (out / "model.keras").is_file()
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + 2 epochs
 

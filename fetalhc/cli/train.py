@@ -50,6 +50,12 @@ def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_
 @click.option("--fold", type=int, default=None, help="Override [data] fold (with [data] k).")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any config key, e.g. --set train.loss=mse (repeatable).")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              default=None, help="Override [train] strategy: default (one device), mirrored "
+                                 "(all GPUs / logical CPUs of this machine) or multiworker "
+                                 "(TF_CONFIG); see docs/scaling.md.")
+@click.option("--scale-lr/--no-scale-lr", "scale_lr", default=None,
+              help="Override [train] scale_learning_rate (learning rate x replicas).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after a kill.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
@@ -60,14 +66,15 @@ def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_
               help="Comma-separated registered methods for --explain-every.")
 @click.option("--explain-images", type=click.IntRange(min=1), default=8, show_default=True,
               help="Validation images in the --explain-every subset.")
-def command(config_path, data_dir, out_dir, epochs, batch_size, seed, fold, settings, resume,
-            overwrite, quiet, explain_every, explain_methods, explain_images):
+def command(config_path, data_dir, out_dir, epochs, batch_size, seed, fold, settings, strategy,
+            scale_lr, resume, overwrite, quiet, explain_every, explain_methods, explain_images):
     """Train a model; writes the run folder --out."""
     from fetalhc.training import parse_set_option
 
     overrides = dict(parse_set_option(text) for text in settings)
     for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
-                       ("train.seed", seed), ("data.fold", fold)):
+                       ("train.seed", seed), ("data.fold", fold),
+                       ("train.strategy", strategy), ("train.scale_learning_rate", scale_lr)):
         if value is not None:
             overrides[key] = value
     methods = [name.strip() for name in explain_methods.split(",") if name.strip()]

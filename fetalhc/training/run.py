@@ -554,6 +554,10 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         "epochs_run": int(len(history)),
         "best_epoch": int(history.loc[history[monitor].idxmin(), "epoch"])
         if monitor in history.columns and len(history) else -1,
+        "strategy": train_cfg["strategy"],
+        "replicas": int(strategy.num_replicas_in_sync),
+        "global_batch_size": int(global_batch),
+        "learning_rate": float(learning_rate),
     }
     for name in ("val", "test"):
         if split.get(name):
