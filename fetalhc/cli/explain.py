@@ -99,9 +99,12 @@ def _render(npz_path: Path, png_path: Path) -> None:
 
 def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: Path,
                     limit: int | None = None, split: str | None = None, target: str = "hc_mm",
-                    batch_size: int = 8, progress: bool = True) -> dict:
-    """Library side of ``fetalhc explain``; returns what it wrote and skipped."""
-    import pandas as pd
+                    batch_size: int = 8, progress: bool = True, shard: str | None = None) -> dict:
+    """Library side of ``fetalhc explain``; returns what it wrote and skipped.
+
+    ``shard="i/n"`` (1-based, see ``fetalhc.data.shards``) explains only every n-th image of
+    the split (after ``limit``) and writes ``shard.json``; ``fetalhc merge`` combines the
+    shard folders into what one run writes."""
     from tqdm import tqdm
 
     import fetalhc.explain as fe
@@ -116,6 +119,11 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
     model, image_size, index = _load_model_and_split(model_path, data_dir, split)
     if limit is not None:
         index = index.iloc[:limit].reset_index(drop=True)
+    total = len(index)
+    if shard is not None:
+        from fetalhc.data.shards import select_shard
+
+        index, positions = select_shard(index, shard)
     with_annotation = bool(index["annotation_path"].notna().all()) if "annotation_path" in index else False
     arrays = load_arrays(index, image_size=image_size, with_annotation=with_annotation)
     filenames = [str(name) for name in arrays["filename"]]
@@ -164,8 +172,40 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
     bar.close()
 
     # index and grid from everything on disk for these images (earlier runs included)
-    records, grid_maps, units = [], {}, {}
     grid_rows = list(range(min(GRID_IMAGES, len(stems))))
+    frame, grid_maps, units = _index_frame(out, methods, stems, grid_rows)
+    _write_csv(frame, out / "index.csv")
+    from fetalhc.viz.overlay import grid_figure, save_figure
+
+    contours = [arrays["annotation"][i][..., 0] for i in grid_rows] if with_annotation else None
+    grid = grid_figure([arrays["image"][i][..., 0] for i in grid_rows], grid_maps, contours,
+                       column_titles=[stems[i] for i in grid_rows], units=units)
+    save_figure(grid, out / "grid.png")
+    if shard is not None:
+        from fetalhc.data.shards import format_shard, parse_shard
+
+        _write_shard_file(out, {
+            "kind": "explain", "shard": format_shard(parse_shard(shard)), "total": total,
+            "positions": [int(p) for p in positions], "filenames": filenames,
+            "methods": list(methods), "model": str(model_path), "data": str(data_dir),
+            "split": split, "limit": limit, "target": target})
+    return {"written": written, "skipped": skipped, "index": out / "index.csv",
+            "grid": out / "grid.png", "methods": methods, "images": len(stems), "known": known}
+
+
+def _write_shard_file(out: Path, content: dict) -> None:
+    path = out / "shard.json"
+    temporary = _atomic_path(path)
+    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _index_frame(out: Path, methods: list[str], stems: list[str], grid_rows: list[int]):
+    """``index.csv`` (one row per method and image, from the ``.npz`` on disk) and the maps
+    and units of the grid images; shared with ``fetalhc merge``."""
+    import pandas as pd
+
+    records, grid_maps, units = [], {}, {}
     for method in methods:
         for i, stem in enumerate(stems):
             npz_path = out / method / f"{stem}.npz"
@@ -186,16 +226,7 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
                 if i in grid_rows:
                     grid_maps.setdefault(method, []).append(stored["map"])
                     units[method] = str(get["units"])
-    frame = pd.DataFrame(records, columns=list(INDEX_COLUMNS))
-    _write_csv(frame, out / "index.csv")
-    from fetalhc.viz.overlay import grid_figure, save_figure
-
-    contours = [arrays["annotation"][i][..., 0] for i in grid_rows] if with_annotation else None
-    grid = grid_figure([arrays["image"][i][..., 0] for i in grid_rows], grid_maps, contours,
-                       column_titles=[stems[i] for i in grid_rows], units=units)
-    save_figure(grid, out / "grid.png")
-    return {"written": written, "skipped": skipped, "index": out / "index.csv",
-            "grid": out / "grid.png", "methods": methods, "images": len(stems), "known": known}
+    return pd.DataFrame(records, columns=list(INDEX_COLUMNS)), grid_maps, units
 
 
 @click.command("explain")
@@ -211,8 +242,12 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
 @click.option("--target", default="hc_mm", show_default=True,
               help="hc_mm, hc_px_input or abs_error_mm (needs references).")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per batch.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Explain only shard I of N (1-based, round robin over the split's order); "
+                   "combine the shard folders with `fetalhc merge`.")
 @click.option("--list", "list_methods", is_flag=True, help="List the registered methods and exit.")
-def command(model_path, data_dir, methods, out, limit, split, target, batch_size, list_methods):
+def command(model_path, data_dir, methods, out, limit, split, target, batch_size, shard,
+            list_methods):
     """Signed saliency maps (red raises HC, blue lowers it) for a split of a trained run."""
     if list_methods:
         import fetalhc.explain as fe
@@ -224,7 +259,7 @@ def command(model_path, data_dir, methods, out, limit, split, target, batch_size
     if not names:
         raise ValueError("--methods is empty")
     summary = explain_command(model_path, data_dir, names, out, limit=limit, split=split,
-                              target=target, batch_size=batch_size)
+                              target=target, batch_size=batch_size, shard=shard)
     click.echo(
         f"{summary['images']} images x {len(names)} methods: wrote {summary['written']}, "
         f"skipped {summary['skipped']} already done; index {summary['index']}, grid {summary['grid']}"
