@@ -116,6 +116,7 @@ MIRRORED_SCRIPT = """
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_keeps_replicas_identical(phantoms, tmp_path):
     config = {**TINY, "train": {**TINY["train"], "strategy": "mirrored"}}
     out = tmp_path / "mirrored"

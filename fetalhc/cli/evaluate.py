@@ -168,20 +168,22 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
                      out: Path, split: str | None = None, limit: int | None = None,
                      image_size: int | None = None, error_threshold_mm=None,
                      error_quantiles=None, figures: bool = True, progress: bool = False,
-                     maps_dir: Path | None = None, **options) -> dict:
-    """Library side of ``fetalhc evaluate``; returns the paths it wrote and the summary."""
+                     maps_dir: Path | None = None, shard: str | None = None, **options) -> dict:
+    """Library side of ``fetalhc evaluate``; returns the paths it wrote and the summary.
+
+    ``shard="i/n"`` (1-based, see ``fetalhc.data.shards``) evaluates only every n-th image of
+    the split (after ``limit``), with the noise and random orders those images get in the
+    whole set, and also keeps the exact per-image numbers (``methods/<m>/shard_*.npz``) and
+    ``shard.json``, from which ``fetalhc merge`` rebuilds what one unsharded run writes.
+    ``randomisation`` (a whole-set metric) is refused with a shard."""
     import numpy as np
     import pandas as pd
     from tqdm.auto import tqdm
 
     from fetalhc.data import load_arrays
     from fetalhc.evaluate import (
-        error_groups,
         evaluate_maps,
-        markdown_table,
         parse_metrics,
-        summary_table,
-        wide_table,
     )
     from fetalhc.explain import explain
 
@@ -208,6 +210,14 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
                                                             image_size)
     if limit is not None:
         index = index.head(int(limit)).reset_index(drop=True)
+    total, positions = len(index), None
+    if shard is not None:
+        from fetalhc.data.shards import select_shard
+
+        if "randomisation" in metrics:
+            raise ValueError("randomisation is a whole-set metric and cannot be sharded; run "
+                             "it without --shard")
+        index, positions = select_shard(index, shard)
     settings.validate((len(index), size, size, 1), metrics)
     localisation = "localisation" in metrics
     if localisation:
@@ -247,6 +257,8 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
         else:
             if maps_dir is not None and (Path(maps_dir) / f"{method}.npy").is_file():
                 maps = np.load(Path(maps_dir) / f"{method}.npy", allow_pickle=False)
+                if positions is not None and len(maps) == total != len(positions):
+                    maps = maps[positions]  # maps of the whole split → this shard's
             else:
                 maps = explain(model, images, method, target=settings.explain_target,
                                pixel_size=pixel_size, reference=reference,
@@ -254,7 +266,8 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
             result = evaluate_maps(
                 model, images, maps, pixel_size, reference, metrics=metrics,
                 settings=settings, annotation=arrays.get("annotation"),
-                pixel_size_original_mm=pixel_size_original, method=method)
+                pixel_size_original_mm=pixel_size_original, method=method,
+                positions=positions)
             tables = {"per_image.csv": result.per_image.assign(filename=filenames),
                       "curves.csv": result.curves}
             if result.randomisation is not None:
@@ -264,11 +277,57 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
                            folder / "perturbation_steps.csv")
             for name, frame in tables.items():
                 _write_csv(frame, folder / name)
+            if shard is not None:
+                _write_shard_tables(folder, result, filenames, positions)
             _write_text(done_file, json.dumps(run_settings, indent=2) + "\n")
         per_image.append(tables["per_image.csv"].assign(method=method))
         curves.append(tables["curves.csv"].assign(method=method))
         if "randomisation.csv" in tables:
             randomisation.append(tables["randomisation.csv"].assign(method=method))
+
+    if shard is not None:
+        from fetalhc.data.shards import format_shard, parse_shard
+
+        _write_text(out / "shard.json", json.dumps({
+            "kind": "evaluate", "shard": format_shard(parse_shard(shard)), "total": total,
+            "positions": [int(p) for p in positions], "methods": list(methods),
+            "error_threshold_mm": error_threshold_mm, "error_quantiles": error_quantiles,
+            "figures": figures}, indent=2) + "\n")
+    written, summary, random_frame = _write_summaries(
+        out, per_image, curves, randomisation, methods, split, settings, error_threshold_mm,
+        error_quantiles, figures)
+    return {"written": written, "summary": summary, "randomisation": random_frame}
+
+
+def _write_shard_tables(folder: Path, result, filenames, positions) -> None:
+    """The exact per-image numbers of one shard: per-image metrics, the per-image curves
+    behind curves.csv, and the per-step table with the images' positions in the split."""
+    import numpy as np
+
+    from fetalhc.data.shards import save_table
+
+    save_table(result.per_image.assign(filename=filenames), folder / "shard_per_image.npz")
+    curve_arrays = {"labels": np.asarray([json.dumps({**label, "quantity": quantity})
+                                          for label, quantity, _, _ in result.curve_values or []],
+                                         dtype=str)}
+    for number, (_, _, x, values) in enumerate(result.curve_values or []):
+        curve_arrays[f"x{number}"] = np.asarray(x)
+        curve_arrays[f"values{number}"] = np.asarray(values)
+    with open(folder / "shard_curves.npz", "wb") as stream:
+        np.savez(stream, **curve_arrays)
+    if result.steps is not None:
+        steps = result.steps.assign(filename=filenames[result.steps["image"]])
+        steps["image"] = np.asarray(positions)[steps["image"].to_numpy()]
+        save_table(steps, folder / "shard_steps.npz")
+
+
+def _write_summaries(out: Path, per_image, curves, randomisation, methods, split, settings,
+                     error_threshold_mm, error_quantiles, figures):
+    """Tables, Markdown and figures from the per-method results (shared with ``merge``)."""
+    import numpy as np
+    import pandas as pd
+
+    from fetalhc.evaluate import error_groups, markdown_table, summary_table, wide_table
 
     table = pd.concat(per_image, ignore_index=True)
     if error_threshold_mm is None and error_quantiles is None:
@@ -317,7 +376,7 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
     if figures:
         written.update(_figures(out / "figures", table, pd.concat(curves, ignore_index=True),
                                 by_error))
-    return {"written": written, "summary": summary, "randomisation": random_frame}
+    return written, summary, random_frame
 
 
 FAMILIES = (("AOPC, region perturbation (more negative is better)", "aopc_"),
@@ -471,16 +530,19 @@ def _figures(folder: Path, table, curves, by_error) -> dict:
 @click.option("--maps", "maps_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of precomputed maps <method>.npy, float (N, S, S), in the order "
                    "of the evaluated images; other methods go through fetalhc.explain.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Evaluate only shard I of N (1-based, round robin over the split's order); "
+                   "combine the shard folders with `fetalhc merge`.")
 @click.option("--figures/--no-figures", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(model_path, data_dir, methods, metrics, out, split, limit, image_size,
-            error_threshold_mm, error_quantiles, maps_dir, figures, progress, **options):
+            error_threshold_mm, error_quantiles, maps_dir, shard, figures, progress, **options):
     """Evaluate explanation methods of a model on a data split (see docs/evaluate.md)."""
     result = evaluate_command(
         model_path, data_dir, _split_list(methods), metrics, out, split=split, limit=limit,
         image_size=image_size,
         error_threshold_mm=_float_list(error_threshold_mm, "--error-threshold-mm"),
         error_quantiles=_float_list(error_quantiles, "--error-quantiles"),
-        figures=figures, progress=progress, maps_dir=maps_dir, **options)
+        figures=figures, progress=progress, maps_dir=maps_dir, shard=shard, **options)
     for name, path in result["written"].items():
         click.echo(f"{name}: {path}")

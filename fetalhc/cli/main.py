@@ -25,6 +25,7 @@ COMMAND_MODULES: dict[str, str] = {
     "explain": "fetalhc.cli.explain",
     "evaluate": "fetalhc.cli.evaluate",
     "demo": "fetalhc.cli.demo",
+    "merge": "fetalhc.cli.merge",
 }
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)

@@ -83,3 +83,40 @@ def check_complete(positions_by_shard: dict[str, np.ndarray], total: int) -> np.
             f"the shards do not cover the {total} images exactly once ({len(missing)} "
             f"missing, {len(repeated)} repeated); give every shard folder of one run")
     return np.argsort(joined, kind="stable")
+
+
+def save_table(frame: pd.DataFrame, path) -> None:
+    """Write ``frame`` to ``.npz`` exactly (every column's dtype and bits; text columns as
+    unicode), so a merge recomputes summaries from the very numbers an unsharded run used.
+    CSV tables round to 6 significant digits and cannot serve for that."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    arrays = {"__columns__": np.asarray([str(c) for c in frame.columns], dtype=str)}
+    for position, column in enumerate(frame.columns):
+        values = frame[column].to_numpy()
+        if values.dtype == object:
+            values = values.astype(str)
+        arrays[f"c{position}"] = values
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        with open(temporary, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_table(path) -> pd.DataFrame:
+    """Read a table written by :func:`save_table` (text columns come back as ``object``)."""
+    with np.load(path, allow_pickle=False) as stored:
+        columns = [str(c) for c in stored["__columns__"]]
+        data = {}
+        for position, column in enumerate(columns):
+            values = stored[f"c{position}"]
+            data[column] = values.astype(object) if values.dtype.kind == "U" else values
+    return pd.DataFrame(data, columns=columns)

@@ -110,6 +110,7 @@ def deletion_insertion(
     precision: str = "float32",
     forward: BatchedForward | None = None,
     progress: Callable[[int], None] | None = None,
+    positions=None,
 ) -> dict[str, DeletionCurves]:
     """Deletion and/or insertion curves of ``maps``; returns ``{kind: DeletionCurves}``.
 
@@ -146,7 +147,7 @@ def deletion_insertion(
     fractions = np.linspace(0.0, 1.0, steps + 1)
     counts = np.round(fractions * total).astype(np.int32)
     base = replacement_images(images, baseline, noise_sd=noise_sd, blur_sigma=blur_sigma,
-                              seed=seed)
+                              seed=seed, positions=positions)
     forward = forward or BatchedForward(model, batch_size=batch_size, precision=precision)
     settings = {"unit": unit, "steps": steps, "baseline": baseline, "aggregation": aggregation,
                 "seed": seed}

@@ -191,6 +191,7 @@ def region_perturbation(
     precision: str = "float32",
     forward: BatchedForward | None = None,
     progress: Callable[[int], None] | None = None,
+    positions=None,
 ) -> PerturbationCurves:
     """Region-perturbation curves of ``maps`` for ``model`` on ``images``.
 
@@ -212,6 +213,8 @@ def region_perturbation(
         pixel_size_original_mm: mm per original-image pixel, for errors in original pixels.
         batch_size: images per forward pass (memory bound); precision: ``"float32"``,
             ``"mixed_float16"`` or ``"mixed_bfloat16"`` for the forward passes.
+        positions: the images' positions in a larger set (a shard's); the noise and random
+            orders are then those of the whole set, so shards merge exactly.
     """
     images = as_images(images)
     maps = as_maps(maps, images)
@@ -241,7 +244,7 @@ def region_perturbation(
             f"{n_regions // regions_per_step} steps"
         )
     replacement = replacement_images(images, perturbation, noise_sd=noise_sd,
-                                     blur_sigma=blur_sigma, seed=seed)
+                                     blur_sigma=blur_sigma, seed=seed, positions=positions)
     forward = forward or BatchedForward(model, batch_size=batch_size, precision=precision)
     counts = np.arange(steps + 1) * regions_per_step
     rng = np.random.default_rng(seed + 1)
@@ -261,7 +264,7 @@ def region_perturbation(
             if progress is not None:
                 progress(n)
             continue
-        rank = region_rank_map(removal_order(scores, order, rng), region_grid)
+        rank = region_rank_map(removal_order(scores, order, rng, positions), region_grid)
         hc_px[:, index] = forward.perturbed(images, replacement, rank, counts, progress)
 
     return PerturbationCurves(

@@ -87,10 +87,13 @@ def region_scores(maps: np.ndarray, grid: RegionGrid, aggregation: str = "mean")
     return blocks.mean(axis=(2, 4), dtype=np.float64).reshape(n, grid.n_regions)
 
 
-def removal_order(scores: np.ndarray, order: str, rng: np.random.Generator | None = None):
+def removal_order(scores: np.ndarray, order: str, rng: np.random.Generator | None = None,
+                  positions=None):
     """Indices ``(N, R)`` of regions in removal order (most relevant first for MoRF).
 
-    Ties keep the lower index first. ``random`` draws one permutation per image from ``rng``.
+    Ties keep the lower index first. ``random`` draws one permutation per image from ``rng``;
+    with ``positions`` (the images' positions in a larger set, e.g. a shard's) image ``k``
+    gets the permutation the image at ``positions[k]`` gets when the whole set is drawn.
     """
     check_choice(order, ORDERS, "order")
     if order == "morf":
@@ -99,7 +102,29 @@ def removal_order(scores: np.ndarray, order: str, rng: np.random.Generator | Non
         return np.argsort(scores, axis=1, kind="stable")
     if rng is None:
         raise ValueError("random order needs a seeded numpy Generator")
+    if positions is not None:
+        return _draws_at(positions, scores.shape[0], lambda: rng.permutation(scores.shape[1]))
     return np.stack([rng.permutation(scores.shape[1]) for _ in range(scores.shape[0])])
+
+
+def _draws_at(positions, n: int, draw) -> np.ndarray:
+    """``draw()`` called once per image of the whole set (up to the largest position), in
+    order, keeping the draws of ``positions`` (so a subset gets the whole set's draws)."""
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if positions.shape[0] != n or (positions < 0).any():
+        raise ValueError(f"positions must be {n} non-negative image positions")
+    wanted: dict[int, list[int]] = {}
+    for row, position in enumerate(positions):
+        wanted.setdefault(int(position), []).append(row)
+    result = None
+    for position in range(int(positions.max()) + 1 if n else 0):
+        value = draw()
+        if position in wanted:
+            if result is None:
+                result = np.empty((n, *np.shape(value)), dtype=np.asarray(value).dtype)
+            for row in wanted[position]:
+                result[row] = value
+    return result
 
 
 def region_rank_map(order: np.ndarray, grid: RegionGrid) -> np.ndarray:
@@ -128,10 +153,13 @@ def replacement_images(
     noise_sd: float = 0.3,
     blur_sigma: float = 4.0,
     seed: int = 0,
+    positions=None,
 ) -> np.ndarray:
     """What replaces a removed pixel, per image ``(N, H, W, C)``.
 
-    ``noise``: N(0, noise_sd) drawn once per image (seeded); ``mean``: the image's own mean
+    ``noise``: N(0, noise_sd) drawn once per image (seeded; with ``positions``, the images'
+    positions in a larger set, each image gets the noise it gets in the whole set, so
+    shards reproduce an unsharded run); ``mean``: the image's own mean
     (0 under the z-score convention, computed anyway); ``zeros``: 0; ``blur``: the image
     blurred with a Gaussian of ``blur_sigma`` pixels.
     """
@@ -140,6 +168,10 @@ def replacement_images(
         if noise_sd < 0:
             raise ValueError(f"noise_sd must be non-negative; got {noise_sd}")
         rng = np.random.default_rng(seed)
+        if positions is not None and images.shape[0]:
+            return _draws_at(positions, images.shape[0],
+                             lambda: rng.normal(0.0, noise_sd, size=images.shape[1:])
+                             ).astype(np.float32)
         return rng.normal(0.0, noise_sd, size=images.shape).astype(np.float32)
     if perturbation == "mean":
         means = images.mean(axis=(1, 2), keepdims=True, dtype=np.float64)

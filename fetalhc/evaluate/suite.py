@@ -152,6 +152,8 @@ class MethodEvaluation:
     curves: pd.DataFrame
     randomisation: pd.DataFrame | None = None
     steps: pd.DataFrame | None = None  # per image, order and step (region perturbation)
+    # per-image curves behind ``curves``: (label, quantity, x, values (N, F)), for merging
+    curve_values: list | None = None
 
 
 def _mean_curves(values: np.ndarray, x: np.ndarray, label: dict, quantity: str) -> list[dict]:
@@ -183,12 +185,15 @@ def evaluate_maps(
     method: str | None = None,
     forward: BatchedForward | None = None,
     progress: Callable[[int], None] | None = None,
+    positions=None,
 ) -> MethodEvaluation:
     """Run the requested metrics on one method's ``maps``.
 
     ``localisation`` needs ``annotation`` (0/1 outlines, ``(N, H, W[, 1])``);
     ``randomisation`` and ``settings.recompute`` need ``method`` (an explain registry name).
     Per-image columns carry their unit (``_mm``, ``_px_original``, ratios are unitless).
+    ``positions``: the images' positions in a larger set (a shard of it): random draws
+    (noise, random orders) are then the whole set's, so shard results merge exactly.
     """
     settings = settings or EvaluationSettings()
     metrics = parse_metrics(metrics)
@@ -205,6 +210,7 @@ def evaluate_maps(
     forward = forward or BatchedForward(model, settings.batch_size, settings.precision)
     columns: dict[str, np.ndarray] = {}
     curve_rows: list[dict] = []
+    curve_values: list = []
     steps_frame = None
     common = dict(seed=settings.seed, forward=forward, progress=progress)
 
@@ -222,7 +228,7 @@ def evaluate_maps(
             aggregation=settings.aggregation,
             recompute=method if settings.recompute else None,
             target=settings.explain_target, explain_options=settings.explain_options,
-            pixel_size_original_mm=pixel_size_original_mm, **common)
+            pixel_size_original_mm=pixel_size_original_mm, positions=positions, **common)
         steps_frame = curves.to_frame()
         table = curves.per_image()
         for name in table.columns:
@@ -230,9 +236,10 @@ def evaluate_maps(
                 columns[name] = table[name].to_numpy()
         for order in curves.orders:
             for quantity in curves.quantities():
-                curve_rows += _mean_curves(curves.curve(quantity, order),
-                                           curves.regions_removed,
-                                           {"curve": "perturbation", "order": order}, quantity)
+                label = {"curve": "perturbation", "order": order}
+                values = curves.curve(quantity, order)
+                curve_values.append((label, quantity, curves.regions_removed, values))
+                curve_rows += _mean_curves(values, curves.regions_removed, label, quantity)
 
     kinds = [k for k in ("deletion", "insertion") if k in metrics]
     if kinds:
@@ -241,13 +248,16 @@ def evaluate_maps(
             unit=settings.deletion_unit, steps=settings.deletion_steps,
             grid=settings.grid if settings.deletion_unit == "regions" else None,
             baseline=settings.baseline, noise_sd=settings.noise_sd,
-            blur_sigma=settings.blur_sigma, aggregation=settings.aggregation, **common)
+            blur_sigma=settings.blur_sigma, aggregation=settings.aggregation,
+            positions=positions, **common)
         for kind, curves in result.items():
             for name, values in curves.per_image().items():
                 columns[name] = values.to_numpy()
             for quantity in ("abs_error_mm", "shift_mm"):
-                curve_rows += _mean_curves(getattr(curves, quantity), curves.fractions,
-                                           {"curve": kind, "order": "morf"}, quantity)
+                label = {"curve": kind, "order": "morf"}
+                values = getattr(curves, quantity)
+                curve_values.append((label, quantity, curves.fractions, values))
+                curve_rows += _mean_curves(values, curves.fractions, label, quantity)
 
     if "localisation" in metrics:
         scores = localisation_scores(maps, annotation, pixel_size, band_mm=settings.band_mm,
@@ -270,7 +280,7 @@ def evaluate_maps(
         randomisation["flagged"] = result.flagged
 
     return MethodEvaluation(pd.DataFrame(columns), pd.DataFrame(curve_rows), randomisation,
-                            steps_frame)
+                            steps_frame, curve_values)
 
 
 # ----------------------------------------------------------------------------- tables
