@@ -24,6 +24,7 @@ import tensorflow as tf
 import fetalhc.explain as fe
 from fetalhc.explain.relevance_graph import ACTIVATION, LINEAR, RELU, build_plan
 from fetalhc.explain.relevance_rules import deep_taylor_rules, lrp_z_rules, propagate_relevance
+from fetalhc.models.layers import GrayscaleAdapter
 
 SIZE = 8
 
@@ -353,7 +354,7 @@ def test_unsupported_multiply_and_activation_still_raise():
     x = keras.layers.Multiply(name="product")([a, b])  # no broadcast gate: not linear
     model = keras.Model(inputs, keras.layers.Dense(1, name="hc_px_input")(
         keras.layers.Flatten()(x)))
-    with pytest.raises(ValueError, match=r"'product' \(Multiply\).*broadcast gate"):
+    with pytest.raises(ValueError, match=r"'product' \(Multiply\).*gate"):
         fe.explain(model, images(), method="lrp_z", pixel_size=0.3)
     inputs = keras.Input((SIZE, SIZE, 1))
     x = keras.layers.Activation("gelu", name="gelu")(conv(2, 3, "c")(inputs))
@@ -361,3 +362,52 @@ def test_unsupported_multiply_and_activation_still_raise():
         keras.layers.Flatten()(x)))
     with pytest.raises(ValueError, match=r"'gelu' \(Activation\).*gelu"):
         fe.explain(model, images(), method="deep_taylor", pixel_size=0.3)
+
+
+def test_preprocessing_offsets_pass_relevance_through_in_every_rule_set():
+    # GrayscaleAdapter (scale 0.45, offset -0.10, the 'tf' mode of MobileNetV2 / Xception /
+    # InceptionV3) and Rescaling before the first conv: relevance passes through them, so
+    # LRP-z is Input x Gradient taken at the adapted image: (x - x_ref) * gradient with
+    # x_ref = -offset / scale, and relevance is conserved (no z rule dividing by 0.45 x - 0.1).
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = GrayscaleAdapter(channels=1, scale=0.45, offset=-0.10, name="adapter")(inputs)
+    x = keras.layers.Rescaling(scale=2.0, offset=0.5, name="rescale")(x)
+    x = conv(4, 3, "first", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="hc_px_input")(x))
+    x = images(3, seed=8)
+    x[0, 0, 0, 0] = 0.10 / 0.45  # the adapter's output is exactly 0 here
+    scale, offset = 0.45 * 2.0, -0.10 * 2.0 + 0.5  # the whole pre-processing a = k x + c
+    x_ref = -offset / scale
+    gradient = input_x_gradient(lambda t: model(t)[:, 0], x) / np.where(x == 0, 1, x)
+    result = propagate_relevance(build_plan(model), x, tf.ones(3), lrp_z_rules())
+    np.testing.assert_allclose(result["relevance"].numpy(), (x - x_ref) * gradient,
+                               atol=1e-5 * np.abs(gradient).max())
+    np.testing.assert_allclose(result["input_sum"].numpy(), result["start"].numpy(), rtol=1e-4)
+    for method in ("lrp_epsilon", "lrp_alpha1_beta0", "lrp_zplus", "deep_taylor"):
+        explained = fe.explain_batch(model, x, method=method, pixel_size=1.0)
+        start = explained.metadata["relevance_start"]
+        assert np.all(np.isfinite(explained.maps)), method
+        gap = explained.metadata["conservation_gap"]
+        if method != "lrp_epsilon":  # (epsilon absorbs a little by design)
+            np.testing.assert_allclose(gap, 0.0, atol=1e-4 * np.abs(start).max(), err_msg=method)
+
+
+def test_a_sigmoid_gate_is_found_when_both_operands_have_the_same_shape():
+    # EfficientNet at small inputs: the feature map is 1x1, so the gate is not broadcast;
+    # it is recognised as the (reshaped) sigmoid output.
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True, name="squeeze_all")(
+        conv(3, 3, "conv")(inputs))
+    se = keras.layers.Conv2D(3, 1, activation="sigmoid", name="gate")(x)
+    se = keras.layers.Reshape((1, 1, 3), name="gate_reshape")(se)
+    x = keras.layers.Multiply(name="excite")([se, x])
+    model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="hc_px_input")(
+        keras.layers.Flatten()(x)))
+    steps = {s.name: s for s in build_plan(model).steps}
+    assert steps["excite"].inputs == (id(model.get_layer("squeeze_all").output),
+                                      id(model.get_layer("gate_reshape").output))
+    result = propagate_relevance(build_plan(model), images(), tf.ones(3), lrp_z_rules())
+    np.testing.assert_allclose(result["input_sum"].numpy(), result["start"].numpy(), rtol=1e-4)

@@ -548,7 +548,8 @@ def _steps_for_node(node, builder: _Builder, bn_fold: dict) -> list[Step]:
     if isinstance(layer, keras.layers.Multiply):
         gate = _gate_operand(node)
         if gate is None:
-            return opaque("Multiply is covered only as a tensor times a broadcast gate")
+            return opaque("Multiply is covered only as a tensor times a gate (a sigmoid output "
+                          "or a broadcast operand)")
         keys = (in_keys[1 - gate], in_keys[gate])  # gated tensor first, gate second
 
         def apply(inputs, part):
@@ -593,10 +594,23 @@ def _steps_for_node(node, builder: _Builder, bn_fold: dict) -> list[Step]:
     return opaque()
 
 
+def _is_sigmoid_output(tensor) -> bool:
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None)
+    if isinstance(layer, keras.layers.Reshape):  # a gate reshaped to (1, 1, C)
+        return _is_sigmoid_output(layer.input)
+    function = getattr(layer, "activation", None)
+    return callable(function) and activation_name(function) in ("sigmoid", "hard_sigmoid")
+
+
 def _gate_operand(node) -> int | None:
-    """Index of the gate of ``Multiply([x, gate])``: the one operand that is broadcast."""
+    """Index of the gate of ``Multiply([x, gate])``: the operand that comes out of a sigmoid
+    (squeeze-and-excitation), else the one operand that is broadcast against the other."""
     if len(node.input_tensors) != 2:
         return None
+    sigmoid = [_is_sigmoid_output(t) for t in node.input_tensors]
+    if sigmoid[0] != sigmoid[1]:
+        return sigmoid.index(True)
     shapes = [tuple(t.shape[1:]) for t in node.input_tensors]
     if len(shapes[0]) != len(shapes[1]) or shapes[0] == shapes[1]:
         return None

@@ -25,8 +25,12 @@ Rules (``z_j = sum_i x_i w_ij + b_j``):
   is the z+ rule;
 - ``zb`` (bounded input layer, ``low <= x <= high``):
   ``R_i = sum_j (x_i w_ij - low_i w_ij^+ - high_i w_ij^-) / z^B_j R_j``;
-- ``pass``: elementwise affine maps between the input and the z^B layer pass relevance on
-  unchanged (their bounds are mapped with them).
+- ``pass``: elementwise affine maps between the image and the first weighted layer (the
+  pre-processing: ``GrayscaleAdapter``, ``Rescaling``, ``Normalization``) pass relevance on
+  unchanged under every rule set: their offsets are a change of the input's origin, not
+  evidence (and a z rule there would divide by ``scale * x + offset``, which vanishes inside
+  the image's range for the ImageNet pre-processing modes). Under z^B their bounds are
+  mapped with them.
 
 A step without a rule raises ``ValueError`` naming the layer and its class.
 """
@@ -291,6 +295,22 @@ def _affine_bounds(op, low, high):
     return lo, hi
 
 
+def _preprocessing_steps(plan: Plan) -> set:
+    """Indices of the elementwise affine steps between the image and the first weighted layer
+    (only structural, identity and other such affine steps on the way)."""
+    region, indices = {plan.input_key}, set()
+    for index, step in enumerate(plan.steps):
+        if not all(key in region for key in step.inputs):
+            continue
+        if step.kind in (STRUCTURAL, IDENTITY):
+            region.add(step.output)
+        elif (step.kind == LINEAR and step.linear.family == AFFINE
+              and step.linear.relevant_inputs is None):
+            region.add(step.output)
+            indices.add(index)
+    return indices
+
+
 def _nonnegative_keys(plan: Plan) -> set:
     nonneg = set()
     for step in plan.steps:
@@ -348,6 +368,7 @@ def propagate_relevance(
         high_t = tf.reshape(tf.cast(high, tf.float32), shape) * tf.ones_like(images)
         bounds[plan.input_key] = (low_t, high_t)
     bounded_linear = set()
+    preprocessing = _preprocessing_steps(plan)
     for index, step in enumerate(plan.steps):
         inputs = [values[key] for key in step.inputs]
         values[step.output] = step.forward(inputs)
@@ -393,7 +414,8 @@ def propagate_relevance(
             if op.relevant_inputs is not None and op.relevant_inputs < len(xs):
                 op = _hold_constant(op, xs[op.relevant_inputs:])
                 keys, xs = keys[: step.linear.relevant_inputs], xs[: step.linear.relevant_inputs]
-            rule = rules.rule_for(op.family, index in bounded_linear)
+            rule = PASS if index in preprocessing else rules.rule_for(
+                op.family, index in bounded_linear)
             if rule.name == "pass":
                 r_in = [r_out]
             elif rule.name in ("z", "epsilon"):
