@@ -145,6 +145,14 @@ WORKER_SCRIPT = """
     result = train(config, sys.argv[2], sys.argv[3])
     weights = result.model.get_weights()
     np.savez(sys.argv[4], *weights)
+    if result.is_chief:  # the initial weights, to show that training moved them
+        import keras
+        from fetalhc.training import load_run
+        from fetalhc.training.run import _build_and_compile
+        run = load_run(sys.argv[3])
+        keras.utils.set_random_seed(run.config["train"]["seed"])
+        initial, _, _ = _build_and_compile(run.config, 1e-3)
+        np.savez(sys.argv[4].replace(".npz", "_initial.npz"), *initial.get_weights())
     print("DONE" + json.dumps({"chief": result.is_chief, "replicas": result.replicas,
                                "epochs": int(len(result.history))}))
 """
@@ -195,7 +203,12 @@ def test_two_workers_finish_with_identical_weights(phantoms, tmp_path):
         assert first.files == second.files and len(first.files) > 0
         for name in first.files:
             np.testing.assert_array_equal(first[name], second[name])
-    initial_changed = False  # training moved the weights (not two untouched initialisations)
+        # the workers saw different halves of every batch: identical weights that moved away
+        # from the (seeded, identical) initial ones mean the gradients were all-reduced
+        with np.load(tmp_path / "weights0_initial.npz") as initial:
+            assert initial.files == first.files
+            moved = [not np.array_equal(initial[name], first[name]) for name in first.files]
+        assert sum(moved) >= len(moved) // 2, moved
     # only the chief writes the run folder
     for name in ("config.toml", "model.keras", "history.csv", "metrics.json"):
         assert (out / name).is_file(), name
@@ -205,5 +218,4 @@ def test_two_workers_finish_with_identical_weights(phantoms, tmp_path):
     assert len(history) == 3 and "val_mae_mm" in history[0]
     losses = [float(row.split(",")[history[0].split(",").index("loss")])
               for row in history[1:]]
-    initial_changed = all(np.isfinite(losses))
-    assert initial_changed
+    assert all(np.isfinite(losses))
