@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_relevance.py --size 128 --images 4 \
         --backbones vgg16 resnet50
+    .venv/bin/python benchmarks/bench_relevance.py --size 128 --images 2 --repeats 2 \
+        --backbones mobilenetv2 efficientnetb0 densenet121 xception inceptionv3
 
 Random weights (timing does not depend on them). Each method is called once to trace (the
 "first call" column includes tracing) and then ``--repeats`` times on the same batch; the
