@@ -20,6 +20,8 @@ CONFIG = {
               "tensorboard": False},
 }
 METHODS = "gradient,integrated_gradients,gradcam"
+IG_OPTIONS = ("--option", "integrated_gradients.steps=8", "--option",
+              "integrated_gradients.tolerance=none")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def _explain(*args):
 def test_explain_writes_maps_overlays_grid_and_index_then_skips(run_dir, data, tmp_path):
     out = tmp_path / "maps"
     result = _explain("--model", run_dir, "--data", data, "--methods", METHODS,
-                      "--out", out, "--limit", 3)
+                      "--out", out, "--limit", 3, *IG_OPTIONS)
     assert result.exit_code == 0, result.output
     assert "wrote 9" in result.output
     run = load_run(run_dir)
@@ -54,14 +56,14 @@ def test_explain_writes_maps_overlays_grid_and_index_then_skips(run_dir, data, t
 
     model = __import__("fetalhc").load_model(run_dir / "model.keras")
     expected = fe.explain(model, arrays["image"], method="integrated_gradients",
-                          pixel_size=arrays["pixel_size_mm"])
+                          pixel_size=arrays["pixel_size_mm"], steps=8, tolerance=None)
     for i, filename in enumerate(index["filename"]):
         stem = filename.rsplit(".", 1)[0]
         with np.load(out / "integrated_gradients" / f"{stem}.npz") as stored:
             np.testing.assert_allclose(stored["map"], expected[i], rtol=1e-4, atol=1e-6)
             assert str(stored["method"]) == "integrated_gradients"
             assert str(stored["target"]) == "hc_mm" and str(stored["units"]) == "mm"
-            assert str(stored["baseline"]) == "zeros"
+            assert str(stored["baseline"]) == "zeros" and float(stored["steps"]) == 8
             assert float(stored["pixel_size_mm"]) == pytest.approx(arrays["pixel_size_mm"][i])
             assert float(stored["reference_mm"]) == pytest.approx(arrays["hc_mm"][i])
             assert np.isfinite(float(stored["prediction_mm"]))
@@ -75,7 +77,7 @@ def test_explain_writes_maps_overlays_grid_and_index_then_skips(run_dir, data, t
 
     stamp = (out / "gradient" / f"{index['filename'][0].rsplit('.', 1)[0]}.npz").stat().st_mtime_ns
     again = _explain("--model", run_dir / "model.keras", "--data", data, "--methods", METHODS,
-                     "--out", out, "--limit", 4)
+                     "--out", out, "--limit", 4, *IG_OPTIONS)
     assert again.exit_code == 0, again.output
     assert "wrote 3, skipped 9" in again.output
     assert (out / "gradient" / f"{index['filename'][0].rsplit('.', 1)[0]}.npz").stat().st_mtime_ns == stamp
@@ -87,6 +89,9 @@ def test_explain_writes_maps_overlays_grid_and_index_then_skips(run_dir, data, t
     (["--methods", "gradcam_pp", "--target", "hc"], "unknown target 'hc'"),
     (["--methods", "gradient", "--split", "bogus"], "unknown split 'bogus'"),
     (["--methods", "gradient", "--limit", "0"], "--limit must be >= 1"),
+    (["--methods", "gradient", "--option", "gradient.steps=3"], "unknown option(s) steps"),
+    (["--methods", "gradient", "--option", "occlusion.patch=3"], "not in --methods"),
+    (["--methods", "occlusion", "--option", "occlusion.patch"], "METHOD.NAME=VALUE"),
 ])
 def test_explain_errors_are_one_line(run_dir, data, tmp_path, args, message):
     result = _explain("--model", run_dir, "--data", data, "--out", tmp_path / "o", *args)

@@ -97,9 +97,39 @@ def _render(npz_path: Path, png_path: Path) -> None:
     save_figure(figure, png_path)
 
 
+def parse_options(texts, methods: list[str]) -> dict[str, dict]:
+    """``["integrated_gradients.steps=32", ...]`` -> ``{"integrated_gradients": {"steps": 32}}``.
+
+    Values are read as int, float, true/false, none, else kept as text."""
+    options: dict[str, dict] = {}
+    for text in texts:
+        key, equals, raw = text.partition("=")
+        method, dot, name = key.partition(".")
+        if not equals or not dot or not name:
+            raise ValueError(f"--option must look like METHOD.NAME=VALUE; got {text!r}")
+        if method not in methods:
+            raise ValueError(f"--option {text!r} names method {method!r}, which is not in --methods")
+        lowered = raw.strip().lower()
+        if lowered in ("none", "null"):
+            value = None
+        elif lowered in ("true", "false"):
+            value = lowered == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        options.setdefault(method, {})[name] = value
+    return options
+
+
 def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: Path,
                     limit: int | None = None, split: str | None = None, target: str = "hc_mm",
-                    batch_size: int = 8, progress: bool = True, shard: str | None = None) -> dict:
+                    batch_size: int = 8, progress: bool = True, shard: str | None = None,
+                    options: dict[str, dict] | None = None) -> dict:
     """Library side of ``fetalhc explain``; returns what it wrote and skipped.
 
     ``shard="i/n"`` (1-based, see ``fetalhc.data.shards``) explains only every n-th image of
@@ -111,8 +141,9 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
     from fetalhc.data import load_arrays
 
     known = fe.available_methods()
+    options = options or {}
     for method in methods:
-        fe.get_method(method)  # one-line ValueError listing the known methods
+        fe.get_method(method)(**options.get(method, {}))  # one-line ValueErrors: name, options
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1; got {limit}")
     fe.get_target(target)
@@ -146,7 +177,7 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
             result = fe.explain_batch(
                 model, arrays["image"][chunk], method=method, target=target,
                 pixel_size=arrays["pixel_size_mm"][chunk], reference=arrays["hc_mm"][chunk],
-                batch_size=batch_size,
+                batch_size=batch_size, **options.get(method, {}),
             )
             for position, row in enumerate(chunk):
                 record = {
@@ -245,9 +276,11 @@ def _index_frame(out: Path, methods: list[str], stems: list[str], grid_rows: lis
 @click.option("--shard", default=None, metavar="I/N",
               help="Explain only shard I of N (1-based, round robin over the split's order); "
                    "combine the shard folders with `fetalhc merge`.")
+@click.option("--option", "option_texts", multiple=True, metavar="METHOD.NAME=VALUE",
+              help="A method option, e.g. integrated_gradients.baseline=blur (repeatable).")
 @click.option("--list", "list_methods", is_flag=True, help="List the registered methods and exit.")
 def command(model_path, data_dir, methods, out, limit, split, target, batch_size, shard,
-            list_methods):
+            option_texts, list_methods):
     """Signed saliency maps (red raises HC, blue lowers it) for a split of a trained run."""
     if list_methods:
         import fetalhc.explain as fe
@@ -258,8 +291,9 @@ def command(model_path, data_dir, methods, out, limit, split, target, batch_size
     names = [name.strip() for name in methods.split(",") if name.strip()]
     if not names:
         raise ValueError("--methods is empty")
+    options = parse_options(option_texts, names)
     summary = explain_command(model_path, data_dir, names, out, limit=limit, split=split,
-                              target=target, batch_size=batch_size, shard=shard)
+                              target=target, batch_size=batch_size, shard=shard, options=options)
     click.echo(
         f"{summary['images']} images x {len(names)} methods: wrote {summary['written']}, "
         f"skipped {summary['skipped']} already done; index {summary['index']}, grid {summary['grid']}"
