@@ -79,14 +79,14 @@ def test_position_keyed_noise_and_random_orders_match_the_whole_set():
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """7 phantoms (+ 7 challenge phantoms) and an untrained small CNN at 32 px."""
+    """6 phantoms (+ 5 challenge phantoms) and an untrained small CNN at 32 px."""
     import keras
 
     from fetalhc.data import write_phantom_dataset
     from fetalhc.models import build_model
 
     root = tmp_path_factory.mktemp("shards")
-    data = write_phantom_dataset(root / "phantoms", n=7, seed=3, challenge=7, width=80,
+    data = write_phantom_dataset(root / "phantoms", n=6, seed=3, challenge=5, width=80,
                                  height=64, second_fraction=0.0)
     keras.utils.set_random_seed(0)
     model = build_model("small_cnn", input_shape=(32, 32, 1), hc_mean_px=60.0, hc_std_px=10.0)
@@ -107,30 +107,37 @@ def _cli(args):
     return result
 
 
-def test_three_explain_shards_merge_to_the_unsharded_run(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def explain_runs(tiny, tmp_path_factory):
+    """One unsharded explain run and its 3 shards (shared by the tests below)."""
     data, model = tiny
+    root = tmp_path_factory.mktemp("explain_runs")
     common = ["explain", "--model", str(model), "--data", str(data), "--split", "challenge",
-              "--methods", "gradient,input_x_gradient", "--batch-size", "4"]
-    _cli([*common, "--out", str(tmp_path / "whole")])
+              "--methods", "gradient", "--batch-size", "4"]
+    _cli([*common, "--out", str(root / "whole")])
     for i in (1, 2, 3):
-        _cli([*common, "--out", str(tmp_path / f"shard{i}"), "--shard", f"{i}/3"])
-    assert json.loads((tmp_path / "shard2" / "shard.json").read_text())["positions"] == [1, 4]
-    _cli(["merge", *(str(tmp_path / f"shard{i}") for i in (1, 2, 3)),
+        _cli([*common, "--out", str(root / f"shard{i}"), "--shard", f"{i}/3"])
+    return root
+
+
+def test_three_explain_shards_merge_to_the_unsharded_run(explain_runs, tmp_path):
+    root = explain_runs
+    assert json.loads((root / "shard2" / "shard.json").read_text())["positions"] == [1, 4]
+    _cli(["merge", *(str(root / f"shard{i}") for i in (1, 2, 3)),
           "--out", str(tmp_path / "merged")])
-    whole, merged = _tables(tmp_path / "whole"), _tables(tmp_path / "merged")
+    whole, merged = _tables(root / "whole"), _tables(tmp_path / "merged")
     assert list(whole) == ["index.csv"] and whole == merged
-    assert len(pd.read_csv(tmp_path / "merged" / "index.csv")) == 14
+    assert len(pd.read_csv(tmp_path / "merged" / "index.csv")) == 5
     assert (tmp_path / "merged" / "grid.png").is_file()
-    for method in ("gradient", "input_x_gradient"):
-        names = sorted(p.name for p in (tmp_path / "whole" / method).iterdir())
-        assert sorted(p.name for p in (tmp_path / "merged" / method).iterdir()) == names
+    names = sorted(p.name for p in (root / "whole" / "gradient").iterdir())
+    assert sorted(p.name for p in (tmp_path / "merged" / "gradient").iterdir()) == names
 
 
 def test_three_evaluate_shards_merge_to_the_unsharded_run(tiny, tmp_path):
     data, model = tiny
     common = ["evaluate", "--model", str(model), "--data", str(data), "--split", "all",
-              "--methods", "gradient,input_x_gradient",
-              "--metrics", "aopc,deletion,insertion,localisation", "--deletion-steps", "4",
+              "--methods", "gradient", "--metrics", "aopc,deletion,localisation",
+              "--deletion-steps", "4",
               "--n-boot", "200", "--seed", "3", "--no-progress", "--no-figures"]
     _cli([*common, "--out", str(tmp_path / "whole")])
     for i in (1, 2, 3):
@@ -155,23 +162,22 @@ def test_three_evaluate_shards_merge_to_the_unsharded_run(tiny, tmp_path):
         (tmp_path / "whole" / "summary.md").read_text()
 
 
-def test_merge_refuses_incomplete_or_mixed_shards(tiny, tmp_path):
+def test_merge_refuses_incomplete_or_mixed_shards(tiny, explain_runs, tmp_path):
+    from fetalhc.cli.explain import explain_command
     from fetalhc.cli.merge import merge_command
 
     data, model = tiny
-    from fetalhc.cli.explain import explain_command
-
-    for i in (1, 2):
-        explain_command(model, data, ["gradient"], tmp_path / f"s{i}", split="challenge",
-                        shard=f"{i}/2", progress=False)
+    shard1, shard2 = explain_runs / "shard1", explain_runs / "shard2"
     with pytest.raises(ValueError, match="exactly once"):
-        merge_command([tmp_path / "s1"], tmp_path / "m")
+        merge_command([shard1, shard2], tmp_path / "m")
     with pytest.raises(ValueError, match="given twice"):
-        merge_command([tmp_path / "s1", tmp_path / "s1"], tmp_path / "m")
+        merge_command([shard1, shard1, shard2], tmp_path / "m")
     with pytest.raises(ValueError, match="--kind evaluate"):
-        merge_command([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m", kind="evaluate")
+        merge_command([shard1, shard2], tmp_path / "m", kind="evaluate")
     with pytest.raises(FileNotFoundError, match="shard.json"):
-        merge_command([tmp_path / "s1", tmp_path], tmp_path / "m")
+        merge_command([shard1, explain_runs / "whole"], tmp_path / "m")
+    with pytest.raises(ValueError, match="not one of the shard folders"):
+        merge_command([shard1, shard2, explain_runs / "shard3"], shard1)
     with pytest.raises(ValueError, match="1-based"):
         explain_command(model, data, ["gradient"], tmp_path / "bad", split="challenge",
                         shard="0/2", progress=False)
