@@ -6,10 +6,10 @@ Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no GUI bac
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from matplotlib.figure import Figure
+
+from fetalhc.viz.figures import save_figure  # noqa: F401  (re-exported)
 
 
 def _pairs(prediction_mm, reference_mm) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +79,3 @@ def scatter_figure(prediction_mm, reference_mm, title: str | None = None) -> Fig
     axes.legend(loc="upper left", fontsize="small")
     figure.tight_layout()
     return figure
-
-
-def save_figure(figure: Figure, path: str | os.PathLike) -> None:
-    """Save a figure (format from the suffix, e.g. ``.png``)."""
-    figure.savefig(os.fspath(path))

@@ -13,8 +13,6 @@ and ``high`` may be None. Imports no other fetalhc module.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from fetalhc.viz import figures  # noqa: E402
 
 Curve = tuple  # (x, mean, low | None, high | None)
 
@@ -131,18 +131,7 @@ def error_split_bars(groups: Sequence[str], methods: Sequence[str], means, lows,
 
 def save_figure(figure, path, dpi: int = 120) -> Path:
     """Save ``figure`` to ``path`` atomically (format from the suffix) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix,
-                                         dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=dpi)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+        return figures.save_figure(figure, path, dpi=dpi)
     finally:
         plt.close(figure)
-    return path

@@ -9,10 +9,7 @@ module.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -22,6 +19,8 @@ import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from fetalhc.viz.figures import save_figure  # noqa: E402,F401  (re-exported)
 
 CMAP = "RdBu_r"  # red positive, blue negative
 CONTOUR_COLOR = "#39ff14"
@@ -134,18 +133,3 @@ def grid_figure(images: Sequence, maps: Mapping[str, Sequence], contours: Sequen
     figure.suptitle("red raises HC, blue lowers it", fontsize=8)
     figure.tight_layout()
     return figure
-
-
-def save_figure(figure: Figure, path, dpi: int | None = None) -> Path:
-    """Write ``figure`` to ``path`` atomically (temporary file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=dpi)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
