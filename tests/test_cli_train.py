@@ -91,7 +91,8 @@ def test_bad_config_file_is_a_one_line_error(data, tmp_path):
     assert result.output.strip() == (
         "Error: unknown config key [train] batchsize; known keys: epochs, batch_size, "
         "learning_rate, loss, huber_delta_mm, aux_weight, patience, reduce_lr_patience, "
-        "reduce_lr_factor, min_learning_rate, seed, steps_per_epoch, tensorboard")
+        "reduce_lr_factor, min_learning_rate, seed, steps_per_epoch, tensorboard, strategy, "
+        "scale_learning_rate")
     path.write_text("[train]\nlearning_rate = \"fast\"\n")
     result = _train("--config", path, "--data", data, "--out", tmp_path / "run")
     assert result.exit_code == 1
