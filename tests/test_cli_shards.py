@@ -178,6 +178,14 @@ def test_merge_refuses_incomplete_or_mixed_shards(tiny, explain_runs, tmp_path):
         merge_command([shard1, explain_runs / "whole"], tmp_path / "m")
     with pytest.raises(ValueError, match="not one of the shard folders"):
         merge_command([shard1, shard2, explain_runs / "shard3"], shard1)
+    import shutil
+
+    other = tmp_path / "other3"
+    shutil.copytree(explain_runs / "shard3", other)
+    info = json.loads((other / "shard.json").read_text())
+    (other / "shard.json").write_text(json.dumps({**info, "target": "hc_px_input"}))
+    with pytest.raises(ValueError, match="different runs"):
+        merge_command([shard1, shard2, other], tmp_path / "m")
     with pytest.raises(ValueError, match="1-based"):
         explain_command(model, data, ["gradient"], tmp_path / "bad", split="challenge",
                         shard="0/2", progress=False)

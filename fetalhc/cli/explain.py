@@ -219,7 +219,8 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
             "kind": "explain", "shard": format_shard(parse_shard(shard)), "total": total,
             "positions": [int(p) for p in positions], "filenames": filenames,
             "methods": list(methods), "model": str(model_path), "data": str(data_dir),
-            "split": split, "limit": limit, "target": target})
+            "split": split, "limit": limit, "target": target,
+            "options": json.loads(json.dumps(options or {}, default=str))})
     return {"written": written, "skipped": skipped, "index": out / "index.csv",
             "grid": out / "grid.png", "methods": methods, "images": len(stems), "known": known}
 

@@ -48,6 +48,11 @@ def _read_shards(shard_dirs, kind: str | None):
     if len(totals) > 1 or len(counts) > 1 or len(methods) > 1:
         raise ValueError("the shard folders come from different runs (split size, shard count "
                          "or methods differ)")
+    run_keys = ("model", "data", "split", "limit", "target", "options")
+    runs = {json.dumps({k: info.get(k) for k in run_keys}, sort_keys=True) for _, info in infos}
+    if len(runs) > 1:
+        raise ValueError("the shard folders come from different runs (model, data, split, "
+                         "limit, target or method options differ)")
     names = [info["shard"] for _, info in infos]
     if len(set(names)) != len(names):
         raise ValueError(f"a shard is given twice: {', '.join(names)}")
