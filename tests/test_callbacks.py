@@ -110,6 +110,8 @@ def test_bad_arguments_are_refused_with_a_reason(phantom_arrays):
         callbacks.SaliencyCallback((subset["image"], subset["hc_mm"]))
     with pytest.raises(ValueError, match="pixel_size_mm"):
         callbacks.SaliencyCallback({"image": subset["image"]})
+    with pytest.raises(ValueError, match="exceeds the 16 regions"):
+        callbacks.SaliencyCallback(subset, aopc_steps=9, regions_per_step=2)
     with pytest.raises(ValueError, match="every_n_epochs"):
         callbacks.SaliencyCallback(subset, every_n_epochs=0)
 
