@@ -60,7 +60,7 @@ def hc_mm(view, images, pixel_size, batch=64):
     return np.concatenate(out).astype(np.float64) * pixel_size.astype(np.float64)
 
 
-def make_methods(model, view, pixel_size_all):
+def make_methods(model, view):
     """name -> function(images, pixel_size) -> maps (N, H, W) in mm (zeros baseline)."""
     from tf_explain.core.integrated_gradients import IntegratedGradients as TfExplainIG
     from xplique.attributions import IntegratedGradients as XpliqueIG
@@ -132,7 +132,7 @@ def main() -> None:
 
     for label, model in load_models(args.models.split(","), Path(args.run)):
         view = fe.hc_output_model(model)
-        methods = make_methods(model, view, pixel_size)
+        methods = make_methods(model, view)
         f_x = hc_mm(view, images, pixel_size)
         f_b = hc_mm(view, np.zeros_like(images), pixel_size)
         difference = f_x - f_b
