@@ -12,7 +12,7 @@ maps, target hc_mm):
   (an ordinary call builds and traces its own, which is counted in the first rows);
 - ``xplique Deletion``: ``xplique.metrics.Deletion(view, images, targets=pixel size,
   operator=Tasks.REGRESSION, baseline_mode=0.0, steps=S)`` ``.detailed_evaluate(maps)``, at
-  batch 256 and at its default batch 64; ``steps=15`` is timed too, to match the AOPC's
+  batch 256 (its default is 64); ``steps=15`` is timed too, to match the AOPC's
   16 points (xplique has no region grid).
 
 The methods run interleaved, ``--repeats`` times after a warm-up call each; medians are
@@ -94,7 +94,6 @@ def main() -> None:
             steps + 1, lambda: evaluate.deletion_insertion(model, images, maps, pixel_size,
                                                            reference, forward=forward, **deletion)),
         f"xplique Deletion, {steps + 1} pts, batch {BATCH}": (steps + 1, lambda: xplique(steps, BATCH)),
-        f"xplique Deletion, {steps + 1} pts, batch 64": (steps + 1, lambda: xplique(steps, 64)),
         "fetalhc AOPC MoRF 4x4, 16 pts (per call)": (
             16, lambda: evaluate.region_perturbation(model, images, maps, pixel_size, reference,
                                                      **aopc)),
