@@ -7,7 +7,8 @@ import sys
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing, CPU features) hidden.
+    """Import TensorFlow with its C++ start-up chatter (CUDA probing, CPU features) hidden,
+    and its Python warnings about retracing turned off.
 
     Those lines are written to file descriptor 2 before absl logging is initialised, so
     ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them. Only the ``fetalhc`` command does this
@@ -16,6 +17,12 @@ def import_tensorflow_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if os.environ.get("FETALHC_VERBOSE_TF") or "tensorflow" in sys.modules:
         return
+    import logging
+
+    # Each saliency method is one traced function per model, so a command running several
+    # methods trips TensorFlow's "N out of the last M calls ... retracing" heuristic. The
+    # tracing is by design (fetalhc.explain.tracing_counts shows one trace per method).
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
