@@ -92,7 +92,8 @@ def hc_output_model(model: keras.Model) -> keras.Model:
         raise ValueError(
             f"the model has {len(outputs)} outputs and none is named {HC_OUTPUT_NAME!r}"
         )
-    return keras.Model(model.inputs, outputs[names.index(HC_OUTPUT_NAME)])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs[names.index(HC_OUTPUT_NAME)])
 
 
 def cast_model(model: keras.Model, precision: str) -> keras.Model:

@@ -196,9 +196,15 @@ def hc_output_model(model, output: str | int | None = None) -> keras.Model:
                 f"the HC output {names[index]!r} must have one unit per image; "
                 f"its shape is {tuple(tensor.shape)}"
             )
-        view = keras.Model(model.inputs, tensor, name=f"{model.name}_hc_view")
+        view = keras.Model(model_inputs(model), tensor, name=f"{model.name}_hc_view")
     cache.views[output] = view
     return view
+
+
+def model_inputs(model):
+    """The model's input tensor (or list when it has several): a view built on the bare
+    tensor takes a bare tensor, as fetalhc models do, without Keras' structure warning."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
 def layer_view(model, layer_name: str, output=None) -> keras.Model:
@@ -208,7 +214,8 @@ def layer_view(model, layer_name: str, output=None) -> keras.Model:
     key = ("layer", output, layer_name)
     if key not in cache.views:
         layer = conv_layer(hc_model, layer_name)
-        cache.views[key] = keras.Model(hc_model.inputs, [layer.output, hc_model.outputs[0]])
+        cache.views[key] = keras.Model(model_inputs(hc_model),
+                                       [layer.output, hc_model.outputs[0]])
     return cache.views[key]
 
 
