@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from fetalhc.cli._files import write_text
+
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick_cpu.toml"
 
 
@@ -29,12 +31,6 @@ def _step(number: int, total: int, text: str) -> None:
 
 def _relative(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int = 160,
@@ -176,7 +172,7 @@ def _write_report(out: Path, run_dir: Path, predictions: Path, explain_dir: Path
     lines += ["", "## Reproduce", "", "```bash", *commands,
               f"tensorboard --logdir {run_dir / 'logs'}", "```", ""]
     report = out / "report.md"
-    _write_text(report, "\n".join(lines))
+    write_text(report, "\n".join(lines))
     return report
 
 

@@ -18,11 +18,11 @@ All files are written atomically (temporary file, then rename).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
+
+from fetalhc.cli._files import write_csv, write_text
 
 METRIC_LABELS = {"aopc_morf_abs_error_mm": "AOPC, MoRF, |error| (mm)",
                  "deletion_auc_abs_error_mm": "deletion AUC, |error| (mm)",
@@ -31,23 +31,6 @@ RESULT_FILES = ("per_image.csv", "curves.csv", "randomisation.csv")
 
 
 # ----------------------------------------------------------------------------- file helpers
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _write_csv(frame, path: Path) -> None:
-    _write_text(path, frame.to_csv(index=False, float_format="%.6g"))
-
-
 def _split_list(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
@@ -242,7 +225,7 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
     run_settings = {"model": str(model_path), "data": str(data_dir), "split": split,
                     "limit": limit, "image_size": size, "metrics": list(metrics),
                     "filenames": [str(f) for f in filenames], **settings.as_dict()}
-    _write_text(out / "settings.json", json.dumps({**run_settings, "methods": methods},
+    write_text(out / "settings.json", json.dumps({**run_settings, "methods": methods},
                                                   indent=2) + "\n")
 
     per_image, curves, randomisation = [], [], []
@@ -273,13 +256,13 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
             if result.randomisation is not None:
                 tables["randomisation.csv"] = result.randomisation
             if result.steps is not None:  # per image, order and step; kept for analysis
-                _write_csv(result.steps.assign(filename=filenames[result.steps["image"]]),
+                write_csv(result.steps.assign(filename=filenames[result.steps["image"]]),
                            folder / "perturbation_steps.csv")
             for name, frame in tables.items():
-                _write_csv(frame, folder / name)
+                write_csv(frame, folder / name)
             if shard is not None:
                 _write_shard_tables(folder, result, filenames, positions)
-            _write_text(done_file, json.dumps(run_settings, indent=2) + "\n")
+            write_text(done_file, json.dumps(run_settings, indent=2) + "\n")
         per_image.append(tables["per_image.csv"].assign(method=method))
         curves.append(tables["curves.csv"].assign(method=method))
         if "randomisation.csv" in tables:
@@ -288,7 +271,7 @@ def evaluate_command(model_path: Path, data_dir: Path, methods: list[str], metri
     if shard is not None:
         from fetalhc.data.shards import format_shard, parse_shard
 
-        _write_text(out / "shard.json", json.dumps({
+        write_text(out / "shard.json", json.dumps({
             "kind": "evaluate", "shard": format_shard(parse_shard(shard)), "total": total,
             "positions": [int(p) for p in positions], "methods": list(methods),
             "error_threshold_mm": error_threshold_mm, "error_quantiles": error_quantiles,
@@ -350,9 +333,9 @@ def _write_summaries(out: Path, per_image, curves, randomisation, methods, split
     written = {"per_image": out / "per_image.csv", "summary": out / "summary.csv",
                "summary_md": out / "summary.md", "by_error": out / "summary_by_error.csv",
                "by_error_md": out / "summary_by_error.md"}
-    _write_csv(table, written["per_image"])
-    _write_csv(summary, written["summary"])
-    _write_csv(by_error, written["by_error"])
+    write_csv(table, written["per_image"])
+    write_csv(summary, written["summary"])
+    write_csv(by_error, written["by_error"])
     markdown = [f"# Explanation evaluation ({split} split, {table['filename'].nunique()} "
                 f"images)\n", "Mean over images [95 % bootstrap CI]. AOPC: more negative is "
                 "better; deletion AUC: larger is better; insertion AUC: smaller is better; "
@@ -362,15 +345,15 @@ def _write_summaries(out: Path, per_image, curves, randomisation, methods, split
     if randomisation:
         random_frame = pd.concat(randomisation, ignore_index=True)
         written["randomisation"] = out / "randomisation.csv"
-        _write_csv(random_frame, written["randomisation"])
+        write_csv(random_frame, written["randomisation"])
         final = random_frame.groupby("method", sort=False).agg(
             similarity=("similarity", "first"), final_similarity=("final_similarity", "first"),
             flagged=("flagged", "first")).round(3)
         markdown += ["\n## Model randomisation (cascading, top layer first)\n",
                      "A flagged method's maps stay similar to the trained model's once every "
                      "layer is random.\n", markdown_table(final)]
-    _write_text(written["summary_md"], "\n".join(markdown))
-    _write_text(written["by_error_md"], "\n".join(
+    write_text(written["summary_md"], "\n".join(markdown))
+    write_text(written["by_error_md"], "\n".join(
         ["# Explanation evaluation split by prediction error\n"]
         + _family_tables(by_error, markdown_table, wide_table, ("method", "error_group"))))
     if figures:

@@ -13,12 +13,12 @@ to a temporary name and moved into place, so an interrupted run leaves no partia
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
+
+from fetalhc.cli._files import write_csv, write_npz, write_text
 
 DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
 GRID_IMAGES = 6
@@ -27,33 +27,6 @@ INDEX_COLUMNS = (
     "pixel size (mm)", "target value", "target units", "completeness gap", "conservation gap",
     "map sum", "map path", "overlay path",
 )
-
-
-def _atomic_path(path: Path):
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    return Path(temporary)
-
-
-def _write_npz(path: Path, **arrays) -> None:
-    temporary = _atomic_path(path)
-    try:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _write_csv(frame, path: Path) -> None:
-    temporary = _atomic_path(path)
-    try:
-        frame.to_csv(temporary, index=False, float_format="%.6g")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
@@ -196,7 +169,7 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
                 if with_annotation:
                     record["annotation"] = arrays["annotation"][row][..., 0]
                 npz_path = out / method / f"{stems[row]}.npz"
-                _write_npz(npz_path, **record)
+                write_npz(npz_path, **record)
                 _render(npz_path, npz_path.with_suffix(".png"))
                 written += 1
                 bar.update(1)
@@ -205,7 +178,7 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
     # index and grid from everything on disk for these images (earlier runs included)
     grid_rows = list(range(min(GRID_IMAGES, len(stems))))
     frame, grid_maps, units = _index_frame(out, methods, stems, grid_rows)
-    _write_csv(frame, out / "index.csv")
+    write_csv(frame, out / "index.csv")
     from fetalhc.viz.overlay import grid_figure, save_figure
 
     contours = [arrays["annotation"][i][..., 0] for i in grid_rows] if with_annotation else None
@@ -226,10 +199,7 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
 
 
 def _write_shard_file(out: Path, content: dict) -> None:
-    path = out / "shard.json"
-    temporary = _atomic_path(path)
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text(out / "shard.json", json.dumps(content, indent=2) + "\n")
 
 
 def _index_frame(out: Path, methods: list[str], stems: list[str], grid_rows: list[int]):

@@ -72,7 +72,8 @@ def _copy(source: Path, target: Path) -> None:
 def merge_explain(infos, order, methods, out: Path) -> dict:
     import numpy as np
 
-    from fetalhc.cli.explain import GRID_IMAGES, _index_frame, _write_csv
+    from fetalhc.cli._files import write_csv
+    from fetalhc.cli.explain import GRID_IMAGES, _index_frame
     from fetalhc.viz.overlay import grid_figure, save_figure
 
     filenames = [name for _, info in infos for name in info["filenames"]]
@@ -91,7 +92,7 @@ def merge_explain(infos, order, methods, out: Path) -> dict:
                     copied += 1
     grid_rows = list(range(min(GRID_IMAGES, len(stems))))
     frame, grid_maps, units = _index_frame(out, methods, stems, grid_rows)
-    _write_csv(frame, out / "index.csv")
+    write_csv(frame, out / "index.csv")
     images, contours = [], []
     for i in grid_rows:
         with np.load(out / methods[0] / f"{stems[i]}.npz") as stored:
@@ -110,7 +111,8 @@ def merge_evaluate(infos, order, methods, out: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from fetalhc.cli.evaluate import _write_csv, _write_summaries, _write_text
+    from fetalhc.cli._files import write_csv, write_text
+    from fetalhc.cli.evaluate import _write_summaries
     from fetalhc.data.shards import load_table
     from fetalhc.evaluate.suite import _mean_curves
 
@@ -147,19 +149,19 @@ def merge_evaluate(infos, order, methods, out: Path) -> dict:
         curve_frame = pd.DataFrame(rows)
         target = out / "methods" / method
         target.mkdir(parents=True, exist_ok=True)
-        _write_csv(table, target / "per_image.csv")
-        _write_csv(curve_frame, target / "curves.csv")
+        write_csv(table, target / "per_image.csv")
+        write_csv(curve_frame, target / "curves.csv")
         if all((f / "shard_steps.npz").is_file() for f in folders):
             steps = pd.concat([load_table(f / "shard_steps.npz") for f in folders],
                               ignore_index=True)
             steps = steps.sort_values("image", kind="stable").reset_index(drop=True)
-            _write_csv(steps, target / "perturbation_steps.csv")
+            write_csv(steps, target / "perturbation_steps.csv")
         run_settings = {k: v for k, v in settings_file.items() if k != "methods"}
         run_settings["filenames"] = filenames
-        _write_text(target / "done.json", json.dumps(run_settings, indent=2) + "\n")
+        write_text(target / "done.json", json.dumps(run_settings, indent=2) + "\n")
         per_image.append(table.assign(method=method))
         curves.append(curve_frame.assign(method=method))
-    _write_text(out / "settings.json", json.dumps(
+    write_text(out / "settings.json", json.dumps(
         {**{k: v for k, v in settings_file.items() if k != "methods"}, "filenames": filenames,
          "methods": settings_file["methods"]}, indent=2) + "\n")
     settings = types.SimpleNamespace(confidence=settings_file["confidence"],

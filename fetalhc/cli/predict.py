@@ -10,18 +10,13 @@ compute a prediction.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
+from fetalhc.cli._files import write_csv
+
 CHALLENGE_COLUMNS = ("filename", "head circumference (mm)")
-
-
-def _write_atomic_csv(frame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(temporary, index=False, float_format="%.4f")
-    os.replace(temporary, path)
 
 
 def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Path,
@@ -77,7 +72,7 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
                    "scatter": scatter}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic_csv(challenge, out)
+    write_csv(challenge, out, float_format="%.4f")
     if outputs:
         stem = out.with_suffix("")
         paths = {
@@ -86,7 +81,7 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
             "bland_altman": Path(f"{stem}_bland_altman.png"),
             "scatter": Path(f"{stem}_scatter.png"),
         }
-        _write_atomic_csv(outputs["table"], paths["per_image"])
+        write_csv(outputs["table"], paths["per_image"], float_format="%.4f")
         paths["metrics"].write_text(json.dumps(outputs["summary"], indent=2))
         save_figure(outputs["bland_altman"], paths["bland_altman"])
         save_figure(outputs["scatter"], paths["scatter"])
