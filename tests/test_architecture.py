@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,16 @@ def test_nothing_imports_cli():
         if _part_of(path) == "cli":
             continue
         assert "cli" not in _imported_parts(ast.parse(path.read_text())), path
+
+
+def test_nothing_pins_work_to_a_device():
+    """GPU readiness: no fetalhc module places ops on a device or hides the GPUs, so
+    TensorFlow uses a GPU whenever one is visible (docs/training.md, "GPU")."""
+    pinned = re.compile(r"tf\.device\(|/cpu:|/CPU:|CUDA_VISIBLE_DEVICES|set_visible_devices")
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if pinned.search(line)
+    ]
+    assert offenders == []

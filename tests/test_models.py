@@ -34,7 +34,7 @@ def small_model():
 
 
 def test_registry_has_every_backbone():
-    assert set(available_backbones()) == set(KERAS_APPLICATIONS) | {"small_cnn"}
+    assert set(available_backbones()) == set(KERAS_APPLICATIONS) | {"small_cnn", "small_resnet"}
 
 
 def test_unknown_backbone_lists_known_ones():
@@ -110,12 +110,60 @@ def test_aux_ellipse_output():
     (dict(dropout=1.0), "dropout"),
     (dict(alpha=0.5), "MobileNetV2"),
     (dict(weights="imagenet"), "no ImageNet weights"),
+    (dict(small_cnn_filters=()), "non-empty list of positive widths"),
+    (dict(small_cnn_filters=(8, 0)), "non-empty list of positive widths"),
+    (dict(convs_per_block=0), "convs_per_block >= 1"),
+    (dict(small_cnn_filters=(4,) * 6), "inputs of 32 px need at most 5 blocks"),
+    (dict(precision="float16"), "known: float32, mixed_float16, mixed_bfloat16"),
 ])
 def test_bad_build_arguments(kwargs, message):
     arguments = dict(input_shape=(32, 32, 1))
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
         build_model("small_cnn", **arguments)
+
+
+def test_small_resnet_adds_a_projected_identity_path_to_every_block_but_the_first():
+    model = build_model("small_resnet", (64, 64, 1), small_cnn_filters=(8, 16, 32),
+                        convs_per_block=2)
+    adds = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert adds == ["block2_add", "block3_add"]
+    assert gradcam_layer_name(model) == "block3_relu"
+    # the shortcut of block 2 starts from block 1's pooled output
+    shortcut = model.get_layer("block2_shortcut_conv")
+    assert shortcut.input.shape[1:] == (32, 32, 8)
+
+
+def test_small_cnn_depth_and_width_are_configurable():
+    model = build_model("small_cnn", (64, 64, 1), small_cnn_filters=(4, 8, 8, 16, 16, 32),
+                        convs_per_block=1)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.filters for layer in convs] == [4, 8, 8, 16, 16, 32]
+    assert gradcam_layer_name(model) == "block6_relu"
+    assert model.get_layer("block6_relu").output.shape[1:] == (2, 2, 32)
+
+
+def test_mixed_precision_runs_on_cpu_and_keeps_float32_outputs(tmp_path):
+    """The mixed-precision switch: layers compute in bfloat16 (also on a CPU), the HC
+    output and the variables stay float32, and the saved model reloads with its policy."""
+    keras.utils.set_random_seed(0)
+    model = build_model("small_resnet", (32, 32, 1), small_cnn_filters=(4, 8),
+                        aux_ellipse=True, precision="mixed_bfloat16",
+                        hc_mean_px=80.0, hc_std_px=10.0)
+    assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("block1_conv1").kernel.dtype == "float32"
+    assert model.get_layer("hc_px_input").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    images = np.random.default_rng(0).normal(size=(3, 32, 32, 1)).astype("float32")
+    outputs = model.predict(images, verbose=0)
+    assert outputs["hc_px_input"].dtype == np.float32
+    assert np.isfinite(outputs["hc_px_input"]).all()
+    path = tmp_path / "mixed.keras"
+    model.save(path)
+    reloaded = load_model(path)
+    assert reloaded.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0)["hc_px_input"],
+                               outputs["hc_px_input"], rtol=1e-6)
 
 
 def test_too_small_input_for_backbone():

@@ -77,6 +77,11 @@ def test_defaults_resolve_and_shipped_configs_are_valid():
     ({"model": {"backbone": "alexnet"}}, r"known backbones: vgg16, .*small_cnn"),
     ({"train": {"loss": "l1"}}, r"known losses: mae, mse, huber"),
     ({"data": {"k": 5, "fold": 5}}, r"fold must be in \[0, k - 1\]"),
+    ({"train": {"schedule": "step"}}, r"\[train\] schedule must be one of plateau, cosine"),
+    ({"train": {"precision": "half"}}, r"\[train\] precision must be one of float32"),
+    ({"model": {"backbone": "vgg16", "filters": [8]}}, r"filters applies only to the small"),
+    ({"model": {"filters": [8, 0]}}, r"\[model\] filters must be > 0"),
+    ({"model": {"convs_per_block": 0}}, r"\[model\] convs_per_block must be >= 1"),
 ])
 def test_bad_config_names_the_key(config, message):
     with pytest.raises(ValueError, match=message):
@@ -233,3 +238,41 @@ def test_history_truncation_for_resume(tmp_path):
     assert _backup_epoch(backup) == 2
     _truncate_history(history, 2)  # epoch 2 was logged but not backed up: it reruns
     assert pd.read_csv(history)["epoch"].tolist() == [0, 1]
+
+
+def test_cosine_learning_rate_known_values():
+    from fetalhc.training.config import cosine_learning_rate
+
+    assert cosine_learning_rate(0, 10, 1e-3, 1e-5) == pytest.approx(1e-3)
+    assert cosine_learning_rate(5, 10, 1e-3, 1e-5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert cosine_learning_rate(10, 10, 1e-3, 1e-5) == pytest.approx(1e-5)
+    rates = [cosine_learning_rate(epoch, 10, 1e-3, 1e-5) for epoch in range(10)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_cosine_schedule_mixed_precision_and_a_deeper_residual_net(phantoms, tmp_path):
+    """The recipe's switches together: small_resnet with configured widths, the per-epoch
+    cosine decay (logged in history.csv) and mixed_bfloat16 layers, on a CPU."""
+    import keras
+
+    from fetalhc.models import load_model
+
+    config = {
+        "data": {"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"backbone": "small_resnet", "filters": [4, 8, 8], "convs_per_block": 1,
+                  "dropout": 0.0},
+        "train": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "seed": 0,
+                  "schedule": "cosine", "min_learning_rate": 1e-5,
+                  "precision": "mixed_bfloat16", "tensorboard": False},
+    }
+    result = train(config, phantoms, tmp_path / "run", verbose=0)
+    history = pd.read_csv(result.run_dir / "history.csv")
+    from fetalhc.training.config import cosine_learning_rate
+
+    expected = [cosine_learning_rate(epoch, 3, 1e-3, 1e-5) for epoch in range(3)]
+    np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-5)
+    model = load_model(result.model_path)
+    assert model.get_layer("block3_add").compute_dtype == "bfloat16"
+    assert model.get_layer("hc_px_input").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    assert np.isfinite(result.metrics["test"]["mae_mm"])

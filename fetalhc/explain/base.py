@@ -93,6 +93,7 @@ class _ModelCache:
     def __init__(self):
         self.views: dict[Any, keras.Model] = {}
         self.functions: dict[Any, Any] = {}
+        self.float32_copy: keras.Model | None = None  # of a mixed-precision model
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -163,7 +164,51 @@ def hc_output_model(model, output: str | int | None = None) -> keras.Model:
         raise ValueError(f"expected a keras.Model, got {type(model).__name__}")
     cache = _model_cache(model)
     if output in cache.views:
-        return cache.views[output]
+        view = cache.views[output]
+        if cache.float32_copy is not None and tf.executing_eagerly():
+            cache.float32_copy.set_weights(model.get_weights())  # follow a model in training
+        return view
+    if cache.float32_copy is None and _is_mixed_precision(model):
+        cache.float32_copy = float32_copy(model)
+    source = cache.float32_copy if cache.float32_copy is not None else model
+    view = _hc_view(source, output)
+    cache.views[output] = view
+    return view
+
+
+def _is_mixed_precision(model) -> bool:
+    return any(
+        getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32") != "float32"
+        for layer in getattr(model, "layers", [])
+    )
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A float32 copy of a mixed-precision ``model`` (same weights; layers compute in float32).
+
+    Explanations of a model trained with ``mixed_bfloat16`` or ``mixed_float16`` are computed
+    in float32: bf16 gradients keep ~3 significant digits, too few for IG's completeness
+    check or LRP's conservation. The weights are float32 variables in either case, so the
+    copy predicts what the model would in float32.
+    """
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone_layer)
+    except Exception as error:  # noqa: BLE001 - custom layers without a usable config
+        raise ValueError(
+            f"cannot explain the mixed-precision model {model.name!r} in float32: {error}"
+        ) from None
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _hc_view(model, output) -> keras.Model:
     outputs = list(getattr(model, "outputs", None) or [])
     if not outputs:  # subclassed model: trust it has one output
         if output not in (None, 0):
@@ -197,7 +242,6 @@ def hc_output_model(model, output: str | int | None = None) -> keras.Model:
                 f"its shape is {tuple(tensor.shape)}"
             )
         view = keras.Model(model_inputs(model), tensor, name=f"{model.name}_hc_view")
-    cache.views[output] = view
     return view
 
 

@@ -62,10 +62,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     "inceptionv3": BackboneSpec(
         "InceptionV3", "mixed10", _IMAGENET_SD / 127.5, _IMAGENET_MEAN / 127.5 - 1.0, 75
     ),
-    "small_cnn": BackboneSpec(None, "block4_relu", 1.0, 0.0, 16),
+    # From-scratch nets: the Grad-CAM layer is the last block's ReLU, whatever the depth.
+    "small_cnn": BackboneSpec(None, "", 1.0, 0.0, 16),
+    "small_resnet": BackboneSpec(None, "", 1.0, 0.0, 16),
 }
 
+# default widths of the from-scratch nets (one block per entry, 2x2 max pooling after each)
+SMALL_CNN_FILTERS = (16, 32, 64, 128)
+
 POOLINGS = ("avg", "max", "flatten")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def available_backbones() -> list[str]:
@@ -91,8 +97,13 @@ def gradcam_layer_name(model: keras.Model) -> str:
         MODEL_NAME_PREFIX) else None
     if backbone in BACKBONES:
         name = BACKBONES[backbone].gradcam_layer
-        if any(layer.name == name for layer in model.layers):
+        if name and any(layer.name == name for layer in model.layers):
             return name
+        if BACKBONES[backbone].application is None:  # small nets: the last block's ReLU
+            for layer in reversed(model.layers):
+                output = getattr(layer, "output", None)
+                if isinstance(layer, keras.layers.ReLU) and len(output.shape) == 4:
+                    return layer.name
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None)
         shape = getattr(shape, "shape", None)
@@ -110,12 +121,10 @@ def backbone_of(model: keras.Model) -> str | None:
     return None
 
 
-def small_cnn(
-    inputs, filters: tuple[int, ...] = (16, 32, 64, 128), convs_per_block: int = 2
-):
+def small_cnn(inputs, filters: tuple[int, ...] = SMALL_CNN_FILTERS, convs_per_block: int = 2):
     """A plain from-scratch CNN: blocks of (conv 3x3 - BN - ReLU) x n, then 2x2 max pooling.
 
-    About 0.29 M parameters with the defaults (independent of the input size).
+    About 0.29 M parameters with the default widths (independent of the input size).
     """
     x = inputs
     for block, width in enumerate(filters, start=1):
@@ -128,6 +137,42 @@ def small_cnn(
             x = keras.layers.ReLU(name=f"block{block}_relu" if last else f"block{block}_relu{conv}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return x
+
+
+def small_resnet(inputs, filters: tuple[int, ...] = SMALL_CNN_FILTERS, convs_per_block: int = 2):
+    """A residual from-scratch CNN, the plain ``small_cnn`` with identity paths.
+
+    The first block is plain (conv 3x3 - BN - ReLU) x n. Every later block adds its input,
+    projected by a 1x1 conv - BN to the block's width, to (conv 3x3 - BN - ReLU) x (n - 1) -
+    conv 3x3 - BN, then applies the ReLU (as ResNet's basic block). 2x2 max pooling follows
+    each block.
+    """
+    x = inputs
+    for block, width in enumerate(filters, start=1):
+        residual = block > 1
+        shortcut = x
+        for conv in range(1, convs_per_block + 1):
+            last = conv == convs_per_block
+            x = keras.layers.Conv2D(
+                width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}"
+            )(x)
+            x = keras.layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            if last and residual:
+                shortcut = keras.layers.Conv2D(
+                    width, 1, use_bias=False, name=f"block{block}_shortcut_conv"
+                )(shortcut)
+                shortcut = keras.layers.BatchNormalization(name=f"block{block}_shortcut_bn")(
+                    shortcut
+                )
+                x = keras.layers.Add(name=f"block{block}_add")([shortcut, x])
+            x = keras.layers.ReLU(
+                name=f"block{block}_relu" if last else f"block{block}_relu{conv}"
+            )(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return x
+
+
+_SMALL_NETS = {"small_cnn": small_cnn, "small_resnet": small_resnet}
 
 
 def _weights_kind(weights: Any) -> str:
@@ -157,7 +202,9 @@ def build_model(
     bn_momentum: float | None = 0.9,
     alpha: float | None = None,
     dense_activation: str = "relu",
-    small_cnn_filters: tuple[int, ...] | list[int] = (16, 32, 64, 128),
+    small_cnn_filters: tuple[int, ...] | list[int] = SMALL_CNN_FILTERS,
+    convs_per_block: int = 2,
+    precision: str = "float32",
 ) -> keras.Model:
     """Build a regression CNN named ``fetalhc_<backbone>``.
 
@@ -177,6 +224,12 @@ def build_model(
         bn_momentum: momentum of every BatchNormalization layer (None keeps the backbone's;
             0.9 lets the moving statistics follow short runs).
         alpha: width multiplier (MobileNetV2 only).
+        small_cnn_filters, convs_per_block: widths of the blocks and convolutions per block
+            of the from-scratch nets ``small_cnn`` and ``small_resnet``.
+        precision: Keras dtype policy of the layers: "float32", "mixed_float16" (GPUs) or
+            "mixed_bfloat16" (CPUs with bf16 units, and TPUs); the HC and ellipse outputs
+            stay float32. Nothing here pins a device: TensorFlow places the model on a GPU
+            when one is visible.
 
     The gray image is fed to keras.applications through a ``GrayscaleAdapter`` that
     rescales the z-scored input to the backbone's expected statistics and repeats it to 3
@@ -199,60 +252,82 @@ def build_model(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if alpha is not None and backbone != "mobilenetv2":
         raise ValueError(f"alpha is a MobileNetV2 width multiplier, not for {backbone!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     weights_kind = _weights_kind(weights)
 
-    inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
-    if spec.application is None:
-        if weights_kind in ("imagenet", "backbone"):
-            raise ValueError(f"backbone {backbone!r} has no ImageNet weights; use weights=None")
-        features = small_cnn(inputs, filters=tuple(int(f) for f in small_cnn_filters))
-    else:
-        channels = 3 if weights_kind in ("imagenet", "backbone") else 1
-        adapted = GrayscaleAdapter(
-            channels=channels, scale=spec.scale, offset=spec.offset, name="grayscale_adapter"
-        )(inputs)
-        application = getattr(keras.applications, spec.application)
-        kwargs = dict(
-            include_top=False,
-            weights=None if weights_kind in ("none", "model") else str(weights),
-            input_tensor=adapted,
-            input_shape=(*input_shape[:2], channels),
-        )
-        if alpha is not None:
-            kwargs["alpha"] = float(alpha)
-        try:
-            backbone_model = application(**kwargs)
-        except Exception as error:  # noqa: BLE001 - re-raised with advice below
-            download_failed = isinstance(error, OSError) or "fetch failure" in str(error).lower()
-            if weights_kind == "imagenet" and download_failed:
+    # The dtype policy is set only while the layers are created (each layer keeps its own);
+    # the head's last layers stay float32 so the HC output and the losses in mm are float32.
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
+        if spec.application is None:
+            if weights_kind in ("imagenet", "backbone"):
+                raise ValueError(f"backbone {backbone!r} has no ImageNet weights; use weights=None")
+            widths = tuple(int(f) for f in small_cnn_filters)
+            if not widths or min(widths) < 1 or int(convs_per_block) < 1:
                 raise ValueError(
-                    f"could not download the ImageNet weights of {backbone!r} (no network?); "
-                    "download the keras.applications '*_notop.h5' file elsewhere and pass "
-                    "its path as weights=PATH (or put it in ~/.keras/models/)"
-                ) from error
-            raise
-        features = backbone_model.output
+                    "small_cnn_filters must be a non-empty list of positive widths and "
+                    f"convs_per_block >= 1; got {list(widths)} and {convs_per_block}"
+                )
+            if input_shape[0] < 2 ** len(widths):
+                raise ValueError(
+                    f"{len(widths)} blocks halve the input {len(widths)} times; inputs of "
+                    f"{input_shape[0]} px need at most {int(input_shape[0]).bit_length() - 1} blocks"
+                )
+            features = _SMALL_NETS[backbone](
+                inputs, filters=widths, convs_per_block=int(convs_per_block)
+            )
+        else:
+            channels = 3 if weights_kind in ("imagenet", "backbone") else 1
+            adapted = GrayscaleAdapter(
+                channels=channels, scale=spec.scale, offset=spec.offset, name="grayscale_adapter"
+            )(inputs)
+            application = getattr(keras.applications, spec.application)
+            kwargs = dict(
+                include_top=False,
+                weights=None if weights_kind in ("none", "model") else str(weights),
+                input_tensor=adapted,
+                input_shape=(*input_shape[:2], channels),
+            )
+            if alpha is not None:
+                kwargs["alpha"] = float(alpha)
+            try:
+                backbone_model = application(**kwargs)
+            except Exception as error:  # noqa: BLE001 - re-raised with advice below
+                download_failed = isinstance(error, OSError) or "fetch failure" in str(error).lower()
+                if weights_kind == "imagenet" and download_failed:
+                    raise ValueError(
+                        f"could not download the ImageNet weights of {backbone!r} (no network?); "
+                        "download the keras.applications '*_notop.h5' file elsewhere and pass "
+                        "its path as weights=PATH (or put it in ~/.keras/models/)"
+                    ) from error
+                raise
+            features = backbone_model.output
 
-    if pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="head_pool")(features)
-    else:
-        x = keras.layers.Flatten(name="head_pool")(features)
-    if dropout:
-        x = keras.layers.Dropout(float(dropout), name="head_dropout")(x)
-    for index, units in enumerate(dense_units, start=1):
-        x = keras.layers.Dense(int(units), activation=dense_activation, name=f"head_dense{index}")(x)
-    hc_z = keras.layers.Dense(1, name="hc_z")(x)
-    mean = 0.0 if hc_mean_px is None else float(hc_mean_px)
-    std = 1.0 if hc_std_px is None else float(hc_std_px)
-    hc = OutputAffine(mean=mean, std=std, name=HC_OUTPUT)(hc_z)
-    if aux_ellipse:
-        ellipse = keras.layers.Dense(6, name=ELLIPSE_OUTPUT)(x)
-        outputs = {HC_OUTPUT: hc, ELLIPSE_OUTPUT: ellipse}
-    else:
-        outputs = hc
-    model = keras.Model(inputs, outputs, name=f"{MODEL_NAME_PREFIX}{backbone}")
+        if pooling == "avg":
+            x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
+        elif pooling == "max":
+            x = keras.layers.GlobalMaxPooling2D(name="head_pool")(features)
+        else:
+            x = keras.layers.Flatten(name="head_pool")(features)
+        if dropout:
+            x = keras.layers.Dropout(float(dropout), name="head_dropout")(x)
+        for index, units in enumerate(dense_units, start=1):
+            x = keras.layers.Dense(int(units), activation=dense_activation, name=f"head_dense{index}")(x)
+        hc_z = keras.layers.Dense(1, name="hc_z", dtype="float32")(x)
+        mean = 0.0 if hc_mean_px is None else float(hc_mean_px)
+        std = 1.0 if hc_std_px is None else float(hc_std_px)
+        hc = OutputAffine(mean=mean, std=std, name=HC_OUTPUT, dtype="float32")(hc_z)
+        if aux_ellipse:
+            ellipse = keras.layers.Dense(6, name=ELLIPSE_OUTPUT, dtype="float32")(x)
+            outputs = {HC_OUTPUT: hc, ELLIPSE_OUTPUT: ellipse}
+        else:
+            outputs = hc
+        model = keras.Model(inputs, outputs, name=f"{MODEL_NAME_PREFIX}{backbone}")
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
     if bn_momentum is not None:
         if not 0.0 < float(bn_momentum) < 1.0:

@@ -10,6 +10,7 @@ the run folder.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -38,6 +39,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "bn_momentum": 0.9,
         "alpha": 0.0,  # MobileNetV2 width multiplier; 0 = the backbone's default
         "standardise_output": True,  # predict (hc - mean) / sd of the training split
+        "filters": [],  # small_cnn / small_resnet block widths; [] = (16, 32, 64, 128)
+        "convs_per_block": 2,  # small_cnn / small_resnet convolutions per block
     },
     "train": {
         "epochs": 30,
@@ -47,6 +50,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "huber_delta_mm": 5.0,
         "aux_weight": 0.1,  # weight of the ellipse loss when model.aux_ellipse
         "patience": 10,  # early stopping on the validation MAE (epochs)
+        "schedule": "plateau",  # "plateau" (reduce on plateau) or "cosine" (per epoch, to min)
         "reduce_lr_patience": 5,
         "reduce_lr_factor": 0.5,
         "min_learning_rate": 1e-6,
@@ -55,8 +59,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tensorboard": True,
         "strategy": "default",  # "default", "mirrored" (one machine) or "multiworker" (TF_CONFIG)
         "scale_learning_rate": False,  # multiply learning_rate by the number of replicas
+        "precision": "float32",  # Keras dtype policy: float32, mixed_float16, mixed_bfloat16
     },
 }
+
+# Keras dtype policies accepted by [train] precision (mixed_bfloat16 suits CPUs with AMX/AVX-512
+# bf16; mixed_float16 suits GPUs and gets a loss-scale optimizer from Keras).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SCHEDULES = ("plateau", "cosine")
+
+
+def cosine_learning_rate(epoch: int, epochs: int, learning_rate: float, minimum: float) -> float:
+    """Learning rate of 0-based ``epoch`` under ``[train] schedule = "cosine"``: half a cosine
+    from ``learning_rate`` (first epoch) down to ``minimum`` (after the last epoch)."""
+    progress = min(max(epoch / max(epochs, 1), 0.0), 1.0)
+    return minimum + 0.5 * (learning_rate - minimum) * (1.0 + math.cos(math.pi * progress))
 
 # Sections written by `train` into the resolved config; accepted when reading a run back.
 RESOLVED_SECTIONS = ("preprocessing", "run", "split")
@@ -122,6 +139,14 @@ def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
         (all(units > 0 for units in model["dense_units"]), "[model] dense_units must be > 0"),
         (0.0 < model["bn_momentum"] < 1.0, "[model] bn_momentum must be in (0, 1)"),
         (model["alpha"] >= 0.0, "[model] alpha must be >= 0 (0 = default)"),
+        (all(width > 0 for width in model["filters"]), "[model] filters must be > 0"),
+        (model["convs_per_block"] >= 1, "[model] convs_per_block must be >= 1"),
+        (not model["filters"] or model["backbone"] in ("small_cnn", "small_resnet"),
+         "[model] filters applies only to the small_cnn and small_resnet backbones"),
+        (train["schedule"] in SCHEDULES,
+         f"[train] schedule must be one of {', '.join(SCHEDULES)}"),
+        (train["precision"] in PRECISIONS,
+         f"[train] precision must be one of {', '.join(PRECISIONS)}"),
         (train["epochs"] >= 1, "[train] epochs must be >= 1"),
         (train["batch_size"] >= 1, "[train] batch_size must be >= 1"),
         (train["learning_rate"] > 0, "[train] learning_rate must be > 0"),

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fetalhc.training.config import cosine_learning_rate
 from fetalhc.training.run import (
     BACKUP_DIR,
     CONFIG_FILE,
@@ -294,6 +295,9 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
     callback_list = keras.callbacks.CallbackList(list(callbacks) if chief else [], model=model)
     callback_list.on_train_begin()
     for epoch in range(start_epoch, train_cfg["epochs"]):
+        if train_cfg["schedule"] == "cosine":
+            optimizer.learning_rate.assign(cosine_learning_rate(
+                epoch, train_cfg["epochs"], learning_rate, train_cfg["min_learning_rate"]))
         callback_list.on_epoch_begin(epoch)
         started = time.time()
         sums = np.zeros(6, dtype=np.float64)
@@ -335,7 +339,7 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
             print(f"epoch {epoch + 1}/{train_cfg['epochs']} ({time.time() - started:.1f} s) "
                   f"- {shown}", flush=True)
         callback_list.on_epoch_end(epoch, logs)
-        if lr_wait >= train_cfg["reduce_lr_patience"]:
+        if lr_wait >= train_cfg["reduce_lr_patience"] and train_cfg["schedule"] == "plateau":
             rate = max(logs["learning_rate"] * train_cfg["reduce_lr_factor"],
                        train_cfg["min_learning_rate"])
             optimizer.learning_rate.assign(rate)

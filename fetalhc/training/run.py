@@ -424,6 +424,9 @@ def _build_and_compile(config: dict[str, Any], learning_rate: float):
     data, model_cfg, train_cfg = config["data"], config["model"], config["train"]
     size = data["image_size"]
     run_info = config["run"]
+    small_net_options = {}
+    if model_cfg["filters"]:
+        small_net_options["small_cnn_filters"] = tuple(model_cfg["filters"])
     model = build_model(
         model_cfg["backbone"],
         input_shape=(size, size, 1),
@@ -436,6 +439,9 @@ def _build_and_compile(config: dict[str, Any], learning_rate: float):
         hc_std_px=run_info["hc_std_px"],
         bn_momentum=model_cfg["bn_momentum"],
         alpha=model_cfg["alpha"] or None,
+        convs_per_block=model_cfg["convs_per_block"],
+        precision=train_cfg["precision"],
+        **small_net_options,
     )
     loss = get_loss(train_cfg["loss"], huber_delta_mm=train_cfg["huber_delta_mm"])
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
@@ -510,13 +516,21 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
             best = float(previous[monitor].min())
         if not model_path.is_file():
             best = math.inf
-    own_callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ReduceLROnPlateau(
+    if train_cfg["schedule"] == "cosine":
+        from fetalhc.training.config import cosine_learning_rate
+
+        schedule = keras.callbacks.LearningRateScheduler(
+            lambda epoch, _: cosine_learning_rate(epoch, train_cfg["epochs"], learning_rate,
+                                                  train_cfg["min_learning_rate"]))
+    else:
+        schedule = keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=train_cfg["reduce_lr_factor"],
             patience=train_cfg["reduce_lr_patience"], min_lr=train_cfg["min_learning_rate"],
             mode="min",
-        ),
+        )
+    own_callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        schedule,
         keras.callbacks.EarlyStopping(monitor=monitor, patience=train_cfg["patience"], mode="min"),
         _make_best_checkpoint(model_path, monitor, best),
         keras.callbacks.CSVLogger(str(history_path), append=True),
