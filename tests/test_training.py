@@ -134,10 +134,12 @@ def test_run_folder_contents(quick_run):
     assert not list(run_dir.glob(".*tmp*"))  # atomic writes left no temporary files
     history = pd.read_csv(run_dir / "history.csv")
     assert history["epoch"].tolist() == list(range(len(history)))
-    assert {"mae_mm", "val_mae_mm", "val_rmse_mm", "val_df_mm", "val_pmae_percent"} <= set(
-        history.columns)
+    assert {"mae_mm", "val_mae_mm", "val_rmse_mm", "val_df_mm", "val_pmae_percent",
+            "epoch_seconds"} <= set(history.columns)
+    assert (history["epoch_seconds"] > 0).all()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == len(history)
+    assert metrics["train_seconds"] == pytest.approx(history["epoch_seconds"].sum())
     assert metrics["best_epoch"] == int(history.loc[history["val_mae_mm"].idxmin(), "epoch"])
     assert metrics["val"]["mae_mm"] == pytest.approx(history["val_mae_mm"].min(), rel=1e-3)
 

@@ -257,6 +257,24 @@ def _backup_epoch(backup_dir: Path) -> int:
     return int(json.loads(metadata.read_text()).get("epoch", 0))
 
 
+def _epoch_timer():
+    """A callback adding ``epoch_seconds`` (wall time of the epoch, validation included) to
+    the logs; list it before CSVLogger so history.csv records it."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Adds ``epoch_seconds`` (wall time of the epoch, validation included) to the logs."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["epoch_seconds"] = time.perf_counter() - self._started
+
+    return EpochTimer()
+
+
 def _make_best_checkpoint(model_path: Path, monitor: str, best: float):
     import keras
 
@@ -530,6 +548,7 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         )
     own_callbacks = [
         keras.callbacks.TerminateOnNaN(),
+        _epoch_timer(),  # before CSVLogger, which then records epoch_seconds
         schedule,
         keras.callbacks.EarlyStopping(monitor=monitor, patience=train_cfg["patience"], mode="min"),
         _make_best_checkpoint(model_path, monitor, best),
@@ -572,6 +591,8 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         "replicas": int(strategy.num_replicas_in_sync),
         "global_batch_size": int(global_batch),
         "learning_rate": float(learning_rate),
+        "train_seconds": float(history["epoch_seconds"].sum())
+        if "epoch_seconds" in history.columns else None,
     }
     for name in ("val", "test"):
         if split.get(name):
