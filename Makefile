@@ -31,5 +31,19 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check fetalhc tests benchmarks scripts
 
+# The HC18 recipe (docs/hc18-model.md): trains configs/hc18_best.toml into runs/hc18-best,
+# resuming an interrupted run; a finished run is left alone (delete it to retrain).
+hc18-model: $(STAMP)
+	@if [ -f runs/hc18-best/metrics.json ]; then \
+		echo "runs/hc18-best is already trained (delete the folder to retrain)"; \
+	elif [ -f runs/hc18-best/config.toml ]; then \
+		$(BIN)/fetalhc train --config configs/hc18_best.toml --data "$(FETALHC_HC18)" \
+			--out runs/hc18-best --resume; \
+	else \
+		$(BIN)/fetalhc train --config configs/hc18_best.toml --data "$(FETALHC_HC18)" \
+			--out runs/hc18-best; \
+	fi
+	@echo "model: runs/hc18-best/model.keras; metrics: runs/hc18-best/metrics.json"
+
 clean:
 	rm -rf runs .pytest_cache
