@@ -66,3 +66,26 @@ def test_cli_commands_in_readme_run(in_tmp_repo, hc18_path):
                           "--evaluate-images", "3"]
         result = runner.invoke(cli, arguments)
         assert result.exit_code == 0, f"fetalhc {' '.join(arguments)}\n{result.output}"
+
+
+def test_make_hc18_model_trains_then_leaves_a_finished_run_alone(tmp_path):
+    """`make hc18-model` (README, docs/hc18-model.md), shortened to one epoch at 64 px on
+    phantoms: it trains the recipe's config, and a second call keeps the finished run."""
+    import subprocess
+
+    from fetalhc.data import write_phantom_dataset
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    data = write_phantom_dataset(tmp_path / "phantoms", n=24, seed=0)
+    run = tmp_path / "hc18-best"
+    arguments = ["make", "-s", "-C", str(REPO), "hc18-model", f"HC18_RUN={run}",
+                 f"FETALHC_HC18={data}",
+                 "HC18_TRAIN_ARGS=--epochs 1 --set data.image_size=64 --quiet"]
+    first = subprocess.run(arguments, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
+    config = (run / "config.toml").read_text()
+    assert 'backbone = "small_cnn"' in config and "filters = [" in config
+    second = subprocess.run(arguments, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "already trained" in second.stdout
