@@ -6,8 +6,10 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,3 +91,17 @@ def test_make_hc18_model_trains_then_leaves_a_finished_run_alone(tmp_path):
     assert 'backbone = "small_cnn"' in config and "filters = [" in config
     second = subprocess.run(arguments, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "already trained" in second.stdout
+
+    # its report page (docs/hc18-model.md), here into a scratch docs folder
+    docs = tmp_path / "docs"
+    report = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "hc18_model_report.py"), "--run", str(run),
+         "--data", str(data), "--compare", str(tmp_path / "no-comparison-runs"),
+         "--docs", str(docs)], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-2000:]
+    page = (docs / "hc18-model.md").read_text()
+    assert (docs / "hc18-model" / "bland_altman.png").stat().st_size > 10_000
+    rows = [line for line in page.splitlines() if line.startswith("| test")]
+    assert len(rows) == 2  # without and with the four flips
+    mae_mm = [float(row.split("|")[3]) for row in rows]
+    assert all(np.isfinite(mae_mm)) and min(mae_mm) > 0
