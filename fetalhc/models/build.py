@@ -126,17 +126,7 @@ def small_cnn(inputs, filters: tuple[int, ...] = SMALL_CNN_FILTERS, convs_per_bl
 
     About 0.29 M parameters with the default widths (independent of the input size).
     """
-    x = inputs
-    for block, width in enumerate(filters, start=1):
-        for conv in range(1, convs_per_block + 1):
-            last = conv == convs_per_block
-            x = keras.layers.Conv2D(
-                width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}"
-            )(x)
-            x = keras.layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
-            x = keras.layers.ReLU(name=f"block{block}_relu" if last else f"block{block}_relu{conv}")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    return x
+    return _conv_blocks(inputs, filters, convs_per_block, residual=False)
 
 
 def small_resnet(inputs, filters: tuple[int, ...] = SMALL_CNN_FILTERS, convs_per_block: int = 2):
@@ -147,9 +137,12 @@ def small_resnet(inputs, filters: tuple[int, ...] = SMALL_CNN_FILTERS, convs_per
     conv 3x3 - BN, then applies the ReLU (as ResNet's basic block). 2x2 max pooling follows
     each block.
     """
+    return _conv_blocks(inputs, filters, convs_per_block, residual=True)
+
+
+def _conv_blocks(inputs, filters, convs_per_block: int, residual: bool):
     x = inputs
     for block, width in enumerate(filters, start=1):
-        residual = block > 1
         shortcut = x
         for conv in range(1, convs_per_block + 1):
             last = conv == convs_per_block
@@ -157,7 +150,7 @@ def small_resnet(inputs, filters: tuple[int, ...] = SMALL_CNN_FILTERS, convs_per
                 width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}"
             )(x)
             x = keras.layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
-            if last and residual:
+            if last and residual and block > 1:
                 shortcut = keras.layers.Conv2D(
                     width, 1, use_bias=False, name=f"block{block}_shortcut_conv"
                 )(shortcut)
