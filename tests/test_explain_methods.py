@@ -15,6 +15,7 @@ from fetalhc.explain.integrated_gradients import (
     gaussian_blur,
     make_baseline,
     quadrature,
+    refinement_levels,
 )
 
 PIXEL_SIZE = 0.25
@@ -207,12 +208,54 @@ def test_integrated_gradients_refines_images_over_tolerance():
     refined = fe.explain_batch(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
                                steps=2, tolerance=0.01, max_steps=64)
     steps, relative = refined.metadata["steps"], refined.metadata["completeness_gap_relative"]
-    assert steps.max() > 2 and set(steps) <= {2, 4, 8, 16, 32, 64}
-    assert np.all((relative <= 0.01) | (steps == 64)), (relative, steps)
+    assert steps.max() > 2 and set(steps) <= {2, 6, 18, 54}  # midpoint: 3x the points
+    assert refined.info["refinement_points"] == [2, 6, 18, 54]
+    assert np.all((relative <= 0.01) | (steps == 54)), (relative, steps)
     done = steps == 2  # images not refined keep their coarse maps exactly
     np.testing.assert_array_equal(refined.maps[done], coarse.maps[done])
+    # a refined image's map is the fixed rule at its final number of points (nested rule)
+    count = steps.max()
+    fixed = fe.explain(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
+                       steps=int(count), tolerance=None)
+    np.testing.assert_allclose(refined.maps[steps == count], fixed[steps == count], rtol=1e-4, atol=1e-6)
+    assert set(fe.tracing_counts(model).values()) == {1}  # refinement is inside one trace
     with pytest.raises(ValueError, match="tolerance must be None or a number > 0"):
         fe.explain(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE, tolerance=0)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_integrated_gradients_refinement_reuses_nested_nodes(rule):
+    """Every level's new nodes plus the earlier ones (weights scaled by keep) are the rule
+    at the level's number of points; forcing every image to the last level reproduces the
+    fixed rule there."""
+    steps = 3
+    levels = refinement_levels(rule, steps, 30, tolerance=0.01)
+    counts = [level["points"] for level in levels]
+    assert counts == ([3, 9, 27] if rule == "riemann_middle" else [3, 5, 9, 17] if rule == "trapezoid"
+                      else [3, 6, 12, 24])
+    nodes, weights = np.zeros(0), np.zeros(0)
+    for level in levels:
+        if level["keep"] == 0:  # not nested: the level replaces the earlier nodes
+            nodes, weights = np.zeros(0), np.zeros(0)
+        nodes = np.concatenate([nodes, level["nodes"]])
+        weights = np.concatenate([weights * level["keep"], level["weights"]])
+        expected_nodes, expected_weights = quadrature(rule, level["points"])
+        order = np.argsort(nodes)
+        np.testing.assert_allclose(nodes[order], expected_nodes, atol=1e-6)
+        np.testing.assert_allclose(weights[order], expected_weights, atol=1e-6)
+    nested = rule != "gauss_legendre"
+    assert all((level["keep"] > 0) == nested for level in levels[1:])
+    assert [level["points"] for level in refinement_levels(rule, steps, 30, None)] == [steps]
+    if rule in ("riemann_left", "riemann_right"):  # same code path as trapezoid (keep 1/2)
+        return
+    model, x = tiny_cnn(size=32, seed=4), random_images(3, 32, seed=9)
+    last = counts[-1]
+    forced = fe.explain_batch(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
+                              rule=rule, steps=steps, tolerance=1e-9, max_steps=30)
+    fixed = fe.explain(model, x, method="integrated_gradients", pixel_size=PIXEL_SIZE,
+                       rule=rule, steps=last, tolerance=None)
+    assert np.all(forced.metadata["steps"] == last)
+    np.testing.assert_allclose(forced.maps, fixed, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------ every registered method
