@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -140,8 +141,15 @@ def write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def run_cli(args, log_path: Path, in_process: bool) -> int:
-    """Run ``fetalhc <args>``, output into ``log_path``; returns the exit code."""
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cli(args, log_path: Path, in_process: bool) -> tuple[int, float]:
+    """Run ``fetalhc <args>``, output into ``log_path``; returns the exit code and the CPU
+    seconds it used (user + system, all threads; on a loaded machine a fairer measure of
+    the work than the wall clock)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         log.write(f"$ {display(args)}\n")
@@ -149,16 +157,20 @@ def run_cli(args, log_path: Path, in_process: bool) -> int:
         if not in_process:
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL",
                                                                           "2")}
-            return subprocess.run([sys.executable, "-m", "fetalhc.cli.main", *map(str, args)],
+            before = cpu_seconds(resource.RUSAGE_CHILDREN)
+            code = subprocess.run([sys.executable, "-m", "fetalhc.cli.main", *map(str, args)],
                                   stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            return code, cpu_seconds(resource.RUSAGE_CHILDREN) - before
         from fetalhc.cli.main import main
 
+        before = cpu_seconds(resource.RUSAGE_SELF)
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
-                return main([str(a) for a in args])
+                code = main([str(a) for a in args])
             except Exception:  # a bug, not a user error: keep the traceback in the log
                 traceback.print_exc(file=log)
-                return 1
+                code = 1
+        return code, cpu_seconds(resource.RUSAGE_SELF) - before
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -246,6 +258,7 @@ class ModelResult:
     filenames: list = field(default_factory=list)
     protocol_note: str = ""
     tables: dict = field(default_factory=dict)  # (protocol, kind) -> DataFrame
+    settings: dict = field(default_factory=dict)  # protocol -> evaluate's settings.json
     steps: dict = field(default_factory=dict)
 
 
@@ -265,7 +278,8 @@ def train_command(spec: ModelSpec, data: Path, runs: Path, quick: bool) -> list:
 
 
 def evaluate_args(run_dir: Path, data: Path, methods, maps: Path, out: Path, images: int,
-                  image_size: int, protocol: str, quick: bool) -> tuple[list, str]:
+                  image_size: int, protocol: str, quick: bool,
+                  randomisation_images: int | None = None) -> tuple[list, str]:
     args = ["evaluate", "--model", str(run_dir), "--data", str(data), "--split", "test",
             "--limit", str(images), "--methods", ",".join(methods), "--maps", str(maps),
             "--out", str(out), "--no-progress"]
@@ -280,6 +294,8 @@ def evaluate_args(run_dir: Path, data: Path, methods, maps: Path, out: Path, ima
         args += ["--metrics", PAPER_METRICS]
     else:
         args += list(RICH_ARGS)
+        if randomisation_images is not None:
+            args += ["--randomisation-images", str(randomisation_images)]
     if quick:
         args += list(QUICK_EVALUATE)
     return args, note
@@ -312,22 +328,28 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def run_step(result: ModelResult, steps: Steps, step: str, args, stamp: str,
-             in_process: bool, complete) -> bool:
+             in_process: bool, complete, page_only: bool = False) -> bool:
     """Run one CLI step unless it is already complete; True on success."""
     command = display(args)
-    if steps.done(step, command, stamp) and complete():
+    if (steps.done(step, command, stamp) or (page_only and step in steps.records)) \
+            and complete():
         record = steps.records[step]
         result.steps[step] = {**record, "skipped": True}
         say(f"{result.spec.name}: {step} already done ({record['seconds']:.0f} s when it ran)")
         return True
+    if page_only:
+        result.status = "missing"
+        result.message = f"{step} not run yet (`{command}`)"
+        say(f"{result.spec.name}: {result.message}")
+        return False
     say(f"{result.spec.name}: {step} ...")
     log = result.work / "logs" / f"{step}.log"
     start = time.monotonic()
-    code = run_cli(args, log, in_process)
+    code, cpu = run_cli(args, log, in_process)
     seconds = time.monotonic() - start
     record = {"command": command, "returncode": code, "seconds": round(seconds, 1),
-              "model_stamp": stamp, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "log": str(log)}
+              "cpu_seconds": round(cpu, 1), "model_stamp": stamp,
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "log": str(log)}
     steps.record(step, **record)
     result.steps[step] = {**record, "skipped": False}
     if code != 0:
@@ -335,7 +357,7 @@ def run_step(result: ModelResult, steps: Steps, step: str, args, stamp: str,
         say(f"{result.spec.name}: {step} FAILED after {seconds:.0f} s; last lines of {log}:\n"
             + tail(log))
         return False
-    say(f"{result.spec.name}: {step} done in {seconds:.1f} s")
+    say(f"{result.spec.name}: {step} done in {seconds:.1f} s ({cpu:.0f} s CPU)")
     return True
 
 
@@ -348,7 +370,7 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
                          external=external)
     model_file = run_dir / "model.keras"
     if not (model_file.is_file() and (run_dir / "metrics.json").is_file()):
-        if not options.train or external:
+        if not options.train or external or options.page_only:
             result.status = "missing"
             result.message = (f"no trained model in {run_dir}; train it with "
                               f"`{display(result.train_command)}`")
@@ -360,15 +382,16 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
         say(f"{spec.name}: training ({display(args)}) ...")
         start = time.monotonic()
         log = options.runs / f"{spec.name}.train.log"
-        code = run_cli(args, log, options.in_process)
+        code, cpu = run_cli(args, log, options.in_process)
         seconds = time.monotonic() - start
         if code != 0:
             result.status, result.message = "failed", f"training failed (exit {code}); see {log}"
             say(f"{spec.name}: training FAILED; last lines of {log}:\n{tail(log)}")
             return result
-        say(f"{spec.name}: trained in {seconds:.1f} s")
+        say(f"{spec.name}: trained in {seconds:.1f} s ({cpu:.0f} s CPU)")
         train_record = {"command": display(result.train_command), "returncode": 0,
-                        "seconds": round(seconds, 1), "log": str(log),
+                        "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                        "log": str(log),
                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     else:
         train_record = None
@@ -401,15 +424,18 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
                    for m in methods for n in filenames)
 
     _check_stale(steps, stamp, work)
-    if not run_step(result, steps, "explain", explain, stamp, options.in_process, explained):
+    if not run_step(result, steps, "explain", explain, stamp, options.in_process, explained,
+                    options.page_only):
         return result
     maps_dir = work / "maps"
-    stack_maps(explain_dir, maps_dir, methods, filenames)
+    if not options.page_only:
+        stack_maps(explain_dir, maps_dir, methods, filenames)
 
     for protocol in PROTOCOLS:
         out = work / f"evaluate-{protocol}"
         args, note = evaluate_args(run_dir, options.data, methods, maps_dir, out,
-                                   len(filenames), image_size, protocol, options.quick)
+                                   len(filenames), image_size, protocol, options.quick,
+                                   options.randomisation_images)
         if protocol == "paper":
             result.protocol_note = note
 
@@ -417,9 +443,10 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
             return (out / "summary.csv").is_file() and (out / "per_image.csv").is_file()
 
         if not run_step(result, steps, f"evaluate-{protocol}", args, stamp,
-                        options.in_process, evaluated):
+                        options.in_process, evaluated, options.page_only):
             return result
         settings = json.loads((out / "settings.json").read_text())
+        result.settings[protocol] = settings
         if settings.get("filenames") != filenames:
             raise ValueError(f"{out}/settings.json evaluated other images than the maps in "
                              f"{maps_dir} were made for")
@@ -580,6 +607,9 @@ def copy_png(source: Path, target: Path) -> Path | None:
     return target
 
 
+MAP_CELL_INCHES, MAP_DPI = 1.4, 72  # 16 methods x 4 images: about 0.3 MB per model
+
+
 def maps_figure(result: ModelResult, methods, target: Path, per_side: int = 2) -> Path | None:
     """Rows = methods, columns = the lowest- and highest-error images (from the paper
     evaluation's per-image table); maps read back from ``fetalhc explain``'s ``.npz``."""
@@ -595,8 +625,8 @@ def maps_figure(result: ModelResult, methods, target: Path, per_side: int = 2) -
     if side < 1:
         return None
     chosen = list(errors.index[:side]) + list(errors.index[-side:])
-    titles = [f"{'low' if i < side else 'high'} error\n{Path(n).stem}, "
-              f"{errors[n]:.1f} mm" for i, n in enumerate(chosen)]
+    titles = [f"{'low' if i < side else 'high'} error: {Path(n).stem}\n"
+              f"|error| {errors[n]:.1f} mm" for i, n in enumerate(chosen)]
     images, contours, maps, units = [], [], {}, {}
     for method in methods:
         for name in chosen:
@@ -610,8 +640,10 @@ def maps_figure(result: ModelResult, methods, target: Path, per_side: int = 2) -
     if any(c is None for c in contours):
         contours = None
     figure = grid_figure(images, maps, contours, column_titles=titles, units=units,
-                         cell_inches=1.5)
-    save_figure(figure, target, dpi=80)
+                         cell_inches=MAP_CELL_INCHES)
+    height = figure.get_size_inches()[1]
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))  # room for the suptitle
+    save_figure(figure, target, dpi=MAP_DPI)
     compact_png(target)
     return target
 
@@ -693,21 +725,25 @@ def ranks_figure(pairs, target: Path) -> Path | None:
 
 # ---------------------------------------------------------------------------- the page ---
 
-PAPER_COLUMNS = (  # (metric, column title, digits)
-    ("aopc_morf_abs_error_mm", "AOPC MoRF, |error| (mm)", None),
-    ("aopc_morf_abs_error_px_original", "AOPC MoRF, |error| (original px)", None),
-    ("aopc_lerf_abs_error_mm", "AOPC LeRF, |error| (mm)", None),
-    ("aopc_random_abs_error_mm", "AOPC random order, |error| (mm)", None),
-    ("aopc_morf_shift_mm", "AOPC MoRF, shift from the unperturbed HC (mm)", None),
+PAPER_COLUMNS = (  # (metric, table title, unit, digits)
+    ("aopc_morf_abs_error_mm", "AOPC MoRF of |error|", "mm", None),
+    ("aopc_morf_abs_error_px_original", "AOPC MoRF of |error|, the paper's unit",
+     "original px", None),
+    ("aopc_lerf_abs_error_mm", "AOPC LeRF of |error|", "mm", None),
+    ("aopc_random_abs_error_mm", "AOPC random order of |error|", "mm", None),
+    ("aopc_morf_shift_mm", "AOPC MoRF of the shift from the unperturbed HC", "mm", None),
 )
 RICH_COLUMNS = (
-    ("aopc_morf_abs_error_mm", "AOPC MoRF, 8 x 8 grid, |error| (mm)", None),
-    ("aopc_lerf_abs_error_mm", "AOPC LeRF, 8 x 8 grid, |error| (mm)", None),
-    ("aopc_random_abs_error_mm", "AOPC random order, 8 x 8 grid, |error| (mm)", None),
-    ("deletion_auc_abs_error_mm", "deletion area, |error| (mm; larger = better)", None),
-    ("insertion_auc_abs_error_mm", "insertion area, |error| (mm; smaller = better)", None),
-    ("band_ratio", "contour-band ratio (±3 mm; 1 = chance)", 2),
-    ("top_distance_mm", "top-5 % pixels to contour (mm)", None),
+    ("aopc_morf_abs_error_mm", "AOPC MoRF of |error|, 8 x 8 grid", "mm", None),
+    ("aopc_lerf_abs_error_mm", "AOPC LeRF of |error|, 8 x 8 grid", "mm", None),
+    ("aopc_random_abs_error_mm", "AOPC random order of |error|, 8 x 8 grid", "mm", None),
+    ("deletion_auc_abs_error_mm", "Deletion area of |error| (larger = better)", "mm", None),
+    ("insertion_auc_abs_error_mm", "Insertion area of |error| (smaller = better)", "mm",
+     None),
+    ("band_ratio", "Contour-band ratio: positive relevance within ±3 mm of the contour "
+     "over the band's area share (1 = chance)", "ratio", 2),
+    ("top_distance_mm", "Distance of the top-5 % pixels to the contour (smaller = closer)",
+     "mm", None),
 )
 
 
@@ -724,12 +760,11 @@ class Page:
 
 def per_metric_tables(page: Page, ready, methods, protocol: str, columns) -> None:
     """One table per metric: methods (rows) x models (columns), mean [95 % CI] (rank)."""
-    for metric, title, digits in columns:
+    for metric, title, unit, digits in columns:
         present = [r for r in ready if (protocol, "summary") in r.tables and
                    metric in set(r.tables[(protocol, "summary")]["metric"])]
         if not present:
             continue
-        unit = title[title.rfind("(") + 1:title.rfind(")")] if "(" in title else ""
         header = ["method"] + [f"{r.spec.name} ({unit})" for r in present]
         stats = {r.spec.name: [summary_lookup(r.tables[(protocol, "summary")], m, metric)
                                for m in methods] for r in present}
@@ -746,7 +781,8 @@ def per_metric_tables(page: Page, ready, methods, protocol: str, columns) -> Non
                     cell += f" (#{rank_of[r.spec.name][i]:g})"
                 row.append(cell)
             rows.append(row)
-        page.add(f"\n**{title}**" + (" — (#k) = rank, 1 = best" if rank_of else "") + "\n",
+        page.add(f"\n**{title}** ({unit}; mean [95 % CI]"
+                 + ("; (#k) = rank, 1 = best" if rank_of else "") + ")\n",
                  md_table(header, rows))
 
 
@@ -826,27 +862,20 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
 
     # ---- steps
     page.add("## What was run, and how long it took\n",
-             "Wall-clock seconds on the shared CPU (other jobs ran at the same time, so "
-             "times are indicative). Logs: `<runs>/<model>/logs/`.\n")
+             "Wall-clock and CPU seconds (user + system, all threads) on the shared CPU; "
+             "other jobs ran at the same time, so wall times are indicative. Logs: "
+             "`<runs>/<model>/logs/`.\n")
     rows = []
     for result in results:
         for step, record in result.steps.items():
             rows.append([result.spec.name, step, number(record.get("seconds", float("nan")), 0),
+                         number(record.get("cpu_seconds", float("nan")), 0),
                          "yes" if record.get("skipped") else "no", f"`{record['command']}`"])
-    page.add(md_table(["model", "step", "time (s)", "reused from an earlier invocation",
-                       "command"], rows) if rows else "Nothing was run.\n")
+    page.add(md_table(["model", "step", "wall time (s)", "CPU time (s)",
+                       "reused from an earlier invocation", "command"], rows)
+             if rows else "Nothing was run.\n")
     notes = {r.protocol_note for r in ready if r.protocol_note}
-    protocol_text = (
-        "**Paper protocol** (`--protocol paper`): 4 x 4 grid of regions ranked by mean signed "
-        "relevance, a region replaced by N(0, 0.3) noise per step, 15 steps, maps computed "
-        "once; AOPC = e(0) − mean over steps of e(k) per image, of the absolute HC error, "
-        "more negative = better, mean over images with a 95 % percentile bootstrap CI; in mm "
-        "and in pixels of the original image (the paper's unit). **Richer protocol**: AOPC "
-        "on an 8 x 8 grid (four regions per step, 15 steps — same cost), MoRF / LeRF / random "
-        "orders; deletion and insertion of pixels (baseline 0 = the image mean, areas in mm "
-        "per image); localisation of the positive relevance against the annotated skull "
-        "contour; cascading model randomisation on the first 8 images (a method is flagged "
-        "when its maps still resemble the trained model's with every layer random).")
+    protocol_text = protocol_description(ready)
     page.add("\n" + protocol_text + "\n")
     for note in sorted(notes):
         page.add(f"Note: paper protocol here = {note}.\n")
@@ -889,10 +918,12 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
     per_metric_tables(page, ready, methods, "rich", RICH_COLUMNS)
     randomised = [r for r in ready if ("rich", "randomisation") in r.tables]
     if randomised:
-        page.add("\n**Model randomisation** (cascading, output layer first): mean Spearman "
-                 "correlation of |map| with the trained model's map once every layer is "
-                 "random (threshold 0.5; FLAGGED = the map does not depend on what the model "
-                 "learned).\n")
+        rich = randomised[0].settings["rich"]
+        page.add("\n**Model randomisation** (cascading, output layer first): mean similarity "
+                 f"({rich['similarity']}) of the map with the trained model's map once every "
+                 f"layer is random, over the first {rich['randomisation_images']} images "
+                 f"(FLAGGED: above {rich['similarity_threshold']:g}, the map does not depend "
+                 "enough on what the model learned).\n")
         rows = []
         for method in methods:
             row = [method]
@@ -906,8 +937,8 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
                 flag = bool(frame["flagged"].iloc[0])
                 row.append(number(value, 2) + (" FLAGGED" if flag else ""))
             rows.append(row)
-        page.add(md_table(["method"] + [f"{r.spec.name} (Spearman, |map|)" for r in randomised],
-                          rows))
+        page.add(md_table(["method"] + [f"{r.spec.name} (similarity, 1 = identical)"
+                                        for r in randomised], rows))
         flagged = {r.spec.name: [m for m in methods if _flagged(r, m)] for r in randomised}
         page.add("\n" + "\n".join(f"- `{name}`: flagged: {', '.join(items) or 'none'}."
                                   for name, items in flagged.items()) + "\n")
@@ -921,6 +952,52 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
     # ---- paper comparison
     comparison_section(page, ready, methods, figures_dir)
     return _finish(page, docs)
+
+
+def protocol_description(ready) -> str:
+    """What the two evaluations did, from their settings.json (the first ready model's)."""
+    if not ready:
+        return ("**Paper protocol**: `fetalhc evaluate --protocol paper`. **Richer "
+                "protocol**: " + " ".join(RICH_ARGS) + ".")
+    paper, rich = ready[0].settings["paper"], ready[0].settings["rich"]
+    differ = [r.spec.name for r in ready[1:]
+              if any({k: v for k, v in r.settings[p].items() if k not in IDENTITY_KEYS}
+                     != {k: v for k, v in ready[0].settings[p].items()
+                         if k not in IDENTITY_KEYS} for p in PROTOCOLS)]
+
+    def regions(settings):
+        grid, size = settings["grid"], settings["image_size"]
+        return (f"{grid} x {grid} grid of {size // grid} x {size // grid} px regions "
+                f"(at {size} px) ranked by "
+                f"{'mean signed' if settings['aggregation'] == 'mean' else 'mean absolute'} "
+                "relevance, "
+                f"{settings['regions_per_step']} region(s) replaced per step by "
+                f"N(0, {settings['noise_sd']:g}) noise, {settings['steps']} steps, MoRF / LeRF "
+                f"/ random orders, maps computed "
+                f"{'anew each step' if settings['recompute'] else 'once'}")
+
+    text = (
+        f"**Paper protocol** (`--protocol {paper['protocol']}`" if paper.get("protocol") else
+        "**Paper protocol** (the paper's settings given one by one")
+    text += (
+        f"): {regions(paper)}. Per image AOPC = e(0) − mean over the {paper['steps'] + 1} "
+        "points of e(k), e = |predicted HC − reference|; more negative = better; mean over "
+        f"images with a {paper['confidence']:.0%} percentile bootstrap CI ({paper['n_boot']} "
+        "resamples); in mm and in pixels of the original image (the paper's unit). "
+        f"**Richer protocol**: AOPC on the {regions(rich)}; deletion and insertion of "
+        f"{rich['deletion_unit']} in {rich['deletion_steps']} steps (baseline "
+        f"{rich['baseline']}: 0 = the image mean; areas in mm per image); localisation of the "
+        f"{rich['relevance']} relevance against the annotated skull contour (band ±"
+        f"{rich['band_mm']:g} mm, top {rich['top_percent']:g} % pixels); cascading model "
+        f"randomisation on the first {rich['randomisation_images']} images, flagged when the "
+        f"mean {rich['similarity']} similarity with every layer random exceeds "
+        f"{rich['similarity_threshold']:g}.")
+    if differ:
+        text += f" (Settings of {', '.join(differ)} differ; see their settings.json.)"
+    return text
+
+
+IDENTITY_KEYS = ("model", "data", "filenames", "methods", "limit")
 
 
 def _flagged(result: ModelResult, method: str) -> bool:
@@ -1254,6 +1331,12 @@ def parse_args(argv=None):
     parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
                         help="Run the fetalhc commands in this process instead of "
                              "subprocesses (default: only with --quick, to save TF start-ups).")
+    parser.add_argument("--randomisation-images", type=int, default=None,
+                        help="Images of the randomisation check (default: fetalhc "
+                             "evaluate's, 8); it recomputes every map once per weighted "
+                             "layer, the most expensive part of the study.")
+    parser.add_argument("--page-only", action="store_true",
+                        help="Run nothing: write the page from the outputs already on disk.")
     parser.add_argument("--quick", action="store_true",
                         help="Phantoms, 32 px, tiny models, few methods and images.")
     options = parser.parse_args(argv)
@@ -1315,19 +1398,29 @@ def main(argv=None) -> int:
     say(f"study: {len(options.model_specs)} models, {len(methods)} methods, "
         f"{options.images} images, data {options.data}, runs {options.runs}, docs "
         f"{options.docs}" + (" (quick)" if options.quick else ""))
-    if options.quick and not (options.data / "training_set_pixel_size_and_HC.csv").is_file():
+    if options.quick and not options.page_only and \
+            not (options.data / "training_set_pixel_size_and_HC.csv").is_file():
         from fetalhc.data.phantom import write_phantom_dataset
 
         write_phantom_dataset(options.data, n=QUICK_PHANTOMS, seed=0, width=96, height=72)
         say(f"wrote {QUICK_PHANTOMS} phantoms to {options.data}")
-    if not (options.data / "training_set_pixel_size_and_HC.csv").is_file():
+    if not options.page_only and \
+            not (options.data / "training_set_pixel_size_and_HC.csv").is_file():
         raise SystemExit(f"no HC18 data in {options.data}: set $FETALHC_HC18 or --data")
     for spec in options.model_specs:
         command = train_command(spec, options.data, options.runs, options.quick)
         say(f"{spec.name}: train command: {display(command)}")
     results = []
     for spec in options.model_specs:
-        results.append(study_model(spec, options))
+        try:
+            results.append(study_model(spec, options))
+        except (ValueError, OSError, KeyError, tomllib.TOMLDecodeError) as error:
+            say(f"{spec.name}: FAILED: {error}")
+            work = options.runs / spec.name
+            results.append(ModelResult(
+                spec, work, options.use_run.get(spec.name, work),
+                train_command(spec, options.data, options.runs, options.quick),
+                external=spec.name in options.use_run, status="failed", message=str(error)))
     say("writing the page ...")
     page = write_page(results, options, methods, time.monotonic() - START,
                       study_command(options, argv))
