@@ -40,6 +40,7 @@ LEVER_RUNS = {
     "plain-mae-noaux": ("no auxiliary ellipse head", "--set model.aux_ellipse=false"),
     "plain-mae-4blocks": ("4 blocks (16, 32, 64, 128) instead of 6",
                           "--set 'model.filters=[16, 32, 64, 128]'"),
+    "plain-mae-96px": ("96 px input instead of 128", "--set data.image_size=96"),
     "plain-mae-160px": ("160 px input instead of 128", "--set data.image_size=160"),
 }
 LOSS_RUNS = ["plain-mae", "plain-mse", "plain-huber"]
