@@ -134,6 +134,7 @@ def write_atomic(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        os.chmod(temporary, 0o644)  # mkstemp makes files private; these are for reading
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -275,6 +276,29 @@ def train_command(spec: ModelSpec, data: Path, runs: Path, quick: bool) -> list:
     if quick:
         args.append("--quiet")
     return args
+
+
+def config_differences(result: ModelResult) -> list[str]:
+    """``section.key`` values of the run's config.toml that differ from what its train
+    command (config file + ``--set``) gives: e.g. a run trained with ``--epochs 15``."""
+    from fetalhc.training.config import DEFAULTS, parse_set_option, resolve_config
+
+    args, config, overrides = result.train_command, None, {}
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--config":
+            config = Path(value) if Path(value).is_file() else REPO_ROOT / value
+        elif flag == "--set":
+            key, parsed = parse_set_option(value)
+            overrides[key] = parsed
+    try:
+        expected = resolve_config(config, overrides=overrides)
+        actual = resolve_config(result.run_dir / "config.toml", allow_resolved=True)
+    except (ValueError, OSError) as error:
+        return [f"(could not compare with the command: {error})"]
+    return [f"{section}.{key} = {actual[section][key]!r} (the command gives "
+            f"{expected[section][key]!r})"
+            for section in DEFAULTS for key in DEFAULTS[section]
+            if actual[section].get(key) != expected[section].get(key)]
 
 
 def evaluate_args(run_dir: Path, data: Path, methods, maps: Path, out: Path, images: int,
@@ -596,6 +620,7 @@ def compact_png(path: Path) -> None:
                                          dir=path.parent)
     os.close(handle)
     palette.save(temporary, optimize=True)
+    os.chmod(temporary, 0o644)
     os.replace(temporary, path)
 
 
@@ -639,8 +664,11 @@ def maps_figure(result: ModelResult, methods, target: Path, per_side: int = 2) -
                                     if "annotation" in stored else None)
     if any(c is None for c in contours):
         contours = None
-    figure = grid_figure(images, maps, contours, column_titles=titles, units=units,
+    figure = grid_figure(images, maps, contours, column_titles=titles,
                          cell_inches=MAP_CELL_INCHES)
+    columns = len(chosen)
+    for row, method in enumerate(methods):  # the map's units beside the method's name
+        figure.axes[row * columns].set_ylabel(f"{method}\n({units[method]})", fontsize=7)
     height = figure.get_size_inches()[1]
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))  # room for the suptitle
     save_figure(figure, target, dpi=MAP_DPI)
@@ -699,7 +727,7 @@ def ranks_figure(pairs, target: Path) -> Path | None:
 
     if not pairs:
         return None
-    figure = Figure(figsize=(3.6 * len(pairs), 3.6), dpi=100)
+    figure = Figure(figsize=(4.6 * len(pairs), 4.2), dpi=100)
     for index, pair in enumerate(pairs):
         axis = figure.add_subplot(1, len(pairs), index + 1)
         n = len(pair["methods"])
@@ -711,12 +739,14 @@ def ranks_figure(pairs, target: Path) -> Path | None:
         axis.set_xlabel(f"rank in the paper ({pair['paper']}, MAE)")
         axis.set_ylabel(f"our rank ({pair['model']})")
         axis.set_title(f"ρ = {number(pair['rho'], 2)}", fontsize=9)
-        axis.set_xlim(0.5, n + 0.8)
-        axis.set_ylim(0.5, n + 0.8)
+        axis.set_xlim(0.5, n + 0.5)
+        axis.set_ylim(0.5, n + 0.5)
+        axis.set_xticks(range(1, n + 1))
+        axis.set_yticks(range(1, n + 1))
         axis.invert_xaxis()
         axis.invert_yaxis()
         axis.grid(alpha=0.3)
-    figure.suptitle("AOPC MoRF ranks (1 = most negative = best), original px", fontsize=9)
+    figure.suptitle("AOPC MoRF rank, original px (1 = most negative = best)", fontsize=9)
     figure.tight_layout()
     save_figure(figure, target, dpi=100)
     compact_png(target)
@@ -847,8 +877,13 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
                        "test PMAE (%)", "train time from"], rows))
     mismatched = [r for r in ready if str(r.config["train"]["loss"]).lower() != r.spec.loss]
     for result in mismatched:
-        page.add(f"\nNote: `{result.spec.name}` was trained with loss "
+        page.add(f"\n**Note:** `{result.spec.name}` was trained with loss "
                  f"{result.config['train']['loss']}, not {result.spec.loss} as its name says.\n")
+    for result in ready:
+        differences = config_differences(result)
+        if differences:
+            page.add(f"\n**Note:** the run of `{result.spec.name}` differs from its command "
+                     f"below in: {'; '.join(differences)}.\n")
     page.add("\nTraining commands (CPU recipe; the run folder records the resolved config, the "
              "split and the history):\n")
     lines = []
@@ -923,7 +958,10 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
                  f"({rich['similarity']}) of the map with the trained model's map once every "
                  f"layer is random, over the first {rich['randomisation_images']} images "
                  f"(FLAGGED: above {rich['similarity_threshold']:g}, the map does not depend "
-                 "enough on what the model learned).\n")
+                 "enough on what the model learned). A general caveat: maps that multiply "
+                 "by the input (Input x Gradient, IG, LRP-z) or whose patches follow the "
+                 "image layout (occlusion, where padding never matters) can stay correlated "
+                 "through the image alone.\n")
         rows = []
         for method in methods:
             row = [method]
@@ -1252,8 +1290,14 @@ def why_section(page: Page, ready, overlap) -> None:
     """General reasons, with the numbers they lean on read from the runs and constants."""
     errors = [r.metrics.get("test", {}).get("mae_mm", float("nan")) for r in ready]
     errors = [e for e in errors if np.isfinite(e)]
-    error_text = (f"{number(min(errors), 1)}–{number(max(errors), 1)} mm test MAE"
-                  if errors else "test errors in the table above")
+    if not errors:
+        error_text = "test errors in the table above"
+    elif round(min(errors), 1) == round(max(errors), 1):
+        error_text = f"{number(min(errors), 1)} mm test MAE"
+    else:
+        error_text = f"{number(min(errors), 1)}–{number(max(errors), 1)} mm test MAE"
+    internal = spearman([PAPER_AOPC_PX["VGG16"][m] for m in overlap],
+                        [PAPER_AOPC_PX["ResNet50"][m] for m in overlap])
     paper_gap = max(abs(PAPER_AOPC_PX[p]["input_x_gradient"] - PAPER_AOPC_PX[p]["lrp_z"])
                     for p in PAPER_AOPC_PX)
     lrp_text = ""
@@ -1273,8 +1317,9 @@ def why_section(page: Page, ready, overlap) -> None:
         f"- **Models.** The paper explains ImageNet-pretrained VGG16 / ResNet50 regressors "
         f"(its best regression model reached {PAPER_BEST_MAE_MM} mm MAE); ours are small CNNs "
         f"trained from scratch on a 2-core CPU ({error_text}). Maps of a weaker, smaller "
-        "model need not rank like those of a large pretrained one, and the paper's own two "
-        "models do not rank the methods alike (ρ above).\n"
+        "model need not rank like those of a large pretrained one; the paper's own two "
+        f"models rank these {len(overlap)} methods with ρ = {number(internal, 2)} between "
+        "them.\n"
         "- **Pre-processing.** We keep the aspect ratio and pad with the image mean; the paper "
         "squashes the image to a square. Some of our regions are padding, so fewer regions "
         "carry anatomy.\n"

@@ -149,6 +149,7 @@ def test_quick_study_end_to_end(study, tmp_path, capsys):
         assert (runs / name / "evaluate-paper" / "summary_by_error.csv").is_file()
         assert (runs / name / "evaluate-rich" / "randomisation.csv").is_file()
         assert f"study/maps_{name}.png" in page
+    assert "differs from its command" not in page  # the runs are what the commands say
     for section in ("## Models", "## Paper protocol", "## Richer protocol",
                     "## Low versus high prediction error", "## Against the seed paper",
                     "### The paper's claims, checked"):
