@@ -363,7 +363,7 @@ def run_step(result: ModelResult, steps: Steps, step: str, args, stamp: str,
         return True
     if page_only:
         result.status = "missing"
-        result.message = f"{step} not run yet (`{command}`)"
+        result.message = f"trained; {step} not run yet"
         say(f"{result.spec.name}: {result.message}")
         return False
     say(f"{result.spec.name}: {step} ...")
@@ -396,9 +396,8 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
     if not (model_file.is_file() and (run_dir / "metrics.json").is_file()):
         if not options.train or external or options.page_only:
             result.status = "missing"
-            result.message = (f"no trained model in {run_dir}; train it with "
-                              f"`{display(result.train_command)}`")
-            say(f"{spec.name}: {result.message}")
+            result.message = f"no trained model in {run_dir} yet (command below)"
+            say(f"{spec.name}: {result.message}: {display(result.train_command)}")
             return result
         args = list(result.train_command)
         if (run_dir / "config.toml").is_file():  # an interrupted training: continue it
@@ -833,7 +832,7 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
     figures_dir.mkdir(parents=True, exist_ok=True)
     ready = [r for r in results if r.status == "ok"]
     page = Page()
-    n_images = max((len(r.filenames) for r in ready), default=0)
+    n_images = max((len(r.filenames) for r in ready), default=options.images)
     page.add("# HC18 explainability study\n")
     if options.quick:
         page.add("> **Quick mode**: phantom data, 32 px inputs, tiny models trained for one "
@@ -843,7 +842,8 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
         "Which saliency maps of the HC regression CNNs are faithful, and does the seed "
         "paper's ranking of methods (Zhang et al., iMIMIC 2020) hold for our models? This "
         "page is written by `scripts/hc18_study.py` from the files the `fetalhc` commands "
-        "below wrote; every number in it was read from those files. Re-run it with:\n",
+        "below wrote; every number in it was read from those files. Run the study (it "
+        "skips what is done; `--page-only` only rewrites this page) with:\n",
         f"```bash\n{study_command}\n```\n",
         f"Data: `{options.data}` (the HC18 development copy; `$FETALHC_HC18`). Images: the "
         f"first {n_images} images of each run's own test split. Methods: {len(methods)} "
@@ -874,7 +874,7 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
             source])
     page.add(md_table(["model", "backbone", "loss", "input (px)", "epochs run",
                        "train time (min)", "val MAE (mm)", "test MAE (mm)", "test RMSE (mm)",
-                       "test PMAE (%)", "train time from"], rows))
+                       "test PMAE (%)", "train time from / status"], rows))
     mismatched = [r for r in ready if str(r.config["train"]["loss"]).lower() != r.spec.loss]
     for result in mismatched:
         page.add(f"\n**Note:** `{result.spec.name}` was trained with loss "
@@ -995,8 +995,9 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
 def protocol_description(ready) -> str:
     """What the two evaluations did, from their settings.json (the first ready model's)."""
     if not ready:
-        return ("**Paper protocol**: `fetalhc evaluate --protocol paper`. **Richer "
-                "protocol**: " + " ".join(RICH_ARGS) + ".")
+        return ("**Paper protocol**: `fetalhc evaluate --protocol paper --metrics "
+                f"{PAPER_METRICS}`. **Richer protocol**: `fetalhc evaluate "
+                + " ".join(RICH_ARGS) + "`.")
     paper, rich = ready[0].settings["paper"], ready[0].settings["rich"]
     differ = [r.spec.name for r in ready[1:]
               if any({k: v for k, v in r.settings[p].items() if k not in IDENTITY_KEYS}
@@ -1174,6 +1175,12 @@ def comparison_section(page: Page, ready, methods, figures_dir: Path) -> None:
         for a, b in itertools.combinations(names, 2):
             pairs_text.append(f"`{a}` vs `{b}` ρ = {number(spearman(ours[a], ours[b]), 2)}")
         page.add(" Our models among themselves: " + "; ".join(pairs_text) + ".")
+        if len(methods) > len(overlap):
+            every = {r.spec.name: [summary_lookup(r.tables[("paper", "summary")], m, metric)[0]
+                                   for m in methods] for r in ready}
+            pairs_text = [f"`{a}` vs `{b}` ρ = {number(spearman(every[a], every[b]), 2)}"
+                          for a, b in itertools.combinations(names, 2)]
+            page.add(f" Over all {len(methods)} methods: " + "; ".join(pairs_text) + ".")
     page.add("\n")
 
     pairs = []
@@ -1431,6 +1438,7 @@ def resolve_methods(text: str | None, quick: bool) -> list[str]:
 def study_command(options, argv) -> str:
     if argv is None:
         argv = sys.argv[1:]
+    argv = [a for a in argv if a != "--page-only"]
     return "python scripts/hc18_study.py " + shlex.join(argv) if argv else \
         "python scripts/hc18_study.py"
 
