@@ -1,139 +1,145 @@
-"""Choose the default Integrated Gradients quadrature (rule, steps) by measured completeness.
+"""Choose the default Integrated Gradients rule (quadrature, base points, refinement) by
+measured completeness on calibration images, before any timing (issue 5).
 
-Trains a small CNN (fetalhc ``small_cnn`` backbone, BN + ReLU) on phantoms for a few epochs,
-then for every quadrature rule and number of points measures each image's completeness gap
-``|sum(map) - (f(x) - f(b))|`` relative to ``|f(x) - f(b)|`` (target hc_mm). Per rule it
-prints the fewest points whose median gap on the calibration images is < 0.5 % (the base
-number of points: most images finish in one pass) and the fewest whose largest gap is < 1 %
-(what a fixed rule would need), with the held-out phantoms and, when HC18 is present, real
-HC18 images the model never saw, next to it. The refinement of the default (images over
-1 % get twice the points) covers the tail. Fixed-point refinement is what the numbers call
-for: on a ReLU network the integrand is piecewise constant along the path, so every rule
-converges like 1/steps and Gauss-Legendre gains nothing.
+For every trained run given, on ``--images`` images of its ``--split`` (default ``val``:
+images the model was not trained on and that are not the benchmark's held-out ``test``
+images), target hc_mm, baseline zeros, it runs each candidate rule and prints per model and
+pooled over all models:
 
-    .venv/bin/python benchmarks/calibrate_ig.py [--size 64] [--epochs 12] [--hc18 DIR]
+- gradient evaluations per image (mean / max): the machine-independent cost. A nested
+  refinement evaluates only the new nodes, so an image refined from 16 to 48 midpoints
+  costs 48; a non-nested one (Gauss-Legendre) pays for every level;
+- the relative completeness gap ``|sum(map) - (f(x) - f(b))| / |f(x) - f(b)|``, median / max;
+- with ``--reference-steps N``: the map error against an N-point midpoint reference,
+  ``sum|map - ref| / sum|ref|`` (median / max over the first ``--reference-images``), since
+  a small completeness gap (a sum over pixels) does not imply an accurate map.
 
-Prints a table; the numbers are quoted in docs/explain.md. CPU: 10-25 minutes on a shared
-2-core machine (each row explains 72 images); restrict with --rules / --steps.
+Selection rule, fixed before running: among the refined candidates whose pooled median gap
+is <= 0.5 % and pooled max gap <= 1 %, the one with the fewest mean gradient evaluations per
+image.
+
+    .venv/bin/python benchmarks/calibrate_ig.py \\
+        --runs runs/hc18-cpu,runs/bench-mobilenetv2,runs/bench-resnet50 --images 24
+
+Not a test: prints tables quoted in docs/explain.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import fetalhc  # noqa: E402
 import fetalhc.explain as fe  # noqa: E402
-from fetalhc.data import load_arrays, load_index, write_phantom_dataset  # noqa: E402
-from fetalhc.explain.integrated_gradients import RULES  # noqa: E402
-from fetalhc.models import build_model  # noqa: E402
+from fetalhc.data import load_arrays  # noqa: E402
+from fetalhc.explain.integrated_gradients import refinement_levels  # noqa: E402
+from fetalhc.training import load_run, run_split_index  # noqa: E402
 
-STEPS = "8,16,32,64,128,256"
-
-
-def phantom_arrays(n: int, size: int, seed: int) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
-        root = write_phantom_dataset(Path(folder) / "phantoms", n=n, seed=seed, width=240, height=162)
-        return load_arrays(load_index(root, validate=False), image_size=size)
-
-
-def train(arrays: dict, size: int, epochs: int) -> keras.Model:
-    keras.utils.set_random_seed(0)
-    hc_px = arrays["hc_px_input"]
-    model = build_model("small_cnn", (size, size, 1), small_cnn_filters=(8, 16, 32, 64),
-                        hc_mean_px=float(hc_px.mean()), hc_std_px=float(hc_px.std()), dropout=0.0)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mae")
-    model.fit(arrays["image"], hc_px, epochs=epochs, batch_size=16, verbose=0)
-    return model
+# (label, options); refined candidates use the 1 % tolerance, fixed ones tolerance=None
+CANDIDATES = [
+    *[(f"riemann_middle {n} x3", {"rule": "riemann_middle", "steps": n}) for n in (6, 8, 12, 16, 24)],
+    ("trapezoid 17 x2", {"rule": "trapezoid", "steps": 17}),
+    *[(f"riemann_middle {n} fixed", {"rule": "riemann_middle", "steps": n, "tolerance": None})
+      for n in (16, 32, 50)],
+    ("trapezoid 50 fixed (xplique's rule)", {"rule": "trapezoid", "steps": 50, "tolerance": None}),
+]
+MEDIAN_LIMIT, MAX_LIMIT = 0.005, 0.01
 
 
-def gaps(model, arrays, rule, steps, baseline):
-    result = fe.explain_batch(model, arrays["image"], method="integrated_gradients",
-                              pixel_size=arrays["pixel_size_mm"], rule=rule, steps=steps,
-                              baseline=baseline, batch_size=8, chunk_size=128)
-    return result.metadata["completeness_gap_relative"], result.metadata["completeness_gap"]
+def evaluations(options: dict, steps_used: np.ndarray) -> np.ndarray:
+    """Gradient evaluations per image, given the points each image finally used."""
+    levels = refinement_levels(options["rule"], options["steps"], 512, options.get("tolerance", 0.01))
+    cost, cumulative = {}, 0
+    for level in levels:  # a level's nodes are the new ones (all of them when not nested)
+        cumulative += len(level["nodes"])
+        cost[level["points"]] = cumulative
+    return np.array([cost[int(points)] for points in steps_used], float)
 
 
-def path_difference(model, arrays, baseline):
-    """|f(x) - f(b)| in mm per image (what the relative gap divides by)."""
-    result = fe.explain_batch(model, arrays["image"], method="integrated_gradients",
-                              pixel_size=arrays["pixel_size_mm"], steps=1, baseline=baseline)
-    return np.abs(result.metadata["target_value"] - result.metadata["baseline_target"])
+def run_images(run: Path, split: str, n: int, hc18: Path):
+    config = load_run(run)
+    index = run_split_index(config.config, hc18, split).iloc[:n]
+    size = int(config.config["data"]["image_size"])
+    arrays = load_arrays(index, image_size=size)
+    return fetalhc.load_model(config.model_path), arrays
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--train", type=int, default=240)
-    parser.add_argument("--images", type=int, default=24, help="calibration and held-out images each")
-    parser.add_argument("--hc18", default=os.environ.get("FETALHC_HC18", "../shared/data/hc18"))
-    parser.add_argument("--steps", default=STEPS, help="comma-separated numbers of points")
-    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated quadrature rules")
-    parser.add_argument("--baselines", default="zeros,blur")
-    parser.add_argument("--model-cache", default=None,
-                        help="reuse / save the trained model here (outside the repository)")
+    parser.add_argument("--runs", default="runs/hc18-cpu,runs/bench-mobilenetv2,runs/bench-resnet50",
+                        help="comma-separated run folders, RUN:N for N images of that run")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--candidates", default=None, help="comma-separated labels (default all)")
+    parser.add_argument("--reference-steps", type=int, default=0, help="0: no map-error column")
+    parser.add_argument("--reference-images", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--chunk-size", type=int, default=8)
+    parser.add_argument("--hc18", default=os.environ.get("FETALHC_HC18", "/work/shared/data/hc18"))
     args = parser.parse_args()
 
+    candidates = CANDIDATES
+    if args.candidates:
+        wanted = args.candidates.split(",")
+        candidates = [(label, options) for label, options in CANDIDATES if label in wanted]
+    pooled: dict[str, dict[str, list]] = {label: {"gap": [], "cost": [], "error": []} for label, _ in candidates}
     started = time.time()
-    training = phantom_arrays(args.train, args.size, seed=1)
-    if args.model_cache and Path(args.model_cache).is_file():
-        model = keras.models.load_model(args.model_cache, compile=False)
+    for item in args.runs.split(","):
+        run, _, count = item.partition(":")  # RUN:N overrides --images for that run
+        model, arrays = run_images(Path(run), args.split, int(count or args.images), Path(args.hc18))
+        x, pixel_size = arrays["image"].astype(np.float32), arrays["pixel_size_mm"].astype(np.float32)
+        common = dict(method="integrated_gradients", pixel_size=pixel_size, batch_size=args.batch_size,
+                      chunk_size=args.chunk_size)
+        reference = None
+        if args.reference_steps:
+            k = min(args.reference_images, len(x))
+            reference = fe.explain(model, x[:k], **{**common, "pixel_size": pixel_size[:k]},
+                                   rule="riemann_middle", steps=args.reference_steps, tolerance=None)
+        first = fe.explain_batch(model, x, **common, steps=1, tolerance=None)
+        difference = np.abs(first.metadata["target_value"] - first.metadata["baseline_target"])
+        print(f"\n{run} ({model.count_params() / 1e6:.1f} M parameters), {len(x)} {args.split} images; "
+              f"|f(x) - f(b)| median {np.median(difference):.1f} mm, min {difference.min():.2f} mm "
+              f"({time.time() - started:.0f} s)")
+        print(f"{'rule':38s} {'evals/image mean / max':>23s} {'gap median / max':>20s} {'refined':>8s}"
+              + ("  map error vs ref median / max" if reference is not None else ""))
+        for label, options in candidates:
+            result = fe.explain_batch(model, x, **common, **options)
+            gap = result.metadata["completeness_gap_relative"]
+            cost = evaluations(options, result.metadata["steps"])
+            refined = np.mean(result.metadata["steps"] > options["steps"])
+            pooled[label]["gap"].extend(gap)
+            pooled[label]["cost"].extend(cost)
+            error_text = ""
+            if reference is not None:
+                k = len(reference)
+                error = np.abs(result.maps[:k] - reference).sum((1, 2)) / np.abs(reference).sum((1, 2))
+                pooled[label]["error"].extend(error)
+                error_text = f"  {100 * np.median(error):8.2f} % / {100 * error.max():6.2f} %"
+            print(f"{label:38s} {cost.mean():12.1f} / {cost.max():6.0f} "
+                  f"{100 * np.median(gap):8.3f} % / {100 * gap.max():6.3f} % {100 * refined:6.0f} %"
+                  + error_text, flush=True)
+    print(f"\npooled over {args.runs} ({time.time() - started:.0f} s):")
+    eligible = []
+    for label, options in candidates:
+        gap, cost = np.array(pooled[label]["gap"]), np.array(pooled[label]["cost"])
+        error = pooled[label]["error"]
+        error_text = f"  map error median {100 * np.median(error):.2f} %" if error else ""
+        print(f"{label:38s} evals/image {cost.mean():6.1f} (max {cost.max():4.0f})  gap median "
+              f"{100 * np.median(gap):.3f} % max {100 * gap.max():.3f} %{error_text}")
+        refined_rule = options.get("tolerance", 0.01) is not None
+        if refined_rule and np.median(gap) <= MEDIAN_LIMIT and gap.max() <= MAX_LIMIT:
+            eligible.append((cost.mean(), label))
+    if eligible:
+        print(f"\nchosen (fewest evaluations with median gap <= {100 * MEDIAN_LIMIT} % and max <= "
+              f"{100 * MAX_LIMIT} %): {min(eligible)[1]} ({min(eligible)[0]:.1f} evaluations per image)")
     else:
-        model = train(training, args.size, args.epochs)
-        if args.model_cache:
-            model.save(args.model_cache)
-    steps_grid = [int(value) for value in args.steps.split(",")]
-    rules = args.rules.split(",")
-    error_mm = np.abs(model.predict(training["image"], verbose=0).reshape(-1) * training["pixel_size_mm"]
-                      - training["hc_mm"])
-    print(f"small_cnn trained on {args.train} phantoms at {args.size} px, {args.epochs} epochs: "
-          f"training MAE {error_mm.mean():.1f} mm ({time.time() - started:.0f} s)")
-    sets = {
-        "calibration (phantoms)": phantom_arrays(args.images, args.size, seed=2),
-        "held-out (phantoms)": phantom_arrays(args.images, args.size, seed=3),
-    }
-    hc18 = Path(args.hc18)
-    if (hc18 / "training_set_pixel_size_and_HC.csv").is_file():
-        index = load_index(hc18, validate=False).iloc[-args.images:]
-        sets["held-out (HC18)"] = load_arrays(index, image_size=args.size)
-
-    chosen = {}
-    for baseline in args.baselines.split(","):
-        differences = {name: path_difference(model, arrays, baseline) for name, arrays in sets.items()}
-        for name, difference in differences.items():
-            print(f"{name}: |f(x) - f(b)| median {np.median(difference):.1f} mm, "
-                  f"min {difference.min():.1f} mm")
-        print(f"\nbaseline={baseline}: relative completeness gap |sum(map)-(f(x)-f(b))| / |f(x)-f(b)|, "
-              "median / max over images")
-        header = f"{'rule':15s} {'steps':>5s}  " + "  ".join(f"{name:>24s}" for name in sets)
-        print(header)
-        for rule in rules:
-            for steps in steps_grid:
-                row, results = [], {}
-                for name, arrays in sets.items():
-                    relative, _ = gaps(model, arrays, rule, steps, baseline)
-                    results[name] = relative
-                    row.append(f"{100 * np.median(relative):8.3f}% / {100 * relative.max():7.3f}%")
-                print(f"{rule:15s} {steps:5d}  " + "  ".join(f"{cell:>24s}" for cell in row))
-                calibration = results["calibration (phantoms)"]
-                maxima = {k: float(v.max()) for k, v in results.items()}
-                if np.median(calibration) < 0.005 and ("median", baseline, rule) not in chosen:
-                    chosen[("median", baseline, rule)] = (steps, maxima)
-                if calibration.max() < 0.01 and ("max", baseline, rule) not in chosen:
-                    chosen[("max", baseline, rule)] = (steps, maxima)
-    print("\nfewest points per rule: calibration median < 0.5 % (base) / calibration max < 1 % (fixed):")
-    for (kind, baseline, rule), (steps, maxima) in sorted(chosen.items()):
-        held = ", ".join(f"{name} max {100 * value:.3f}%" for name, value in maxima.items())
-        print(f"  {kind:6s} baseline={baseline:5s} {rule:15s} steps={steps:3d}: {held}")
-    print(f"\ntotal {time.time() - started:.0f} s")
+        print("\nno refined candidate met the limits")
 
 
 if __name__ == "__main__":
