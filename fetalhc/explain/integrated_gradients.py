@@ -38,7 +38,7 @@ from fetalhc.explain.registry import register
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "trapezoid", "gauss_legendre")
 BASELINES = ("zeros", "blur", "noise")
 DEFAULT_RULE = "riemann_middle"
-DEFAULT_STEPS = 64
+DEFAULT_STEPS = 8
 DEFAULT_TOLERANCE = 0.01
 DEFAULT_MAX_STEPS = 512
 ROUNDOFF = 1e-6
