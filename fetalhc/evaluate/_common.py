@@ -105,20 +105,13 @@ def cast_model(model: keras.Model, precision: str) -> keras.Model:
     check_choice(precision, PRECISIONS, "precision")
     if precision == "float32":
         return model
+    from fetalhc.explain.base import clone_with_dtype
+
     output_layers = {tensor._keras_history.operation.name for tensor in model.outputs}
-
-    def clone_layer(layer):
-        config = layer.get_config()
-        if layer.name not in output_layers and "dtype" in config:
-            config["dtype"] = precision
-        return layer.__class__.from_config(config)
-
     try:
-        clone = keras.models.clone_model(model, clone_function=clone_layer)
-    except Exception as error:  # custom layers without a usable config
+        return clone_with_dtype(model, precision, keep=output_layers)
+    except Exception as error:  # noqa: BLE001 - custom layers without a usable config
         raise ValueError(f"cannot run this model in {precision}: {error}") from None
-    clone.set_weights(model.get_weights())
-    return clone
 
 
 # ----------------------------------------------------------------------------- forward

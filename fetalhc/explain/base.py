@@ -192,18 +192,25 @@ def float32_copy(model: keras.Model) -> keras.Model:
     copy predicts what the model would in float32.
     """
 
-    def clone_layer(layer):
-        config = layer.get_config()
-        if "dtype" in config:
-            config["dtype"] = "float32"
-        return layer.__class__.from_config(config)
-
     try:
-        copy = keras.models.clone_model(model, clone_function=clone_layer)
+        return clone_with_dtype(model, "float32")
     except Exception as error:  # noqa: BLE001 - custom layers without a usable config
         raise ValueError(
             f"cannot explain the mixed-precision model {model.name!r} in float32: {error}"
         ) from None
+
+
+def clone_with_dtype(model: keras.Model, dtype: str, keep=frozenset()) -> keras.Model:
+    """A copy of ``model`` with the same weights whose layers, except those named in
+    ``keep``, compute under the dtype policy ``dtype``."""
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer.name not in keep and "dtype" in config:
+            config["dtype"] = dtype
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
     copy.set_weights(model.get_weights())
     return copy
 
