@@ -10,6 +10,10 @@ over all images (median). IG rows carry the completeness gap (median / max, mm a
 refuses the architecture prints its one-line error. Not a test: prints a table.
 
     .venv/bin/python benchmarks/bench_explain.py --runs runs/bench-mobilenetv2,runs/bench-resnet50
+
+``--chunk-sweep 4,8,16,64`` instead times a fixed 48-point IG (gradient evaluations only)
+at each ``chunk_size`` (model inputs per pass), 3 interleaved passes, and prints ms per
+gradient evaluation: how the default chunk size was chosen.
 """
 
 from __future__ import annotations
@@ -59,6 +63,28 @@ def models(args):
             "training set"
 
 
+def chunk_sweep(args, chunks: list[int], points: int = 48) -> None:
+    for label, model, arrays, what in models(args):
+        x, pixel_size = arrays["image"].astype(np.float32), arrays["pixel_size_mm"].astype(np.float32)
+
+        def run(chunk, model=model, x=x, pixel_size=pixel_size):
+            fe.explain(model, x, pixel_size=pixel_size, steps=points, tolerance=None, chunk_size=chunk)
+
+        for chunk in chunks:
+            run(chunk)  # trace
+        times: dict[int, list[float]] = {chunk: [] for chunk in chunks}
+        for repeat in range(3):
+            for chunk in chunks if repeat % 2 == 0 else chunks[::-1]:
+                started = time.perf_counter()
+                run(chunk)
+                times[chunk].append(1000 * (time.perf_counter() - started) / (len(x) * points))
+        print(f"\n{label}, {len(x)} images ({what}), IG {points} points, batch_size {DEFAULT_BATCH_SIZE}; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        for chunk in chunks:
+            runs = " / ".join(f"{value:.1f}" for value in times[chunk])
+            print(f"chunk_size {chunk:4d}: {np.median(times[chunk]):6.1f} ms per gradient ({runs})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/bench-mobilenetv2,runs/bench-resnet50")
@@ -67,8 +93,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--methods", default=",".join(fe.available_methods()))
+    parser.add_argument("--chunk-sweep", default="", help="e.g. 4,8,16,64: ms per gradient per chunk_size")
     parser.add_argument("--hc18", default=os.environ.get("FETALHC_HC18", "/work/shared/data/hc18"))
     args = parser.parse_args()
+    if args.chunk_sweep:
+        chunk_sweep(args, [int(value) for value in args.chunk_sweep.split(",")])
+        return
 
     print(f"batch_size {DEFAULT_BATCH_SIZE}, chunk_size {DEFAULT_CHUNK_SIZE} (defaults); {args.repeats} "
           f"timed pass(es) after a warm-up; shared 2-core CPU, load average at start "
