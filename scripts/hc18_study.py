@@ -196,12 +196,26 @@ class Steps:
 
     def done(self, step: str, command: str, stamp: str) -> bool:
         record = self.records.get(step, {})
-        return (record.get("command") == command and record.get("returncode") == 0
-                and record.get("model_stamp") == stamp)
+        return (same_command(record.get("command", ""), command)
+                and record.get("returncode") == 0 and record.get("model_stamp") == stamp)
 
     def record(self, step: str, **values) -> None:
         self.records[step] = values
         write_atomic(self.path, (json.dumps(self.records, indent=2) + "\n").encode())
+
+
+PATH_OPTIONS = ("--data", "--model", "--maps", "--out")
+
+
+def same_command(recorded: str, command: str) -> bool:
+    """The same command, with path arguments compared by the folder they name: the data
+    folder given as ``../shared/data/hc18`` or through ``$FETALHC_HC18`` as an absolute path
+    must not redo hours of finished work."""
+    def canonical(text: str) -> list[str]:
+        words = shlex.split(text)
+        return [str(Path(word).resolve()) if index and words[index - 1] in PATH_OPTIONS
+                else word for index, word in enumerate(words)]
+    return bool(recorded) and canonical(recorded) == canonical(command)
 
 
 def model_stamp(model_file: Path) -> str:

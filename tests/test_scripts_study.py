@@ -91,6 +91,21 @@ def test_event_wall_times_reads_a_tensorboard_file(study, tmp_path):
     assert seconds == pytest.approx(max(times) - min(times)) and "TensorBoard" in source
 
 
+def test_a_step_is_done_whatever_the_spelling_of_its_paths(study, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    steps = study.Steps(tmp_path / "steps.json")
+    steps.record("explain", command="fetalhc explain --data data --limit 16", returncode=0,
+                 model_stamp="1:2")
+    absolute = f"fetalhc explain --data {tmp_path / 'data'} --limit 16"
+    assert steps.done("explain", absolute, "1:2")
+    assert steps.done("explain", "fetalhc explain --data ./data/ --limit 16", "1:2")
+    assert not steps.done("explain", "fetalhc explain --data other --limit 16", "1:2")
+    assert not steps.done("explain", "fetalhc explain --data data --limit 8", "1:2")
+    assert not steps.done("explain", absolute, "1:3")  # another model file
+    assert not steps.done("evaluate-paper", absolute, "1:2")  # never run
+
+
 def test_model_matrix_and_train_commands(study):
     commands = {spec.name: study.display(study.train_command(
         spec, Path("../shared/data/hc18"), Path("runs/study"), quick=False))
