@@ -871,6 +871,9 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
         f"{os.cpu_count()} CPU cores, this invocation took {wall_seconds / 60:.1f} min "
         "(steps already done were skipped; their times below are from when they ran).\n")
 
+    summary_at = len(page.parts)
+    page.add("")  # "In short", filled in once the numbers below are known
+
     # ---- models
     page.add("## Models\n")
     rows = []
@@ -1000,6 +1003,9 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
         flagged = {r.spec.name: [m for m in methods if _flagged(r, m)] for r in randomised}
         page.add("\n" + "\n".join(f"- `{name}`: flagged: {', '.join(items) or 'none'}."
                                   for name, items in flagged.items()) + "\n")
+    else:
+        flagged = {}
+    page.parts[summary_at] = in_short(ready, paired, flagged)
 
     # ---- error split
     error_split_section(page, ready, methods)
@@ -1057,6 +1063,35 @@ def protocol_description(ready) -> str:
 
 
 IDENTITY_KEYS = ("model", "data", "filenames", "methods", "limit")
+
+
+def in_short(ready, paired, flagged) -> str:
+    """The page's summary, from the same numbers as the sections below."""
+    test_mae = [r.metrics.get("test", {}).get("mae_mm", float("nan")) for r in ready]
+    lines = ["## In short\n",
+             f"- **Models**: {len(ready)}, test MAE {number(min(test_mae), 2)} to "
+             f"{number(max(test_mae), 2)} mm (*Models*).",
+             "- **Faithfulness** (paper protocol; a method beats a random order when the "
+             "95 % CI of its paired MoRF − random AOPC is below 0): "
+             + "; ".join(f"`{name}` {sum(s[2] < 0 for s in stats.values())} of {len(stats)}"
+                         + (f" ({', '.join(m for m, s in stats.items() if s[2] < 0)})"
+                            if any(s[2] < 0 for s in stats.values()) else "")
+                         for name, stats in paired.items()) + "."]
+    if flagged:
+        passing = {name: [m for m in paired[name] if m not in items]
+                   for name, items in flagged.items()}
+        lines.append("- **Sanity** (cascading model randomisation; not flagged = the map "
+                     "changes when the weights do): "
+                     + "; ".join(f"`{name}` {len(items)} of {len(paired[name])} pass"
+                                 + (f" ({', '.join(items)})" if items else "")
+                                 for name, items in passing.items()) + ".")
+        both = sorted({m for name, items in passing.items() for m in items
+                       if paired[name].get(m, (0, 0, 0))[2] < 0})
+        lines.append("- **Both** (beats random and passes randomisation for at least one "
+                     f"model): {', '.join(both) or 'no method'}.")
+    lines.append("- **Against the seed paper**: rank correlations and the paper's claims, "
+                 "checked one by one, are in the last section.\n")
+    return "\n".join(lines)
 
 
 def _flagged(result: ModelResult, method: str) -> bool:

@@ -165,10 +165,14 @@ def test_quick_study_end_to_end(study, tmp_path, capsys):
         assert (runs / name / "evaluate-rich" / "randomisation.csv").is_file()
         assert f"study/maps_{name}.png" in page
     assert "differs from its command" not in page  # the runs are what the commands say
-    for section in ("## Models", "## Paper protocol", "## Richer protocol",
+    for section in ("## In short", "## Models", "## Paper protocol", "## Richer protocol",
                     "## Low versus high prediction error", "## Against the seed paper",
                     "### The paper's claims, checked"):
         assert section in page
+
+    # the summary counts what the tables below show
+    for name in ("plain-mae", "residual-mse"):
+        assert re.search(rf"`{name}` \d+ of \d+", page.split("## Models")[0])
 
     # every figure the page links exists and is a PNG; all of them stay small
     from PIL import Image
