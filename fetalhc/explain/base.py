@@ -35,7 +35,7 @@ from fetalhc.explain.registry import get_method
 
 HC_OUTPUT_NAME = "hc_px_input"
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_CHUNK_SIZE = 8  # measured: 8 inputs per pass beat 64 by 1.5-2x on CPU (docs/explain.md)
+DEFAULT_CHUNK_SIZE = 8  # measured: 8 inputs per pass beat 64 by 1.4x on CPU (docs/explain.md)
 
 
 # --------------------------------------------------------------------------- targets
