@@ -83,3 +83,20 @@ def random_images(n: int, size: int, seed: int = 0, channels: int = 1) -> np.nda
         image = (image - image.mean()) / image.std()
         images.append(np.repeat(image[..., None], channels, axis=-1))
     return np.asarray(images, np.float32)
+
+
+def randomise_statistics(model: keras.Model, seed: int = 0) -> None:
+    """Random BatchNorm parameters / statistics and random biases, so that folding the
+    BatchNorms and the biases are exercised (a freshly built backbone has identity BNs)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.moving_variance.shape
+            if layer.scale:  # InceptionV3's BatchNorms have no gamma
+                layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+            if layer.center:
+                layer.beta.assign(rng.uniform(-0.1, 0.1, shape).astype(np.float32))
+            layer.moving_mean.assign(rng.uniform(-0.1, 0.1, shape).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape).astype(np.float32))
+        elif getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.uniform(-0.05, 0.05, layer.bias.shape).astype(np.float32))

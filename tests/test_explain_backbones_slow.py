@@ -12,26 +12,15 @@ f(x) equals f(b) to float32 round-off), and its reported gap must be the real on
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
+from explain_models import randomise_statistics
 
 import fetalhc.explain as fe
 from fetalhc.explain.integrated_gradients import DEFAULT_TOLERANCE, ROUNDOFF
 from fetalhc.models import build_model
 
 SIZE, MEAN_PX, SD_PX, PIXEL_SIZE = 32, 300.0, 40.0, 0.2
-
-
-def randomise_statistics(model: keras.Model, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = layer.moving_variance.shape
-            layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-            layer.beta.assign(rng.uniform(-0.1, 0.1, shape).astype(np.float32))
-            layer.moving_mean.assign(rng.uniform(-0.1, 0.1, shape).astype(np.float32))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape).astype(np.float32))
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from explain_models import randomise_statistics
 
 import fetalhc.explain as fe
 from fetalhc.explain.deconvnet import deconvnet_rule
@@ -43,21 +44,6 @@ SIZES = {"mobilenetv2": 32, "efficientnetb0": 32, "densenet121": 32, "xception":
 
 def images(n, size, seed=0):
     return np.random.default_rng(seed).standard_normal((n, size, size, 1)).astype(np.float32)
-
-
-def randomise_statistics(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = layer.moving_variance.shape
-            if layer.scale:  # InceptionV3's BatchNorms have no gamma
-                layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-            if layer.center:
-                layer.beta.assign(rng.uniform(-0.1, 0.1, shape).astype(np.float32))
-            layer.moving_mean.assign(rng.uniform(-0.1, 0.1, shape).astype(np.float32))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape).astype(np.float32))
-        elif getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.uniform(-0.05, 0.05, layer.bias.shape).astype(np.float32))
 
 
 def zero_biases(model):
