@@ -961,9 +961,10 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
             row.append(ci_cell(*stats) if stats else "n/a")
         rows.append(row)
     page.add(md_table(header, rows))
+    beating = {name: [m for m, s in stats.items() if s[2] < 0] for name, stats in paired.items()}
     for result in ready:
         stats = paired[result.spec.name]
-        better = [m for m, s in stats.items() if s[2] < 0]
+        better = beating[result.spec.name]
         worse = [m for m, s in stats.items() if s[1] > 0]
         verdicts.append(
             f"- `{result.spec.name}`: {len(better)} of {len(stats)} methods beat random "
@@ -1005,7 +1006,7 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
                                   for name, items in flagged.items()) + "\n")
     else:
         flagged = {}
-    page.parts[summary_at] = in_short(ready, paired, flagged)
+    page.parts[summary_at] = in_short(ready, paired, beating, flagged)
 
     # ---- error split
     error_split_section(page, ready, methods)
@@ -1065,18 +1066,18 @@ def protocol_description(ready) -> str:
 IDENTITY_KEYS = ("model", "data", "filenames", "methods", "limit")
 
 
-def in_short(ready, paired, flagged) -> str:
-    """The page's summary, from the same numbers as the sections below."""
+def in_short(ready, paired, beating, flagged) -> str:
+    """The page's summary, from the same numbers as the sections below (``beating``: per
+    model, the methods that beat a random order)."""
     test_mae = [r.metrics.get("test", {}).get("mae_mm", float("nan")) for r in ready]
     lines = ["## In short\n",
              f"- **Models**: {len(ready)}, test MAE {number(min(test_mae), 2)} to "
              f"{number(max(test_mae), 2)} mm (*Models*).",
              "- **Faithfulness** (paper protocol; a method beats a random order when the "
              "95 % CI of its paired MoRF − random AOPC is below 0): "
-             + "; ".join(f"`{name}` {sum(s[2] < 0 for s in stats.values())} of {len(stats)}"
-                         + (f" ({', '.join(m for m, s in stats.items() if s[2] < 0)})"
-                            if any(s[2] < 0 for s in stats.values()) else "")
-                         for name, stats in paired.items()) + "."]
+             + "; ".join(f"`{name}` {len(better)} of {len(paired[name])}"
+                         + (f" ({', '.join(better)})" if better else "")
+                         for name, better in beating.items()) + "."]
     if flagged:
         passing = {name: [m for m in paired[name] if m not in items]
                    for name, items in flagged.items()}
@@ -1086,7 +1087,7 @@ def in_short(ready, paired, flagged) -> str:
                                  + (f" ({', '.join(items)})" if items else "")
                                  for name, items in passing.items()) + ".")
         both = sorted({m for name, items in passing.items() for m in items
-                       if paired[name].get(m, (0, 0, 0))[2] < 0})
+                       if m in beating[name]})
         lines.append("- **Both** (beats random and passes randomisation for at least one "
                      f"model): {', '.join(both) or 'no method'}.")
     lines.append("- **Against the seed paper**: rank correlations and the paper's claims, "
