@@ -1,0 +1,171 @@
+"""The one place that reads a Keras model's graph: its outputs, the HC output, its nodes.
+
+Everything in fetalhc that needs "the HC output of this model", the names of a model's
+outputs, the layer that produced a tensor, the nodes of a functional graph in order, every
+nested layer, or a copy of a model computing in another dtype asks this module. It is also
+the only module that touches Keras' private graph attributes (``_keras_history``,
+``_nodes_by_depth``, ``_flatten_layers``): Keras 3 exposes no public API for them, so when
+Keras changes them, this file is the one to mend (``tests/test_architecture.py`` checks that
+no other module reads them).
+
+The HC output rule (docs/architecture.md): ``output`` when given (a name or an index), else
+the output named ``hc_px_input``, else the only output; anything else is a ``ValueError``
+that lists the outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+HC_OUTPUT = "hc_px_input"  # the HC output layer of every fetalhc model (HC in input px)
+
+
+# ----------------------------------------------------------------------------- tensors
+def producing_layer(tensor) -> Any | None:
+    """The layer (operation) whose output ``tensor`` is; ``None`` for a non-Keras tensor."""
+    history = getattr(tensor, "_keras_history", None)
+    return getattr(history, "operation", None) if history is not None else None
+
+
+def output_names(model) -> list[str]:
+    """Names of a model's outputs: Keras' ``output_names`` when it has one per output, else
+    the names of the layers that produce them (``output_<i>`` where there is none)."""
+    outputs = model_outputs(model)
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) == len(outputs):
+        return [str(name) for name in names]
+    result = []
+    for index, tensor in enumerate(outputs):
+        layer = producing_layer(tensor)
+        result.append(getattr(layer, "name", None) or f"output_{index}")
+    return result
+
+
+def output_layer_names(model) -> set[str]:
+    """Names of the layers that produce the model's outputs."""
+    return {
+        layer.name for layer in (producing_layer(t) for t in model_outputs(model)) if layer
+    }
+
+
+def model_outputs(model) -> list:
+    """The model's symbolic outputs as a list (empty for a subclassed model)."""
+    outputs = getattr(model, "outputs", None) or []
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+
+
+def model_inputs(model):
+    """The model's input tensor (or list when it has several): a view built on the bare
+    tensor takes a bare tensor, as fetalhc models do, without Keras' structure warning."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+# ----------------------------------------------------------------------------- HC output
+def hc_output_index(model, output: str | int | None = None) -> int:
+    """Index of the HC output among the model's outputs (the rule in the module docstring)."""
+    names = output_names(model)
+    if not names:
+        raise ValueError(f"model {getattr(model, 'name', '?')!r} has no symbolic outputs")
+    if output is None:
+        if HC_OUTPUT in names:
+            return names.index(HC_OUTPUT)
+        if len(names) == 1:
+            return 0
+        raise ValueError(
+            f"model has {len(names)} outputs and none is named {HC_OUTPUT!r}; "
+            f"choose one with output=<name>: {', '.join(names)}"
+        )
+    if isinstance(output, int | np.integer) and not isinstance(output, bool):
+        if not 0 <= int(output) < len(names):
+            raise ValueError(f"output index {output} out of range; outputs: {', '.join(names)}")
+        return int(output)
+    if isinstance(output, str) and output in names:
+        return names.index(output)
+    raise ValueError(f"unknown output {output!r}; outputs: {', '.join(names)}")
+
+
+def hc_output_tensor(model, output: str | int | None = None):
+    """The model's symbolic HC output tensor."""
+    return model_outputs(model)[hc_output_index(model, output)]
+
+
+def hc_output_value(outputs, model, name: str = HC_OUTPUT):
+    """Pick the output ``name`` from what calling ``model`` returned (a dict, a list in the
+    order of the model's outputs, or a single tensor)."""
+    if isinstance(outputs, dict):
+        return outputs[name]
+    if isinstance(outputs, list | tuple):
+        return outputs[output_names(model).index(name)]
+    return outputs
+
+
+def hc_output_view(model, output: str | int | None = None) -> keras.Model:
+    """A single-output functional view of ``model`` on its HC output (not cached; sharing the
+    layers and weights of ``model``). A subclassed model without symbolic outputs is
+    returned as it is when ``output`` is ``None`` or 0."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"expected a keras.Model, got {type(model).__name__}")
+    if not model_outputs(model):
+        if output not in (None, 0):
+            raise ValueError("cannot select an output of a model without symbolic outputs")
+        return model
+    index = hc_output_index(model, output)
+    tensor = model_outputs(model)[index]
+    shape = tuple(tensor.shape[1:])
+    if any(dim is None for dim in shape) or int(np.prod(shape or (1,))) != 1:
+        raise ValueError(
+            f"the HC output {output_names(model)[index]!r} must have one unit per image; "
+            f"its shape is {tuple(tensor.shape)}"
+        )
+    return keras.Model(model_inputs(model), tensor, name=f"{model.name}_hc_view")
+
+
+# ----------------------------------------------------------------------------- graph walk
+def nodes_in_order(model) -> list:
+    """The operation nodes of a functional ``model`` from its inputs to its outputs (input
+    nodes left out); a ``ValueError`` for a model without a functional graph."""
+    nodes_by_depth = getattr(model, "_nodes_by_depth", None)
+    if nodes_by_depth is None:
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) is not a functional model; "
+            "modified backward passes need a functional graph"
+        )
+    ordered = []
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            ordered.append(node)
+    return ordered
+
+
+def all_layers(model) -> list:
+    """Every layer of ``model``, nested ones included (the model itself left out)."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+# ----------------------------------------------------------------------------- dtypes
+def is_mixed_precision(model) -> bool:
+    """True when any layer of ``model`` computes in a dtype other than float32."""
+    return any(
+        getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32") != "float32"
+        for layer in getattr(model, "layers", [])
+    )
+
+
+def clone_with_dtype(model: keras.Model, dtype: str, keep=frozenset()) -> keras.Model:
+    """A copy of ``model`` with the same weights whose layers, except those named in
+    ``keep``, compute under the dtype policy ``dtype``."""
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer.name not in keep and "dtype" in config:
+            config["dtype"] = dtype
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
+    copy.set_weights(model.get_weights())
+    return copy
