@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import fetalhc  # noqa: E402
 import fetalhc.explain as fe  # noqa: E402
 from fetalhc.data import load_arrays, load_index  # noqa: E402
-from fetalhc.explain.base import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE  # noqa: E402
+from fetalhc.explain.api import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE  # noqa: E402
 from fetalhc.explain.integrated_gradients import DEFAULT_RULE, DEFAULT_STEPS  # noqa: E402
 from fetalhc.models import build_model  # noqa: E402
 from fetalhc.training import load_run, run_split_index  # noqa: E402

@@ -37,7 +37,7 @@ TRAIN_SCRIPT = """
     from fetalhc.data import load_arrays, load_index
     from fetalhc.losses import get_loss, pack_targets
     from fetalhc.models import build_model
-    from fetalhc.training.distributed import make_strategy, synchronise_batch_norm
+    from fetalhc.training.strategy import make_strategy, synchronise_batch_norm
 
     arrays = load_arrays(load_index(data_dir, "training"), image_size=size)
     y = np.asarray(pack_targets(arrays["hc_mm"], arrays["pixel_size_mm"]))

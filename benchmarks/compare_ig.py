@@ -56,7 +56,7 @@ import tensorflow as tf  # noqa: E402
 import fetalhc  # noqa: E402
 import fetalhc.explain as fe  # noqa: E402
 from fetalhc.data import load_arrays  # noqa: E402
-from fetalhc.explain.base import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE  # noqa: E402
+from fetalhc.explain.api import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE  # noqa: E402
 from fetalhc.explain.integrated_gradients import (  # noqa: E402
     DEFAULT_MAX_STEPS,
     DEFAULT_RULE,

@@ -12,7 +12,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "data", "models", "losses", "metrics", "training", "explain", "evaluate", "callbacks", "viz",
+    "data", "files", "models", "losses", "metrics", "training", "explain", "evaluate", "report",
+    "callbacks", "viz",
 }
 
 

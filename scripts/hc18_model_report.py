@@ -103,18 +103,17 @@ def by_band(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(frame: pd.DataFrame, digits: int = 2) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    lines = [header, rule]
-    for _, row in frame.iterrows():
-        cells = []
-        for value in row:
-            if isinstance(value, (float, np.floating)):
-                cells.append("–" if not np.isfinite(value) else f"{value:.{digits}f}")
-            else:
-                cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """``frame`` as a Markdown table (no final newline), floats with ``digits`` decimals and
+    "–" where not finite."""
+    from fetalhc.files import markdown_table
+
+    def cell(value):
+        if isinstance(value, (float, np.floating)):
+            return "–" if not np.isfinite(value) else f"{value:.{digits}f}"
+        return value
+
+    rows = [[cell(value) for value in row] for _, row in frame.iterrows()]
+    return markdown_table([str(column) for column in frame.columns], rows).removesuffix("\n")
 
 
 def ensemble(tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -376,10 +375,9 @@ def main(argv=None) -> int:
         "motivated the recipe, the runs on this page measure it.",
         "",
     ]
-    page = args.docs / "hc18-model.md"
-    temporary = page.with_name(f".{page.name}.tmp")
-    temporary.write_text("\n".join(lines))
-    os.replace(temporary, page)
+    from fetalhc.files import write_text
+
+    page = write_text(args.docs / "hc18-model.md", "\n".join(lines))
     log(f"wrote {page}", started)
     return 0
 

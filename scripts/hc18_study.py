@@ -34,7 +34,6 @@ import resource
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 import traceback
@@ -134,20 +133,6 @@ def display(args) -> str:
     return "fetalhc " + shlex.join(str(a) for a in args)
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)  # mkstemp makes files private; these are for reading
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def cpu_seconds(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
@@ -200,8 +185,10 @@ class Steps:
                 and record.get("returncode") == 0 and record.get("model_stamp") == stamp)
 
     def record(self, step: str, **values) -> None:
+        from fetalhc.files import write_json
+
         self.records[step] = values
-        write_atomic(self.path, (json.dumps(self.records, indent=2) + "\n").encode())
+        write_json(self.path, self.records)
 
 
 PATH_OPTIONS = ("--data", "--model", "--maps", "--out")
@@ -348,6 +335,8 @@ def evaluate_args(run_dir: Path, data: Path, methods, maps: Path, out: Path, ima
 def stack_maps(explain_dir: Path, maps_dir: Path, methods, filenames) -> None:
     """``<explain>/<method>/<stem>.npz`` -> ``<maps>/<method>.npy`` (N, S, S) float32 in the
     order of ``filenames`` (the order ``fetalhc evaluate --limit`` uses)."""
+    from fetalhc.files import write_bytes, write_json
+
     for method in methods:
         maps = []
         for name in filenames:
@@ -359,8 +348,8 @@ def stack_maps(explain_dir: Path, maps_dir: Path, methods, filenames) -> None:
         buffer = _npy_bytes(np.stack(maps))
         target = maps_dir / f"{method}.npy"
         if not target.is_file() or target.read_bytes() != buffer:
-            write_atomic(target, buffer)
-    write_atomic(maps_dir / "filenames.json", (json.dumps(list(filenames)) + "\n").encode())
+            write_bytes(target, buffer)
+    write_json(maps_dir / "filenames.json", list(filenames), indent=None)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -594,16 +583,6 @@ def ci_cell(mean, low, high, digits=None) -> str:
     return f"{number(mean, digits)} [{number(low, digits)}, {number(high, digits)}]"
 
 
-def md_table(header, rows) -> str:
-    def escape(cell) -> str:
-        return str(cell).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(escape(h) for h in header) + " |",
-             "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def summary_lookup(frame: pd.DataFrame | None, method: str, metric: str, group: str | None = None):
     if frame is None:
         return (float("nan"),) * 3
@@ -633,20 +612,20 @@ def compact_png(path: Path) -> None:
     """Re-encode a PNG with a 256-colour palette (keeps docs/study small)."""
     from PIL import Image
 
+    from fetalhc.files import atomic_path
+
     with Image.open(path) as image:
         palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png",
-                                         dir=path.parent)
-    os.close(handle)
-    palette.save(temporary, optimize=True)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        palette.save(temporary, format="PNG", optimize=True)
 
 
 def copy_png(source: Path, target: Path) -> Path | None:
     if not source.is_file():
         return None
-    write_atomic(target, source.read_bytes())
+    from fetalhc.files import write_bytes
+
+    write_bytes(target, source.read_bytes())
     compact_png(target)
     return target
 
@@ -809,6 +788,8 @@ class Page:
 
 def per_metric_tables(page: Page, ready, methods, protocol: str, columns) -> None:
     """One table per metric: methods (rows) x models (columns), mean [95 % CI] (rank)."""
+    from fetalhc.files import markdown_table
+
     for metric, title, unit, digits in columns:
         present = [r for r in ready if (protocol, "summary") in r.tables and
                    metric in set(r.tables[(protocol, "summary")]["metric"])]
@@ -832,7 +813,7 @@ def per_metric_tables(page: Page, ready, methods, protocol: str, columns) -> Non
             rows.append(row)
         page.add(f"\n**{title}** ({unit}; mean [95 % CI]"
                  + ("; (#k) = rank, 1 = best" if rank_of else "") + ")\n",
-                 md_table(header, rows))
+                 markdown_table(header, rows))
 
 
 def beats_random(per_image: pd.DataFrame, methods, metric_morf, metric_random):
@@ -847,6 +828,8 @@ def beats_random(per_image: pd.DataFrame, methods, metric_morf, metric_random):
 
 
 def write_page(results, options, methods, wall_seconds: float, study_command: str) -> Path:
+    from fetalhc.files import markdown_table
+
     docs = options.docs
     figures_dir = docs / "study"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -895,9 +878,9 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
             number(test.get("rmse_mm", float("nan")), 2),
             number(test.get("pmae_percent", float("nan")), 2) + f" (n = {test.get('n', '–')})",
             source])
-    page.add(md_table(["model", "backbone", "loss", "input (px)", "epochs run",
-                       "train time (min)", "val MAE (mm)", "test MAE (mm)", "test RMSE (mm)",
-                       "test PMAE (%)", "train time from / status"], rows))
+    page.add(markdown_table(["model", "backbone", "loss", "input (px)", "epochs run",
+                           "train time (min)", "val MAE (mm)", "test MAE (mm)", "test RMSE (mm)",
+                           "test PMAE (%)", "train time from / status"], rows))
     mismatched = [r for r in ready if str(r.config["train"]["loss"]).lower() != r.spec.loss]
     for result in mismatched:
         page.add(f"\n**Note:** `{result.spec.name}` was trained with loss "
@@ -929,8 +912,8 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
             rows.append([result.spec.name, step, number(record.get("seconds", float("nan")), 0),
                          number(record.get("cpu_seconds", float("nan")), 0),
                          "yes" if record.get("skipped") else "no", f"`{record['command']}`"])
-    page.add(md_table(["model", "step", "wall time (s)", "CPU time (s)",
-                       "reused from an earlier invocation", "command"], rows)
+    page.add(markdown_table(["model", "step", "wall time (s)", "CPU time (s)",
+                           "reused from an earlier invocation", "command"], rows)
              if rows else "Nothing was run.\n")
     notes = {r.protocol_note for r in ready if r.protocol_note}
     protocol_text = protocol_description(ready)
@@ -960,7 +943,7 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
             stats = paired[result.spec.name].get(method)
             row.append(ci_cell(*stats) if stats else "n/a")
         rows.append(row)
-    page.add(md_table(header, rows))
+    page.add(markdown_table(header, rows))
     beating = {name: [m for m, s in stats.items() if s[2] < 0] for name, stats in paired.items()}
     for result in ready:
         stats = paired[result.spec.name]
@@ -999,8 +982,8 @@ def write_page(results, options, methods, wall_seconds: float, study_command: st
                 flag = bool(frame["flagged"].iloc[0])
                 row.append(number(value, 2) + (" FLAGGED" if flag else ""))
             rows.append(row)
-        page.add(md_table(["method"] + [f"{r.spec.name} (similarity, 1 = identical)"
-                                        for r in randomised], rows))
+        page.add(markdown_table(["method"] + [f"{r.spec.name} (similarity, 1 = identical)"
+                                            for r in randomised], rows))
         flagged = {r.spec.name: [m for m in methods if _flagged(r, m)] for r in randomised}
         page.add("\n" + "\n".join(f"- `{name}`: flagged: {', '.join(items) or 'none'}."
                                   for name, items in flagged.items()) + "\n")
@@ -1102,6 +1085,8 @@ def _flagged(result: ModelResult, method: str) -> bool:
 
 
 def error_split_section(page: Page, ready, methods) -> None:
+    from fetalhc.files import markdown_table
+
     page.add("## Low versus high prediction error\n",
              "Each model's evaluated images split at their median absolute HC error (the "
              "threshold is in the column header). Mean [95 % bootstrap CI] per group. The "
@@ -1140,7 +1125,7 @@ def error_split_section(page: Page, ready, methods) -> None:
                         apart = a[1] > b[2] if sign > 0 else a[2] < b[1]
                         counts[metric][2] += int(apart)
             rows.append(row)
-        page.add(f"\n### `{result.spec.name}`\n", md_table(header, rows))
+        page.add(f"\n### `{result.spec.name}`\n", markdown_table(header, rows))
         sentences = []
         for _protocol, metric, title, _sign, _digits in spec:
             total, better, apart = counts[metric]
@@ -1184,6 +1169,8 @@ def figure_section(page: Page, ready, methods, figures_dir: Path) -> None:
 
 
 def comparison_section(page: Page, ready, methods, figures_dir: Path) -> None:
+    from fetalhc.files import markdown_table
+
     page.add("## Against the seed paper\n",
              "The paper reports AOPC of MoRF region perturbation in pixels of the original "
              "image for eight methods, ImageNet-pretrained VGG16 and ResNet50 with the MAE "
@@ -1221,8 +1208,8 @@ def comparison_section(page: Page, ready, methods, figures_dir: Path) -> None:
             row.append(f"{number(rho, 2)} [{number(low, 2)}, {number(high, 2)}], "
                        f"p = {number(p, 3)}{twin}")
         rows.append(row)
-    page.add(md_table(["our model"] + [f"ρ vs paper {p} MAE (rank correlation, CI, p)"
-                                       for p in PAPER_AOPC_PX], rows))
+    page.add(markdown_table(["our model"] + [f"ρ vs paper {p} MAE (rank correlation, CI, p)"
+                                           for p in PAPER_AOPC_PX], rows))
     page.add(f"\nFor scale: the paper's own two models agree with ρ = "
              f"{number(paper_internal, 2)} over these {len(overlap)} methods.")
     names = list(ours)
@@ -1257,9 +1244,9 @@ def comparison_section(page: Page, ready, methods, figures_dir: Path) -> None:
             rows.append([method, number(values[i], 2), f"{paper_rank[i]:g}",
                          ci_cell(*stats[i]), f"{our_rank[i]:g}", verdict])
         page.add(f"\n### `{result.spec.name}` against the paper's {paper} (MAE loss)\n",
-                 md_table(["method", f"paper {paper} AOPC (original px)", "paper rank",
-                           f"{result.spec.name} AOPC (original px)", "our rank",
-                           "rank agreement"], rows))
+                 markdown_table(["method", f"paper {paper} AOPC (original px)", "paper rank",
+                               f"{result.spec.name} AOPC (original px)", "our rank",
+                               "rank agreement"], rows))
         agree = [m for i, m in enumerate(overlap) if abs(our_rank[i] - paper_rank[i]) <= 1]
         page.add(f"\nWithin one rank of the paper: {len(agree)} of {len(overlap)} methods "
                  f"({', '.join(agree) or 'none'}). Our values span "
@@ -1278,6 +1265,8 @@ def comparison_section(page: Page, ready, methods, figures_dir: Path) -> None:
 
 def claims_section(page: Page, ready, overlap, ours) -> None:
     """The paper's claims, each checked against our numbers (text generated from them)."""
+    from fetalhc.files import markdown_table
+
     page.add("### The paper's claims, checked\n")
     rows = []
     top = max(1, len(overlap) * 3 // 8)  # "at or near the top": the best 3 of 8
@@ -1341,7 +1330,7 @@ def claims_section(page: Page, ready, overlap, ours) -> None:
                      f"{len(contour_rows)} models ({detail})",
                      "yes" if len(agree) == len(contour_rows) else
                      "partly" if agree else "no"])
-    page.add(md_table(["paper's claim", "our numbers", "holds here?"], rows))
+    page.add(markdown_table(["paper's claim", "our numbers", "holds here?"], rows))
     page.add(
         "\nThe error-split claim (map quality is worse where the prediction error is high; the "
         "paper shows examples) is measured in the section *Low versus high prediction "
@@ -1404,9 +1393,9 @@ def why_section(page: Page, ready, overlap) -> None:
 
 
 def _finish(page: Page, docs: Path) -> Path:
-    path = docs / "study.md"
-    write_atomic(path, page.text().encode("utf-8"))
-    return path
+    from fetalhc.files import write_text
+
+    return write_text(docs / "study.md", page.text())
 
 
 # ------------------------------------------------------------------------------- main ---

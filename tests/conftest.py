@@ -1,4 +1,5 @@
-"""Shared fixtures: where HC18 lives, and small phantom datasets for the fast tests."""
+"""Shared fixtures: where HC18 lives, and small phantom datasets for the fast tests
+(``phantoms``, ``phantom_dir_factory``)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,26 @@ def hc18_path() -> Path:
             "training_set_pixel_size_and_HC.csv)"
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def phantom_dir_factory(tmp_path_factory):
+    """``make(n=60, challenge=4) -> Path``: a phantom HC18-layout dataset (seed 0), written
+    once per pytest session and shared by every test asking for the same ``n``/``challenge``."""
+    from fetalhc.data import write_phantom_dataset
+
+    def make(n: int = 60, challenge: int = 4) -> Path:
+        root = tmp_path_factory.getbasetemp() / f"fetalhc_phantoms_{n}_{challenge}"
+        if not (root / "training_set_pixel_size_and_HC.csv").is_file():
+            write_phantom_dataset(root, n=n, seed=0, challenge=challenge)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def phantoms(phantom_dir_factory) -> Path:
+    """The default phantoms of the training / CLI tests: 60 images, challenge 4, seed 0.
+
+    A test module may define its own ``phantoms`` fixture; that one wins in its module."""
+    return phantom_dir_factory()

@@ -152,3 +152,47 @@ def test_bad_input_gives_one_line_errors(run_dir, phantoms, tmp_path, args, mess
     assert len(error_lines) == 1 and message in error_lines[0], result.output
     if "localisation" in message:
         assert "000_HC_Annotation.png" in error_lines[0]
+
+
+def test_settings_options_share_the_dataclass_defaults():
+    """Every EvaluationSettings field the CLI exposes has the dataclass's default, in the
+    click parameter and in --help; fields without an option are the listed ones only."""
+    import dataclasses
+
+    import click
+
+    from fetalhc.cli.evaluate import SETTINGS_OPTIONS, command, settings_from_options
+    from fetalhc.evaluate import EvaluationSettings
+
+    defaults = EvaluationSettings()
+    fields = {field.name for field in dataclasses.fields(EvaluationSettings)}
+    params = {param.name: param for param in command.params}
+    exposed = [name for _, name, _, _ in SETTINGS_OPTIONS]
+    assert len(exposed) == len(set(exposed)) and set(exposed) <= fields
+    assert fields - set(exposed) == {"orders", "confidence", "explain_options"}
+    context = click.Context(command)
+    for flags, name, _, _ in SETTINGS_OPTIONS:
+        param = params[name]
+        assert param.opts[0] == flags.split("/")[0]
+        assert param.default == getattr(defaults, name), name
+        shown = param.get_help_record(context)[1]
+        expected = getattr(defaults, name)
+        if isinstance(expected, bool):  # --on/--off: the default is shown by its flag
+            flag = flags.split("/")[0 if expected else 1].lstrip("-")
+            assert f"[default: {flag}]" in shown, (name, shown)
+        elif expected is not None:
+            assert f"[default: {expected}]" in shown, (name, shown)
+        else:
+            assert "[default:" not in shown
+    assert settings_from_options({name: params[name].default for name in exposed}) == defaults
+
+
+def test_settings_from_options_applies_the_protocol():
+    from fetalhc.cli.evaluate import settings_from_options
+    from fetalhc.evaluate import EvaluationSettings
+
+    paper = settings_from_options({"protocol": "paper", "grid": 8, "steps": 3, "band_mm": 2.0})
+    assert paper == EvaluationSettings.paper(band_mm=2.0)  # the paper fixes grid and steps
+    assert settings_from_options({"grid": 8}) == EvaluationSettings(grid=8)
+    with pytest.raises(ValueError, match="unknown protocol 'zhang'; known: paper"):
+        settings_from_options({"protocol": "zhang"})

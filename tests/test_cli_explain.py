@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_training import phantom_dir
 
 import fetalhc.explain as fe
 from fetalhc.cli.main import cli
@@ -25,8 +24,8 @@ IG_OPTIONS = ("--option", "integrated_gradients.steps=8", "--option",
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return phantom_dir(tmp_path_factory)
+def data(phantoms):
+    return phantoms
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +102,22 @@ def test_explain_list_methods():
     result = CliRunner().invoke(cli, ["explain", "--model", "x", "--data", "y", "--out", "z", "--list"])
     assert result.exit_code == 0
     assert "integrated_gradients:" in result.output and "occlusion:" in result.output
+
+
+def test_index_and_grid_rebuild_from_the_folder_alone(run_dir, data, tmp_path):
+    """``fetalhc merge`` rebuilds index.csv and grid.png from the .npz on disk only."""
+    from fetalhc.report.explanations import write_index_and_grid
+
+    out = tmp_path / "maps"
+    result = _explain("--model", run_dir, "--data", data, "--methods", "gradient,gradcam",
+                      "--out", out, "--limit", 2)
+    assert result.exit_code == 0, result.output
+    first = (out / "index.csv").read_text()
+    table = pd.read_csv(out / "index.csv")
+    stems = [name.rsplit(".", 1)[0] for name in table["filename"][:2]]
+    (out / "index.csv").unlink()
+    (out / "grid.png").unlink()
+    index_path, grid_path = write_index_and_grid(out, ["gradient", "gradcam"], stems)
+    assert index_path.read_text() == first
+    assert grid_path.read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.rglob(".*"))  # no temporary files left

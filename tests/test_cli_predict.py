@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_training import phantom_dir
 
 from fetalhc.cli.main import cli
 from fetalhc.training import load_run, read_toml, run_split_index, train, write_config
@@ -24,8 +23,8 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return phantom_dir(tmp_path_factory)
+def data(phantoms):
+    return phantoms
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from test_training import phantom_dir
 
 from fetalhc.cli.main import cli
 from fetalhc.training import load_run
@@ -29,8 +28,8 @@ tensorboard = false
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return phantom_dir(tmp_path_factory)
+def data(phantoms):
+    return phantoms
 
 
 @pytest.fixture()

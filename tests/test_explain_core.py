@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import fetalhc.explain as fe
-from fetalhc.explain.base import Method
+from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
 
 SIZE = 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -259,16 +260,102 @@ def test_integrated_gradients_refinement_reuses_nested_nodes(rule):
 
 
 # ------------------------------------------------------------------ every registered method
-ARCHITECTURES = {"tiny_cnn": tiny_cnn, "tiny_residual": tiny_residual}
-OWN_METHODS = {"gradient", "smoothgrad", "input_x_gradient", "integrated_gradients",
-               "gradcam", "gradcam_pp", "occlusion"}
+def tanh_cnn(size: int = 32, seed: int = 0) -> keras.Model:
+    """A conv layer with a tanh activation: no relevance rule covers tanh."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="tanh", name="tanh_conv")(inputs)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="top_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(1, name="hc_px_input")(x), name="tanh_cnn")
+
+
+def thresholded_relu_cnn(size: int = 32, seed: int = 0) -> keras.Model:
+    """A ReLU with a threshold: neither a plain ReLU to swap nor a layer a rule covers."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.ReLU(threshold=0.1, name="thresholded_relu")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="top_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(1, name="hc_px_input")(x),
+                       name="thresholded_relu_cnn")
+
+
+def mlp(size: int = 32, seed: int = 0) -> keras.Model:
+    """Flatten, Dense(ReLU), Dense(1): no 4-D layer after the input."""
+    keras.utils.set_random_seed(seed)
+    bias = keras.initializers.RandomNormal(stddev=0.3, seed=seed)
+    inputs = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = keras.layers.Dense(16, activation="relu", bias_initializer=bias, name="dense")(x)
+    return keras.Model(inputs, keras.layers.Dense(1, name="hc_px_input")(x), name="mlp")
+
+
+@keras.saving.register_keras_serializable(package="fetalhc_tests")
+class SubclassedCNN(keras.Model):
+    """Conv(ReLU), GAP, Dense(1) written as a subclassed model: no functional graph."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(1)
+
+    def call(self, inputs):
+        return self.head(self.pool(self.conv(inputs)))
+
+
+def subclassed(size: int = 32, seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = SubclassedCNN(name="subclassed")
+    model(np.zeros((1, size, size, 1), np.float32))
+    return model
+
+
+# every registered method runs on every one of these networks ...
+NETWORKS = {
+    "tiny_cnn": tiny_cnn,                  # conv-BN-ReLU-pool, GAP, dense head
+    "tiny_residual": tiny_residual,        # MobileNet-like: depthwise, Add, ReLU6, 2 outputs
+    "tanh_cnn": tanh_cnn,
+    "thresholded_relu_cnn": thresholded_relu_cnn,
+    "mlp": mlp,
+    "subclassed": subclassed,
+}
+RELEVANCE_METHODS = ("deep_taylor", "lrp_alpha1_beta0", "lrp_alpha2_beta1", "lrp_composite",
+                     "lrp_epsilon", "lrp_z", "lrp_zplus")
+MODIFIED_RELU_METHODS = ("guided_backprop", "deconvnet")
+CAM_METHODS = ("gradcam", "gradcam_pp")
+# ... except these, which refuse by design (with a one-line error naming the method and
+# the cause). Any other refusal fails, and so does an entry here that stops refusing.
+EXPECTED_REFUSALS: dict[tuple[str, str], str] = {
+    **{(method, "tanh_cnn"): "no relevance rule for a tanh activation (covered: relu, relu6, "
+       "silu, sigmoid, linear)" for method in RELEVANCE_METHODS},
+    **{(method, "thresholded_relu_cnn"): "no relevance rule for a ReLU with a threshold"
+       for method in RELEVANCE_METHODS},
+    **{(method, "thresholded_relu_cnn"): "a ReLU with a threshold cannot be swapped for the "
+       "method's backward ReLU" for method in MODIFIED_RELU_METHODS},
+    **{(method, "mlp"): "Grad-CAM needs a 4-D layer; an MLP has none"
+       for method in CAM_METHODS},
+    **{(method, "subclassed"): "modified backward passes replay a functional graph; a "
+       "subclassed model has none" for method in RELEVANCE_METHODS + MODIFIED_RELU_METHODS},
+    **{(method, "subclassed"): "Grad-CAM needs a symbolic 4-D layer output; a subclassed "
+       "model has none" for method in CAM_METHODS},
+}
+# what each refusal on a network must name: the offending layer, the missing 4-D layer, or
+# the missing functional graph
+REFUSAL_NAMES = {"tanh_cnn": ("'tanh_conv",), "thresholded_relu_cnn": ("'thresholded_relu'",),
+                 "mlp": ("no 4-D layer",),
+                 "subclassed": ("is not a functional model", "no 4-D layer")}
 FAST_OPTIONS = {"smoothgrad": {"n": 4}, "integrated_gradients": {"steps": 8, "tolerance": None},
                 "occlusion": {"patch": 8, "stride": 8}}
+CONTAINERS = ("numpy", "tensor", "dataset")
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
-def architecture(request):
-    return request.param, ARCHITECTURES[request.param](size=32)
+@pytest.fixture(scope="module", params=sorted(NETWORKS))
+def network(request):
+    return request.param, NETWORKS[request.param](size=32)
 
 
 def _as(kind, x, pixel_size):
@@ -282,26 +369,45 @@ def _as(kind, x, pixel_size):
     return dataset, {}
 
 
+def test_the_refusal_table_names_registered_methods_and_listed_networks():
+    """A renamed method or network must not leave a stale entry that is never checked."""
+    methods = set(fe.available_methods())
+    stale = sorted(key for key in EXPECTED_REFUSALS
+                   if key[0] not in methods or key[1] not in NETWORKS)
+    assert not stale, f"EXPECTED_REFUSALS entries for unknown methods / networks: {stale}"
+    assert set(RELEVANCE_METHODS + MODIFIED_RELU_METHODS + CAM_METHODS) <= methods
+    assert set(REFUSAL_NAMES) == {network for _, network in EXPECTED_REFUSALS}
+
+
 @pytest.mark.parametrize("method", fe.available_methods())
-def test_every_registered_method(architecture, method):
-    name, model = architecture
+def test_every_registered_method(network, method):
+    name, model = network
     x = random_images(3, 32, seed=11)
     pixel_size = np.array([0.2, 0.3, 0.4], np.float32)
     options = FAST_OPTIONS.get(method, {})
+    reason = EXPECTED_REFUSALS.get((method, name))
     results = []
-    for kind in ("numpy", "tensor", "dataset"):
+    for kind in CONTAINERS:
         images, extra = _as(kind, x, pixel_size)
         try:
             maps = fe.explain(model, images, method=method, batch_size=2, **extra, **options)
         except (ValueError, NotImplementedError) as error:
-            # a method may refuse an architecture, but clearly and only if it is not ours
-            assert method not in OWN_METHODS, f"{method} failed on {name}: {error}"
-            assert "\n" not in str(error) and method in str(error), str(error)
-            return
+            message = str(error)
+            assert reason is not None, (
+                f"{method} refused {name} ({kind} input), which is not in EXPECTED_REFUSALS: "
+                f"{message}")
+            assert "\n" not in message and message.startswith(f"{method}: "), message
+            assert any(part in message for part in REFUSAL_NAMES[name]), message
+            continue
+        assert reason is None, (
+            f"{method} no longer refuses {name} ({kind} input); expected refusal: {reason}. "
+            "Remove the entry from EXPECTED_REFUSALS.")
         assert maps.shape == (3, 32, 32) and maps.dtype == np.float32
         assert np.all(np.isfinite(maps))
-        assert np.abs(maps).max() > 0, f"{method} returned an all-zero map"
+        assert np.abs(maps).max() > 0, f"{method} returned an all-zero map on {name}"
         results.append(maps)
+    if reason is not None:
+        return  # refused on every container, as the table says
     for other in results[1:]:  # same inputs, three containers, identical maps
         np.testing.assert_allclose(results[0], other, rtol=1e-5, atol=1e-7)
     again = fe.explain(model, x, method=method, pixel_size=pixel_size, batch_size=2, **options)

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 import fetalhc.explain as fe
-from fetalhc.explain.relevance_graph import LINEAR, OPAQUE, build_plan, get_plan
+from fetalhc.explain.relevance_graph import build_plan, get_plan
+from fetalhc.explain.relevance_ops import LINEAR, OPAQUE
 from fetalhc.explain.relevance_rules import (
     deep_taylor_rules,
     lrp_alpha_beta_rules,

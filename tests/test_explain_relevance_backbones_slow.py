@@ -31,7 +31,8 @@ from explain_models import randomise_statistics
 import fetalhc.explain as fe
 from fetalhc.explain.deconvnet import deconvnet_rule
 from fetalhc.explain.guided_backprop import guided_rule, modified_gradient
-from fetalhc.explain.relevance_graph import RELU, get_plan
+from fetalhc.explain.relevance_graph import get_plan
+from fetalhc.explain.relevance_ops import RELU
 from fetalhc.explain.relevance_rules import propagate_relevance
 from fetalhc.models import build_model
 

@@ -18,7 +18,7 @@ from fetalhc.training import (
     run_split_index,
     train,
 )
-from fetalhc.training.run import _backup_epoch, _truncate_history
+from fetalhc.training.run_folder import backup_epoch, truncate_history
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,19 +29,7 @@ QUICK = {
 }
 
 
-def phantom_dir(tmp_path_factory, n: int = 60, challenge: int = 4) -> Path:
-    """Phantoms shared by all tests of one pytest session (written once)."""
-    from fetalhc.data import write_phantom_dataset
-
-    root = tmp_path_factory.getbasetemp() / f"fetalhc_phantoms_{n}_{challenge}"
-    if not (root / "training_set_pixel_size_and_HC.csv").is_file():
-        write_phantom_dataset(root, n=n, seed=0, challenge=challenge)
-    return root
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    return phantom_dir(tmp_path_factory)
+# `phantoms` (60 images, challenge 4, written once per session) is in tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +225,8 @@ def test_history_truncation_for_resume(tmp_path):
     backup = tmp_path / "backup"
     backup.mkdir()
     (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
-    assert _backup_epoch(backup) == 2
-    _truncate_history(history, 2)  # epoch 2 was logged but not backed up: it reruns
+    assert backup_epoch(backup) == 2
+    truncate_history(history, 2)  # epoch 2 was logged but not backed up: it reruns
     assert pd.read_csv(history)["epoch"].tolist() == [0, 1]
 
 
@@ -278,3 +266,58 @@ def test_cosine_schedule_mixed_precision_and_a_deeper_residual_net(phantoms, tmp
     assert model.get_layer("hc_px_input").compute_dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"
     assert np.isfinite(result.metrics["test"]["mae_mm"])
+
+
+def _fetalhc_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every ``fetalhc`` import in ``path``, function-local
+    imports included."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names if alias.name.startswith("fetalhc")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.startswith("fetalhc"):
+            found.append((node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def test_training_modules_have_no_import_cycle_and_share_no_private_names():
+    """Issue #16: the training modules form a DAG (imports at any depth counted), no module
+    imports another's private names, and none touches Keras' private graph attributes."""
+    package = REPO / "fetalhc"
+    paths = sorted((package / "training").glob("*.py")) + sorted((package / "models").glob("*.py"))
+    modules = {
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in paths
+    }
+    edges: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges[name] = set()
+        for module, names in _fetalhc_imports(path):
+            private = [n for n in names if n.startswith("_") and n != "__version__"]
+            assert not private, f"{name} imports private {private} from {module}"
+            targets = [f"{module}.{n}" for n in names] + [module]
+            edges[name] |= {t for t in targets if t in modules and t != name}
+        if path.parent.name == "training":
+            text = path.read_text()
+            for attribute in ("_keras_history", "_nodes_by_depth", "_flatten_layers"):
+                assert attribute not in text, f"{name} uses {attribute}"
+    # A package __init__ only re-exports: its edges are followed like any other module's.
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in edges[node]:
+            if state.get(target) == 1:
+                cycle = trail[trail.index(target):] if target in trail else trail
+                pytest.fail(f"import cycle: {' -> '.join([*cycle, target])}")
+            if not state.get(target):
+                visit(target, [*trail, target])
+        state[node] = 2
+
+    for module in sorted(modules):
+        if not state.get(module):
+            visit(module, [module])
+    assert "fetalhc.training.fit" not in edges["fetalhc.training.multiworker"]

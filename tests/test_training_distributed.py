@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fetalhc.training import resolve_config
-from fetalhc.training.distributed import scaled_batch_and_learning_rate, task_info
+from fetalhc.training.strategy import scaled_batch_and_learning_rate, task_info
 
 TINY = {
     "data": {"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2, "cache": False},
@@ -148,10 +148,10 @@ WORKER_SCRIPT = """
     if result.is_chief:  # the initial weights, to show that training moved them
         import keras
         from fetalhc.training import load_run
-        from fetalhc.training.run import _build_and_compile
+        from fetalhc.training.setup import build_and_compile
         run = load_run(sys.argv[3])
         keras.utils.set_random_seed(run.config["train"]["seed"])
-        initial, _, _ = _build_and_compile(run.config, 1e-3)
+        initial, _, _ = build_and_compile(run.config, 1e-3)
         np.savez(sys.argv[4].replace(".npz", "_initial.npz"), *initial.get_weights())
     print("DONE" + json.dumps({"chief": result.is_chief, "replicas": result.replicas,
                                "epochs": int(len(result.history))}))

@@ -10,7 +10,6 @@ import sys
 
 import pandas as pd
 from click.testing import CliRunner
-from test_training import phantom_dir
 
 from fetalhc.cli.main import cli
 from fetalhc.training import write_config
@@ -35,8 +34,8 @@ print("not killed")
 """
 
 
-def test_killed_run_resumes_and_logs_each_epoch_once(tmp_path_factory, tmp_path):
-    data = phantom_dir(tmp_path_factory)
+def test_killed_run_resumes_and_logs_each_epoch_once(phantoms, tmp_path):
+    data = phantoms
     config_path = tmp_path / "config.toml"
     write_config({
         "data": {"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2},

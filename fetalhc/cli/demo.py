@@ -6,31 +6,26 @@ test images with every registered method → evaluate the explanations (AOPC MoR
 random, localisation against the skull contour) → ``report.md`` with the numbers, the
 figures and the commands that reproduce each step.
 
-Every step is one of the other commands' library functions, so the demo is also their
-integration test. Steps whose output already exists are skipped (re-running resumes).
+Every step is one of the other commands, invoked as a user types it, so the demo is also
+their integration test; :func:`fetalhc.report.demo.write_demo_report` writes the page.
+Steps whose output already exists are skipped (re-running resumes).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import time
 from pathlib import Path
 
 import click
 
-from fetalhc.cli._files import write_text
+from fetalhc.report.demo import write_demo_report
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick_cpu.toml"
 
 
 def _step(number: int, total: int, text: str) -> None:
     click.secho(f"[{number}/{total}] {text}", bold=True)
-
-
-def _relative(path: Path, root: Path) -> str:
-    return os.path.relpath(path, root)
 
 
 def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int = 160,
@@ -118,92 +113,8 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
                     f"--split test --limit {evaluate_images} --out {evaluate_dir}")
     timings["evaluate"] = time.perf_counter() - start
 
-    report = _write_report(out, run_dir, predictions, explain_dir, evaluate_dir, commands,
-                           timings, synthetic=(data_dir == out / "data"))
-    return report
-
-
-def _write_report(out: Path, run_dir: Path, predictions: Path, explain_dir: Path,
-                  evaluate_dir: Path, commands: list[str], timings: dict[str, float],
-                  synthetic: bool) -> Path:
-    run_metrics = json.loads((run_dir / "metrics.json").read_text())
-    prediction_metrics_path = predictions.with_name(f"{predictions.stem}_metrics.json")
-    test = json.loads(prediction_metrics_path.read_text()) if prediction_metrics_path.is_file() \
-        else run_metrics.get("test", {})
-    lines = [
-        "# fetalhc demo report",
-        "",
-        f"Data: {'synthetic phantoms (fetalhc.data.phantom)' if synthetic else 'HC18'}. "
-        "A small CNN regresses head circumference (HC); every saliency method explains its "
-        "predicted HC in mm (red raises HC, blue lowers it).",
-        "",
-        "## Accuracy on the held-out test split",
-        "",
-        "| n | MAE (mm) | RMSE (mm) | DF (mm) | PMAE (%) |",
-        "| --- | --- | --- | --- | --- |",
-        "| {n} | {mae:.2f} | {rmse:.2f} | {df:+.2f} | {pmae:.2f} |".format(
-            n=test.get("n", "?"), mae=test.get("mae_mm", float("nan")),
-            rmse=test.get("rmse_mm", float("nan")), df=test.get("df_mm", float("nan")),
-            pmae=test.get("pmae_percent", float("nan"))),
-        "",
-    ]
-    for name in ("bland_altman", "scatter"):
-        figure = predictions.with_name(f"{predictions.stem}_{name}.png")
-        if figure.is_file():
-            lines += [f"![{name.replace('_', '-')}]({_relative(figure, out)})", ""]
-    lines += ["## Saliency maps", "", f"![methods x images]({_relative(explain_dir / 'grid.png', out)})",
-              ""]
-    summary_md = evaluate_dir / "summary.md"
-    lines += ["## Explanation quality", "",
-              "AOPC: mean over images of e(0) − mean_k e(k) for the absolute HC error e (mm) "
-              "as regions are replaced most-relevant-first (MoRF), least-relevant-first "
-              "(LeRF) or at random; more negative MoRF = more faithful. Band ratio: share of "
-              "positive relevance within ±3 mm of the skull contour over the band's share of "
-              "the image (1 = chance). 95 % bootstrap intervals in brackets.", ""]
-    summary_csv = evaluate_dir / "summary.csv"
-    if summary_csv.is_file():
-        lines += [*_quality_table(summary_csv), "",
-                  f"Every metric with its interval: [{_relative(summary_md, out)}]"
-                  f"({_relative(summary_md, out)}).", ""]
-    for figure in sorted(evaluate_dir.rglob("*.png")):
-        lines += [f"![{figure.stem}]({_relative(figure, out)})", ""]
-    lines += ["## Time per step (s)", "", "| step | seconds |", "| --- | --- |"]
-    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
-    lines += ["", "## Reproduce", "", "```bash", *commands,
-              f"tensorboard --logdir {run_dir / 'logs'}", "```", ""]
-    report = out / "report.md"
-    write_text(report, "\n".join(lines))
-    return report
-
-
-QUALITY_COLUMNS = {
-    "aopc_morf_abs_error_mm": "AOPC MoRF (mm)",
-    "aopc_lerf_abs_error_mm": "AOPC LeRF (mm)",
-    "aopc_random_abs_error_mm": "AOPC random (mm)",
-    "aopc_gap_abs_error_mm": "MoRF − LeRF (mm)",
-    "band_ratio": "contour band ratio",
-    "top_distance_mm": "top-5 % distance to contour (mm)",
-}
-
-
-def _quality_table(summary_csv: Path) -> list[str]:
-    """A compact methods x metrics Markdown table from the evaluation's summary.csv."""
-    import pandas as pd
-
-    summary = pd.read_csv(summary_csv)
-    columns = [c for c in QUALITY_COLUMNS if c in set(summary["metric"])]
-    table = summary.pivot_table(index="method", columns="metric", values="mean")
-    low = summary.pivot_table(index="method", columns="metric", values="ci_low")
-    high = summary.pivot_table(index="method", columns="metric", values="ci_high")
-    if "aopc_morf_abs_error_mm" in columns:
-        table = table.sort_values("aopc_morf_abs_error_mm")
-    lines = ["| method | " + " | ".join(QUALITY_COLUMNS[c] for c in columns) + " |",
-             "| --- |" + " --- |" * len(columns)]
-    for method, row in table.iterrows():
-        cells = [f"{row[c]:.3g} [{low.loc[method, c]:.3g}, {high.loc[method, c]:.3g}]"
-                 for c in columns]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return lines
+    return write_demo_report(out, run_dir, predictions, explain_dir, evaluate_dir, commands,
+                             timings, synthetic=(data_dir == out / "data"))
 
 
 @click.command("demo")

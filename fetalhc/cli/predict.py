@@ -1,37 +1,31 @@
 """``fetalhc predict``: HC (mm) for a split, in the HC18 challenge format.
 
 Pre-processing and the default split come from the model's run folder (the folder holding
-``model.keras`` and ``config.toml``). With references (train/val/test splits), also writes
-beside ``--out``: ``<stem>_per_image.csv``, ``<stem>_metrics.json``,
+``model.keras`` and ``config.toml``), resolved through ``fetalhc.training`` helpers;
+:func:`fetalhc.report.predictions.write_predictions` writes ``--out`` and, with references
+(train/val/test splits), beside it ``<stem>_per_image.csv``, ``<stem>_metrics.json``,
 ``<stem>_bland_altman.png`` and ``<stem>_scatter.png``. The reference HC is never used to
 compute a prediction.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-
-from fetalhc.cli._files import write_csv
-
-CHALLENGE_COLUMNS = ("filename", "head circumference (mm)")
 
 
 def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Path,
                     tta: bool = False, batch_size: int = 32,
                     image_size: int | None = None) -> dict:
-    """Library side of ``fetalhc predict``; returns what it wrote."""
+    """``fetalhc predict`` without click: load the model and the split, predict, write;
+    returns what it wrote."""
     import fetalhc
-    from fetalhc.metrics import summarise_mm
     from fetalhc.models import check_input_size
+    from fetalhc.report.predictions import prediction_paths, write_predictions
     from fetalhc.training import load_run, predict_hc_mm, prediction_table, run_split_index
-    from fetalhc.viz.agreement import bland_altman_figure, save_figure, scatter_figure
 
-    out = Path(out)
-    if out.suffix.lower() != ".csv":
-        raise ValueError(f"--out must be a .csv file, got {out}")
+    prediction_paths(out)  # a bad --out fails before the model loads
     model = fetalhc.load_model(model_path)
     run = None
     if (Path(model_path).parent / "config.toml").is_file():
@@ -54,41 +48,9 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     else:
         index = run_split_index(run.config, data_dir, split)
     predictions = predict_hc_mm(model, index, image_size, batch_size=batch_size, tta=tta)
-
-    written = {"predictions": out}
-    challenge = predictions[["filename", "prediction (mm)"]].rename(
-        columns={"prediction (mm)": CHALLENGE_COLUMNS[1]})
-    has_reference = index["hc_mm"].notna().all()
-    outputs = {}
-    if has_reference:
-        table = prediction_table(predictions, index)
-        summary = summarise_mm(table["prediction (mm)"], table["reference (mm)"])
-        summary = {"split": split, "model": str(model_path), "tta": bool(tta),
-                   "image_size": int(image_size), "units": "mm (pmae in %)", **summary}
-        bland_altman = bland_altman_figure(table["prediction (mm)"], table["reference (mm)"],
-                                           title=f"Bland–Altman, {split} split")
-        scatter = scatter_figure(table["prediction (mm)"], table["reference (mm)"])
-        outputs = {"table": table, "summary": summary, "bland_altman": bland_altman,
-                   "scatter": scatter}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(challenge, out, float_format="%.4f")
-    if outputs:
-        stem = out.with_suffix("")
-        paths = {
-            "per_image": Path(f"{stem}_per_image.csv"),
-            "metrics": Path(f"{stem}_metrics.json"),
-            "bland_altman": Path(f"{stem}_bland_altman.png"),
-            "scatter": Path(f"{stem}_scatter.png"),
-        }
-        write_csv(outputs["table"], paths["per_image"], float_format="%.4f")
-        paths["metrics"].write_text(json.dumps(outputs["summary"], indent=2))
-        save_figure(outputs["bland_altman"], paths["bland_altman"])
-        save_figure(outputs["scatter"], paths["scatter"])
-        written.update(paths)
-        written["summary"] = outputs["summary"]
-    written["n"] = len(predictions)
-    return written
+    table = prediction_table(predictions, index) if index["hc_mm"].notna().all() else None
+    return write_predictions(out, predictions, table, split=split, model=str(model_path),
+                             tta=tta, image_size=image_size)
 
 
 @click.command("predict")

@@ -1,6 +1,7 @@
 """HC18 data: validated index, ellipses, grouped splits, tf.data pipeline, phantoms.
 
-Imports no other fetalhc module (see docs/architecture.md). TensorFlow is imported only
+Imports no other fetalhc module but the foundation ``fetalhc.files``, through which it
+writes every file (see docs/architecture.md). TensorFlow is imported only
 when a pipeline function is called.
 """
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from fetalhc.data.ellipse import Ellipse, ellipse_perimeter, fit_ellipse
 from fetalhc.data.index import ANNOTATION_SUFFIX, FILENAME_COLUMN, HC_COLUMN, PIXEL_SIZE_COLUMN
+from fetalhc.files import atomic_path, write_bytes
 
 DEFAULT_WIDTH = 320
 DEFAULT_HEIGHT = 216
@@ -191,12 +192,13 @@ def _save_png(array: np.ndarray, path: Path, pixel_size_mm: float) -> None:
     from PIL import Image
 
     dots_per_inch = 25.4 / pixel_size_mm
-    Image.fromarray(array, mode="L").save(path, dpi=(dots_per_inch, dots_per_inch))
+    with atomic_path(path) as temporary:
+        Image.fromarray(array, mode="L").save(temporary, dpi=(dots_per_inch, dots_per_inch))
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     lines = [",".join(header)] + [",".join(row) for row in rows]
-    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("ascii"))
+    write_bytes(path, ("\r\n".join(lines) + "\r\n").encode("ascii"))
 
 
 def write_phantom_dataset(out_dir, n: int = 200, seed: int = 0, challenge: int = 0,

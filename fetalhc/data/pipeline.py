@@ -11,6 +11,9 @@ input; ``hc_mm`` float32 (B,) (NaN without reference); ``hc_px_input`` = hc_mm /
 pixel_size_mm; ``filename`` string (B,); optional ``annotation`` float32 (B,S,S,1), a 0/1
 outline of the reference ellipse rasterised at input resolution; optional ``ellipse``
 float32 (B,6) = cx, cy, a (semi-major), b (semi-minor) in input px, sin 2θ, cos 2θ.
+
+One job, the batches the networks see: augmentation and outline rasterisation live here
+because they transform those batches inside the pipeline, in step with its geometry.
 """
 
 from __future__ import annotations

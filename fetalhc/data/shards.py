@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from fetalhc.files import atomic_path
+
 
 def parse_shard(text: str | tuple[int, int]) -> tuple[int, int]:
     """``"2/3"`` (or ``(2, 3)``) → ``(2, 3)``; raises ``ValueError`` unless ``1 <= i <= n``."""
@@ -89,26 +91,14 @@ def save_table(frame: pd.DataFrame, path) -> None:
     """Write ``frame`` to ``.npz`` exactly (every column's dtype and bits; text columns as
     unicode), so a merge recomputes summaries from the very numbers an unsharded run used.
     CSV tables round to 6 significant digits and cannot serve for that."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    path = Path(path)
     arrays = {"__columns__": np.asarray([str(c) for c in frame.columns], dtype=str)}
     for position, column in enumerate(frame.columns):
         values = frame[column].to_numpy()
         if values.dtype == object:
             values = values.astype(str)
         arrays[f"c{position}"] = values
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        with open(temporary, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        np.savez(stream, **arrays)
 
 
 def load_table(path) -> pd.DataFrame:

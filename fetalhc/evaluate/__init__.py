@@ -7,8 +7,9 @@ Only recomputing maps during perturbation and the randomisation check (when give
 name) go through the ``fetalhc.explain`` registry. See docs/evaluate.md.
 """
 
-from fetalhc.evaluate._common import PERTURBATIONS, PRECISIONS, BatchedForward, cast_model
 from fetalhc.evaluate.deletion import DeletionCurves, deletion_insertion
+from fetalhc.evaluate.forward import BatchedForward, cast_model
+from fetalhc.evaluate.inputs import PERTURBATIONS, PRECISIONS
 from fetalhc.evaluate.localisation import contour_distance_mm, head_mask, localisation_scores
 from fetalhc.evaluate.perturbation import (
     PAPER_PROTOCOL,
@@ -32,16 +33,17 @@ from fetalhc.evaluate.suite import (
     EvaluationSettings,
     MethodEvaluation,
     evaluate_maps,
-    markdown_table,
+    mean_curves,
     metric_columns,
     parse_metrics,
     summary_table,
     wide_table,
 )
+from fetalhc.files import markdown_frame as markdown_table  # the one Markdown table
 
 __all__ = [
     "METRICS", "EvaluationSettings", "MethodEvaluation", "evaluate_maps", "markdown_table",
-    "metric_columns", "parse_metrics", "summary_table", "wide_table",
+    "mean_curves", "metric_columns", "parse_metrics", "summary_table", "wide_table",
     "ORDERS", "PAPER_PROTOCOL", "PERTURBATIONS", "PRECISIONS", "BatchedForward",
     "DeletionCurves", "PerturbationCurves", "RandomisationResult", "aopc", "area_under_curve",
     "bootstrap_ci", "cascading_randomisation", "cast_model",

@@ -18,14 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fetalhc.evaluate import stats
-from fetalhc.evaluate._common import (
-    AGGREGATIONS,
-    BatchedForward,
-    as_images,
-    as_maps,
-    as_vector,
-    check_choice,
-)
+from fetalhc.evaluate.forward import BatchedForward
+from fetalhc.evaluate.inputs import AGGREGATIONS, as_images, as_maps, as_vector, require_choice
 from fetalhc.evaluate.regions import (
     make_grid,
     pixel_rank_map,
@@ -68,7 +62,7 @@ class DeletionCurves:
         Deletion: larger is better (the error grows fast when relevant pixels go).
         Insertion: smaller is better (the error falls fast when they come back).
         """
-        check_choice(quantity, ("abs_error_mm", "shift_mm"), "quantity")
+        require_choice(quantity, ("abs_error_mm", "shift_mm"), "quantity")
         return stats.area_under_curve(getattr(self, quantity), self.fractions)
 
     def per_image(self) -> pd.DataFrame:
@@ -127,9 +121,9 @@ def deletion_insertion(
     reference = as_vector(reference_mm, n, "reference_mm", allow_none=True)
     kinds = tuple(kinds)
     for kind in kinds:
-        check_choice(kind, KINDS, "curve kind")
-    check_choice(unit, UNITS, "unit")
-    check_choice(aggregation, AGGREGATIONS, "aggregation")
+        require_choice(kind, KINDS, "curve kind")
+    require_choice(unit, UNITS, "unit")
+    require_choice(aggregation, AGGREGATIONS, "aggregation")
     steps = int(steps)
     if unit == "pixels":
         rank = pixel_rank_map(maps, aggregation)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from fetalhc.evaluate._common import as_vector, check_choice
+from fetalhc.evaluate.inputs import as_vector, require_choice
 
 RELEVANCE = ("positive", "abs")
 
@@ -85,7 +85,7 @@ def localisation_scores(
     ``top_distance_mm``, ``top_distance_median_mm``. Images with no relevance mass or no
     annotation get NaN.
     """
-    check_choice(relevance, RELEVANCE, "relevance")
+    require_choice(relevance, RELEVANCE, "relevance")
     if band_mm <= 0:
         raise ValueError(f"band_mm must be positive; got {band_mm}")
     if not 0 < top_percent <= 100:

@@ -17,14 +17,8 @@ import numpy as np
 import pandas as pd
 
 from fetalhc.evaluate import stats
-from fetalhc.evaluate._common import (
-    AGGREGATIONS,
-    BatchedForward,
-    as_images,
-    as_maps,
-    as_vector,
-    check_choice,
-)
+from fetalhc.evaluate.forward import BatchedForward
+from fetalhc.evaluate.inputs import AGGREGATIONS, as_images, as_maps, as_vector, require_choice
 from fetalhc.evaluate.regions import (
     ORDERS,
     make_grid,
@@ -95,8 +89,8 @@ class PerturbationCurves:
 
     def curve(self, quantity: str = "abs_error_mm", order: str = "morf") -> np.ndarray:
         """Per-image curves ``(N, K+1)`` of one quantity for one order."""
-        check_choice(quantity, QUANTITIES, "quantity")
-        check_choice(order, self.orders, "order")
+        require_choice(quantity, QUANTITIES, "quantity")
+        require_choice(order, self.orders, "order")
         return getattr(self, quantity)[:, self.orders.index(order)]
 
     def aopc(self, quantity: str = "abs_error_mm", order: str = "morf") -> np.ndarray:
@@ -227,8 +221,8 @@ def region_perturbation(
     if not orders:
         raise ValueError("no orders given; choose from morf, lerf, random")
     for order in orders:
-        check_choice(order, ORDERS, "order")
-    check_choice(aggregation, AGGREGATIONS, "aggregation")
+        require_choice(order, ORDERS, "order")
+    require_choice(aggregation, AGGREGATIONS, "aggregation")
     region_grid = make_grid(images.shape[1:3], grid=grid, region_size=region_size)
     n_regions = region_grid.n_regions
     regions_per_step = int(regions_per_step)

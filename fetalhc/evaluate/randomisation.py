@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from fetalhc.evaluate._common import as_images, as_maps, as_vector, check_choice, hc_output_model
+from fetalhc.evaluate.inputs import as_images, as_maps, as_vector, require_choice
 
 SIMILARITIES = ("spearman", "spearman_abs", "ssim")
 
@@ -153,7 +153,9 @@ def cascading_randomisation(
     ``similarity`` (``spearman``, ``spearman_abs`` or ``ssim``) and ``threshold`` decide
     the flag.
     """
-    check_choice(similarity, SIMILARITIES, "similarity")
+    from fetalhc.explain import hc_output_model
+
+    require_choice(similarity, SIMILARITIES, "similarity")
     images = as_images(images)
     n = images.shape[0]
     view = hc_output_model(model)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from fetalhc.evaluate._common import AGGREGATIONS, PERTURBATIONS, check_choice
+from fetalhc.evaluate.inputs import AGGREGATIONS, PERTURBATIONS, require_choice
 
 ORDERS = ("morf", "lerf", "random")
 
@@ -80,7 +80,7 @@ def make_grid(image_shape, grid=None, region_size=None) -> RegionGrid:
 
 def region_scores(maps: np.ndarray, grid: RegionGrid, aggregation: str = "mean") -> np.ndarray:
     """Relevance per region ``(N, R)``: mean signed relevance, or mean absolute (``"abs"``)."""
-    check_choice(aggregation, AGGREGATIONS, "aggregation")
+    require_choice(aggregation, AGGREGATIONS, "aggregation")
     values = np.abs(maps) if aggregation == "abs" else maps
     n = values.shape[0]
     blocks = values.reshape(n, grid.rows, grid.height, grid.cols, grid.width)
@@ -95,7 +95,7 @@ def removal_order(scores: np.ndarray, order: str, rng: np.random.Generator | Non
     with ``positions`` (the images' positions in a larger set, e.g. a shard's) image ``k``
     gets the permutation the image at ``positions[k]`` gets when the whole set is drawn.
     """
-    check_choice(order, ORDERS, "order")
+    require_choice(order, ORDERS, "order")
     if order == "morf":
         return np.argsort(-scores, axis=1, kind="stable")
     if order == "lerf":
@@ -137,7 +137,7 @@ def region_rank_map(order: np.ndarray, grid: RegionGrid) -> np.ndarray:
 
 def pixel_rank_map(maps: np.ndarray, aggregation: str = "mean") -> np.ndarray:
     """Rank map ``(N, H, W)`` of single pixels, most relevant first (signed, or ``"abs"``)."""
-    check_choice(aggregation, AGGREGATIONS, "aggregation")
+    require_choice(aggregation, AGGREGATIONS, "aggregation")
     values = np.abs(maps) if aggregation == "abs" else maps
     n, height, width = values.shape
     order = np.argsort(-values.reshape(n, -1), axis=1, kind="stable")
@@ -163,7 +163,7 @@ def replacement_images(
     (0 under the z-score convention, computed anyway); ``zeros``: 0; ``blur``: the image
     blurred with a Gaussian of ``blur_sigma`` pixels.
     """
-    check_choice(perturbation, PERTURBATIONS, "perturbation")
+    require_choice(perturbation, PERTURBATIONS, "perturbation")
     if perturbation == "noise":
         if noise_sd < 0:
             raise ValueError(f"noise_sd must be non-negative; got {noise_sd}")

@@ -9,6 +9,10 @@ Python::
                            metrics=("aopc", "deletion", "insertion"), settings=settings)
     report.per_image      # one row per image, metric columns with units
     report.curves         # mean curves per order / kind (mm), for figures
+
+and the tables over methods: :func:`summary_table` (mean and bootstrap CI per method and
+metric) and :func:`wide_table` (methods x metrics). Writing them to a folder is
+``fetalhc.report.evaluation``'s job.
 """
 
 from __future__ import annotations
@@ -21,17 +25,17 @@ import numpy as np
 import pandas as pd
 
 from fetalhc.evaluate import stats
-from fetalhc.evaluate._common import (
+from fetalhc.evaluate.deletion import UNITS, deletion_insertion
+from fetalhc.evaluate.forward import BatchedForward
+from fetalhc.evaluate.inputs import (
     AGGREGATIONS,
     PERTURBATIONS,
     PRECISIONS,
-    BatchedForward,
     as_images,
     as_maps,
     as_vector,
-    check_choice,
+    require_choice,
 )
-from fetalhc.evaluate.deletion import UNITS, deletion_insertion
 from fetalhc.evaluate.localisation import RELEVANCE, localisation_scores
 from fetalhc.evaluate.perturbation import (
     PAPER_PROTOCOL,
@@ -42,6 +46,10 @@ from fetalhc.evaluate.randomisation import SIMILARITIES, cascading_randomisation
 from fetalhc.evaluate.regions import ORDERS, make_grid
 
 METRICS = ("aopc", "deletion", "insertion", "localisation", "randomisation")
+PROTOCOLS = ("paper",)
+# the region-perturbation settings the paper protocol fixes (see EvaluationSettings.paper)
+PAPER_FIXED = ("grid", "steps", "regions_per_step", "perturbation", "noise_sd", "aggregation",
+               "recompute")
 
 
 def parse_metrics(metrics) -> tuple[str, ...]:
@@ -105,6 +113,17 @@ class EvaluationSettings:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def with_protocol(cls, protocol: str | None = None, **values) -> EvaluationSettings:
+        """Settings from option values under ``protocol``: ``None`` takes every value;
+        ``"paper"`` ignores the ones the paper fixes (:data:`PAPER_FIXED`) and applies the
+        others (deletion, localisation, ...). Any other protocol is a ``ValueError``."""
+        if protocol == "paper":
+            return cls.paper(**{k: v for k, v in values.items() if k not in PAPER_FIXED})
+        if protocol is not None:
+            raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        return cls(**values)
+
     def as_dict(self) -> dict:
         values = dataclasses.asdict(self)
         values["orders"] = list(self.orders)
@@ -113,15 +132,15 @@ class EvaluationSettings:
     def validate(self, image_shape, metrics=METRICS) -> None:
         """Check the settings against the images' shape ``(N, H, W[, C])``; one-line errors."""
         metrics = parse_metrics(metrics)
-        check_choice(self.perturbation, PERTURBATIONS, "perturbation")
-        check_choice(self.baseline, PERTURBATIONS, "perturbation (deletion baseline)")
-        check_choice(self.aggregation, AGGREGATIONS, "aggregation")
-        check_choice(self.deletion_unit, UNITS, "deletion unit")
-        check_choice(self.relevance, RELEVANCE, "relevance")
-        check_choice(self.similarity, SIMILARITIES, "similarity")
-        check_choice(self.precision, PRECISIONS, "precision")
+        require_choice(self.perturbation, PERTURBATIONS, "perturbation")
+        require_choice(self.baseline, PERTURBATIONS, "perturbation (deletion baseline)")
+        require_choice(self.aggregation, AGGREGATIONS, "aggregation")
+        require_choice(self.deletion_unit, UNITS, "deletion unit")
+        require_choice(self.relevance, RELEVANCE, "relevance")
+        require_choice(self.similarity, SIMILARITIES, "similarity")
+        require_choice(self.precision, PRECISIONS, "precision")
         for order in self.orders:
-            check_choice(order, ORDERS, "order")
+            require_choice(order, ORDERS, "order")
         if self.protocol == "paper":
             check_paper_input(image_shape)
         height, width = int(image_shape[1]), int(image_shape[2])
@@ -156,8 +175,11 @@ class MethodEvaluation:
     curve_values: list | None = None
 
 
-def _mean_curves(values: np.ndarray, x: np.ndarray, label: dict, quantity: str) -> list[dict]:
-    """Mean over images and 95 % normal CI per point of per-image curves ``(N, F)``."""
+def mean_curves(values: np.ndarray, x: np.ndarray, label: dict, quantity: str) -> list[dict]:
+    """Mean over images and 95 % normal CI per point of per-image curves ``(N, F)``: one
+    row (``label``, ``quantity``, ``x``, ``mean``, ``ci_low``, ``ci_high``, ``n``) per point,
+    over the images whose whole curve is finite. ``fetalhc merge`` rebuilds ``curves.csv``
+    with it from the shards' per-image curves."""
     rows = []
     finite = np.isfinite(values).all(axis=1)
     data = values[finite]
@@ -239,7 +261,7 @@ def evaluate_maps(
                 label = {"curve": "perturbation", "order": order}
                 values = curves.curve(quantity, order)
                 curve_values.append((label, quantity, curves.regions_removed, values))
-                curve_rows += _mean_curves(values, curves.regions_removed, label, quantity)
+                curve_rows += mean_curves(values, curves.regions_removed, label, quantity)
 
     kinds = [k for k in ("deletion", "insertion") if k in metrics]
     if kinds:
@@ -257,7 +279,7 @@ def evaluate_maps(
                 label = {"curve": kind, "order": "morf"}
                 values = getattr(curves, quantity)
                 curve_values.append((label, quantity, curves.fractions, values))
-                curve_rows += _mean_curves(values, curves.fractions, label, quantity)
+                curve_rows += mean_curves(values, curves.fractions, label, quantity)
 
     if "localisation" in metrics:
         scores = localisation_scores(maps, annotation, pixel_size, band_mm=settings.band_mm,
@@ -312,12 +334,3 @@ def wide_table(summary: pd.DataFrame, index=("method",), digits: int = 3) -> pd.
     order = list(dict.fromkeys(summary["metric"]))
     return wide.reindex(columns=[m for m in order if m in wide.columns])
 
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of ``frame`` (its index becomes the first columns)."""
-    flat = frame.reset_index()
-    header = [str(c) for c in flat.columns]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    for row in flat.itertuples(index=False):
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
-    return "\n".join(lines) + "\n"

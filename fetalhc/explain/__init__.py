@@ -8,8 +8,9 @@ fetalhc.explain.available_methods(); fetalhc.explain.get_method(name)
 fetalhc.explain.hc_output_model(model, output=None)
 ```
 
-Every module of this package that is not infrastructure registers its method(s) on import;
-this package imports all of them, so new method modules are picked up automatically.
+Every module of this package that is not infrastructure (``_INFRASTRUCTURE`` below) registers
+its method(s) on import; this package imports all of them, so new method modules are picked up
+automatically.
 """
 
 from __future__ import annotations
@@ -17,25 +18,34 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from fetalhc.explain.base import (
-    TARGETS,
-    ExplainContext,
-    Explanation,
-    Method,
-    Target,
+from fetalhc.explain.api import Explanation, explain, explain_batch
+from fetalhc.explain.inputs import normalise_inputs
+from fetalhc.explain.method import ExplainContext, Method
+from fetalhc.explain.registry import available_methods, get_method, register
+from fetalhc.explain.targets import TARGETS, Target, get_target
+from fetalhc.explain.views import (
     clear_cache,
     conv_layer_candidates,
     default_conv_layer_name,
-    explain,
-    explain_batch,
-    get_target,
     hc_output_model,
-    normalise_inputs,
     tracing_counts,
 )
-from fetalhc.explain.registry import available_methods, get_method, register
 
-_INFRASTRUCTURE = {"base", "registry"}
+# Modules of this package that register no method: the core (targets, views, the method
+# contract, inputs, the entry points, the registry) and the relevance engine. Every other
+# module is a method module and is imported below.
+_INFRASTRUCTURE = frozenset({
+    "api",
+    "inputs",
+    "method",
+    "registry",
+    "targets",
+    "views",
+    "relevance_graph",
+    "relevance_ops",
+    "relevance_rules",
+    "relevance_steps",
+})
 
 
 def _import_method_modules() -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from fetalhc.explain.base import Method, conv_layer, default_conv_layer_name, layer_view
+from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
+from fetalhc.explain.views import conv_layer, default_conv_layer_name, layer_view
 
 
 class _CamMethod(Method):

@@ -5,7 +5,7 @@ Units: target units per input unit (mm per z-score unit for ``hc_mm``).
 
 from __future__ import annotations
 
-from fetalhc.explain.base import Method
+from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from fetalhc.explain.base import Method
+from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
 from fetalhc.explain.relevance_graph import get_plan, output_per_image, run_forward
 

@@ -5,7 +5,7 @@ For a linear model it sums to the prediction minus the bias; units are the targe
 
 from __future__ import annotations
 
-from fetalhc.explain.base import Method
+from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
 
 

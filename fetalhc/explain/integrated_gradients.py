@@ -31,8 +31,9 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
-from fetalhc.explain.base import Method, check_choice, check_positive_int
+from fetalhc.explain.method import Method, check_option_choice, check_option_positive_int
 from fetalhc.explain.registry import register
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "trapezoid", "gauss_legendre")
@@ -109,22 +110,20 @@ def refinement_levels(rule: str, steps: int, max_steps: int, tolerance) -> list[
 
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of ``(N, H, W, C)`` images, edges reflected."""
+    """Gaussian blur of ``(N, H, W, C)`` images over H and W (SD ``sigma`` px), edges mirrored.
+
+    The kernel is cut at ``round(3 sigma)`` px (at least 1) and edges are mirrored without
+    repeating the edge pixel (scipy's ``"mirror"``; ``"nearest"`` on an axis not longer than
+    the radius): the blur of the previous hand-written filter, to float round-off.
+    """
     if sigma <= 0:
         return images.copy()
     radius = max(1, int(round(3 * sigma)))
-    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel /= kernel.sum()
-    blurred = images.astype(np.float64)
-    for axis in (1, 2):
-        pad = [(0, 0)] * 4
-        pad[axis] = (radius, radius)
-        padded = np.pad(blurred, pad, mode="reflect" if images.shape[axis] > radius else "edge")
-        blurred = sum(
-            weight * np.take(padded, np.arange(i, i + images.shape[axis]), axis=axis)
-            for i, weight in enumerate(kernel)
-        )
+    modes = ["nearest"] + [
+        "mirror" if images.shape[axis] > radius else "nearest" for axis in (1, 2)
+    ] + ["nearest"]
+    blurred = ndimage.gaussian_filter(images.astype(np.float64), sigma=(0, sigma, sigma, 0),
+                                      mode=modes, radius=radius)
     return blurred.astype(np.float32)
 
 
@@ -151,8 +150,6 @@ def make_baseline(images: np.ndarray, baseline, blur_sigma: float, noise_sd: flo
     return np.ascontiguousarray(array)
 
 
-
-
 @register()
 class IntegratedGradients(Method):
     name = "integrated_gradients"
@@ -169,17 +166,17 @@ class IntegratedGradients(Method):
     }
 
     def validate(self):
-        check_positive_int(self.options, "steps", self.name, 2 if self.options["rule"] == "trapezoid" else 1)
-        check_choice(self.options, "rule", self.name, RULES)
+        check_option_positive_int(self.options, "steps", self.name, 2 if self.options["rule"] == "trapezoid" else 1)
+        check_option_choice(self.options, "rule", self.name, RULES)
         baseline = self.options["baseline"]
         if isinstance(baseline, str):
-            check_choice(self.options, "baseline", self.name, BASELINES)
+            check_option_choice(self.options, "baseline", self.name, BASELINES)
         tolerance = self.options["tolerance"]
         if tolerance is not None and (
             isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance > 0
         ):
             raise ValueError(f"integrated_gradients: tolerance must be None or a number > 0; got {tolerance!r}")
-        check_positive_int(self.options, "max_steps", self.name)
+        check_option_positive_int(self.options, "max_steps", self.name)
         for name in ("blur_sigma", "noise_sd"):
             value = self.options[name]
             if not isinstance(value, numbers.Real) or not value >= 0:

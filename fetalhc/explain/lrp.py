@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fetalhc.explain.base import Method
+from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
 from fetalhc.explain.relevance_graph import get_plan
 from fetalhc.explain.relevance_rules import (

@@ -16,7 +16,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from fetalhc.explain.base import Method, check_positive_int
+from fetalhc.explain.method import Method, check_option_positive_int
 from fetalhc.explain.registry import register
 
 
@@ -35,8 +35,8 @@ class Occlusion(Method):
     defaults = {"patch": 16, "stride": 8, "fill": 0.0}
 
     def validate(self):
-        check_positive_int(self.options, "patch", self.name)
-        check_positive_int(self.options, "stride", self.name)
+        check_option_positive_int(self.options, "patch", self.name)
+        check_option_positive_int(self.options, "stride", self.name)
         if not isinstance(self.options["fill"], numbers.Real):
             raise ValueError(f"occlusion: fill must be a number; got {self.options['fill']!r}")
 

@@ -1,4 +1,4 @@
-"""The one registry of explanation methods: name -> :class:`~fetalhc.explain.base.Method`.
+"""The one registry of explanation methods: name -> :class:`~fetalhc.explain.method.Method` subclass.
 
 Every method module registers its class with :func:`register` at import time;
 ``fetalhc.explain`` imports every module of its package, so a new method module is picked up
@@ -9,14 +9,13 @@ without touching any list. The CLI, the callbacks and the evaluation only go thr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from fetalhc.explain.base import Method
-
+# The registry stores classes without importing :class:`Method`: method modules import the
+# registry, never the other way round (no import cycle).
 MethodClass = TypeVar("MethodClass", bound=type)
 
-_REGISTRY: dict[str, type[Method]] = {}
+_REGISTRY: dict[str, type] = {}
 
 
 def register(name: str | None = None) -> Callable[[MethodClass], MethodClass]:
@@ -51,7 +50,7 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str) -> type[Method]:
+def get_method(name: str) -> type:
     """The method class registered under ``name``; unknown names raise a one-line ValueError."""
     if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]

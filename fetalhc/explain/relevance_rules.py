@@ -33,6 +33,10 @@ Rules (``z_j = sum_i x_i w_ij + b_j``):
   mapped with them.
 
 A step without a rule raises ``ValueError`` naming the layer and its class.
+
+One job past 400 lines: relevance propagation over a plan. The rules, the rule sets of the
+registered methods and the backward pass that applies them belong together: each rule kernel
+is read against the rule it computes and the engine that calls it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from dataclasses import dataclass, replace
 
 import tensorflow as tf
 
-from fetalhc.explain.relevance_graph import (
+from fetalhc.explain.relevance_graph import Plan, output_per_image
+from fetalhc.explain.relevance_ops import (
     ACTIVATION,
     ADD,
     AFFINE,
@@ -55,8 +60,6 @@ from fetalhc.explain.relevance_graph import (
     RELU,
     STRUCTURAL,
     LinearOp,
-    Plan,
-    output_per_image,
 )
 
 

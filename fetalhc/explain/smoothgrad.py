@@ -12,7 +12,7 @@ import numbers
 
 import tensorflow as tf
 
-from fetalhc.explain.base import Method, check_positive_int
+from fetalhc.explain.method import Method, check_option_positive_int
 from fetalhc.explain.registry import register
 
 
@@ -24,7 +24,7 @@ class SmoothGrad(Method):
     map_units = "{target} per input unit"
 
     def validate(self):
-        check_positive_int(self.options, "n", self.name)
+        check_option_positive_int(self.options, "n", self.name)
         level = self.options["noise_level"]
         if not isinstance(level, numbers.Real) or not level >= 0:
             raise ValueError(f"smoothgrad: noise_level must be a number >= 0; got {level!r}")

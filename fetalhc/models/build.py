@@ -15,9 +15,9 @@ from typing import Any
 
 import keras
 
+from fetalhc.models.graph import HC_OUTPUT
 from fetalhc.models.layers import GrayscaleAdapter, OutputAffine
 
-HC_OUTPUT = "hc_px_input"
 ELLIPSE_OUTPUT = "ellipse"
 INPUT_NAME = "image"
 MODEL_NAME_PREFIX = "fetalhc_"

@@ -1,4 +1,7 @@
-"""Safe loading of saved fetalhc models."""
+"""Safe loading of saved fetalhc models (and the input-size check before predicting).
+
+``output_names`` is :func:`fetalhc.models.graph.output_names`, re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,7 @@ from pathlib import Path
 
 import keras
 
-from fetalhc.models.build import HC_OUTPUT
-
-
-def output_names(model: keras.Model) -> list[str]:
-    """Names of a functional model's outputs (dict keys or output layer names)."""
-    outputs = model.outputs if hasattr(model, "outputs") else []
-    names = list(getattr(model, "output_names", None) or [])
-    if names:
-        return names
-    return [tensor._keras_history.operation.name for tensor in outputs]
+from fetalhc.models.graph import HC_OUTPUT, output_names
 
 
 def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:

@@ -18,6 +18,8 @@ from typing import Any
 
 import tomli_w
 
+from fetalhc.files import write_text
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "image_size": 128,  # network input side S (px)
@@ -260,11 +262,7 @@ def parse_set_option(text: str) -> tuple[str, Any]:
 
 def write_config(config: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a resolved config as TOML (atomically)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        tomli_w.dump(config, handle)
-    os.replace(temporary, path)
+    write_text(path, tomli_w.dumps(config))
 
 
 def user_sections(config: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Agreement plots between predicted and reference HC (mm): Bland–Altman and scatter.
 
-Rendering only (numpy in, matplotlib ``Figure`` out); imports no other fetalhc module.
+Rendering only (numpy in, matplotlib ``Figure`` out); imports no other fetalhc module but
+``fetalhc.files`` (through ``figures``).
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no GUI backend).
 """
 

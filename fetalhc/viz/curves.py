@@ -5,10 +5,11 @@
 - :func:`deletion_insertion_figure`: deletion and insertion curves per method.
 - :func:`localisation_boxplot`: per-image localisation scores per method, chance line.
 - :func:`error_split_bars`: a metric per method split by prediction-error group, with CIs.
-- :func:`save_figure`: write a figure atomically (temporary file, then rename).
+- :func:`save_figure`: write a figure through :mod:`fetalhc.files` and close it.
 
 Curves are given as ``{method: {panel: (x, mean, low, high)}}`` with numpy arrays; ``low``
-and ``high`` may be None. Imports no other fetalhc module.
+and ``high`` may be None. Imports no other fetalhc module but ``fetalhc.files`` (through
+``figures``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Figure plumbing shared by every renderer: atomic saving, and a figure as an RGB array
-(for TensorBoard). Imports no other fetalhc module but its viz siblings."""
+"""Figure plumbing shared by every renderer: saving through :mod:`fetalhc.files` (the one
+atomic writer), and a figure as an RGB array (for TensorBoard). Imports no other fetalhc
+module but ``fetalhc.files`` and its viz siblings."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +13,8 @@ matplotlib.use("Agg", force=False)
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from fetalhc.files import atomic_path  # noqa: E402
 
 
 def figure_to_rgb(figure: Figure, dpi: int | None = None) -> np.ndarray:
@@ -26,18 +27,11 @@ def figure_to_rgb(figure: Figure, dpi: int | None = None) -> np.ndarray:
 
 
 def save_figure(figure: Figure, path, dpi: int | None = None) -> Path:
-    """Write ``figure`` to ``path`` atomically (a temporary file in the same folder, then
-    ``os.replace``), so an interrupted run never leaves half a picture; returns the path.
-    The format follows the suffix (``.png``, ``.pdf``, ``.svg``)."""
+    """Write ``figure`` to ``path`` atomically (:func:`fetalhc.files.atomic_path`), so an
+    interrupted run never leaves half a picture; returns the path. The format follows the
+    suffix (``.png``, ``.pdf``, ``.svg``; matplotlib's default format without one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix,
-                                         dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=dpi)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    file_format = path.suffix.lstrip(".").lower() or matplotlib.rcParams["savefig.format"]
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi, format=file_format)
     return path

@@ -4,7 +4,7 @@ Red raises the explained quantity (HC), blue lowers it; colour opacity follows t
 so weak relevance leaves the image visible. The annotation contour (a thin 0/1 outline) is
 drawn as a thin line when given. Rendering only: arrays in, ``matplotlib.figure.Figure``
 out (no pyplot state); :func:`save_figure` writes atomically. Imports no other fetalhc
-module.
+module but ``fetalhc.files`` (through ``figures``).
 """
 
 from __future__ import annotations

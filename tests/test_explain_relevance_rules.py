@@ -22,7 +22,8 @@ import pytest
 import tensorflow as tf
 
 import fetalhc.explain as fe
-from fetalhc.explain.relevance_graph import ACTIVATION, LINEAR, RELU, build_plan
+from fetalhc.explain.relevance_graph import build_plan
+from fetalhc.explain.relevance_ops import ACTIVATION, LINEAR, RELU
 from fetalhc.explain.relevance_rules import deep_taylor_rules, lrp_z_rules, propagate_relevance
 from fetalhc.models.layers import GrayscaleAdapter
 

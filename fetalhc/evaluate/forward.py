@@ -1,0 +1,101 @@
+"""The batched forward pass of the evaluators: HC predictions of many (perturbed) images
+in large batches under one ``tf.function``, optionally in mixed precision.
+
+The model is reduced to its HC output with ``fetalhc.explain.hc_output_model`` (the
+shared HC output rule, cached per model); predictions are HC in input pixels, float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fetalhc.evaluate.inputs import PRECISIONS, require_choice
+
+
+def cast_model(model: keras.Model, precision: str) -> keras.Model:
+    """A copy of ``model`` whose layers compute in ``precision`` (output layers stay float32).
+
+    ``"float32"`` returns the model itself. Mixed precision runs on CPU too
+    (``mixed_bfloat16`` is the CPU-friendly one); predictions are cast back to float32.
+    """
+    require_choice(precision, PRECISIONS, "precision")
+    if precision == "float32":
+        return model
+    from fetalhc.models.graph import clone_with_dtype, output_layer_names
+
+    try:
+        return clone_with_dtype(model, precision, keep=output_layer_names(model))
+    except Exception as error:  # noqa: BLE001 - custom layers without a usable config
+        raise ValueError(f"cannot run this model in {precision}: {error}") from None
+
+
+class BatchedForward:
+    """Forward passes of many perturbed images in large batches under one tf.function.
+
+    ``perturbed(images, replacement, rank, counts)`` builds, for every image ``i`` and every
+    step ``j``, ``where(rank[i] < counts[j], replacement[i], images[i])`` inside the graph
+    and returns the HC predictions in input pixels, shape ``(N, len(counts))``. At most
+    ``batch_size`` images go through the model at once, so memory stays bounded.
+    """
+
+    def __init__(self, model: keras.Model, batch_size: int = 256, precision: str = "float32"):
+        from fetalhc.explain import hc_output_model
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        self.model = cast_model(hc_output_model(model), precision)
+        self.batch_size = int(batch_size)
+        self._predict = tf.function(self._predict_graph, reduce_retracing=True)
+        self._perturbed = tf.function(self._perturbed_graph, reduce_retracing=True)
+
+    def _predict_graph(self, images):
+        outputs = self.model(images, training=False)
+        return tf.reshape(tf.cast(outputs, tf.float32), [tf.shape(images)[0]])
+
+    def _perturbed_graph(self, images, replacement, rank, counts):
+        batch = tf.shape(images)[0]
+        steps = tf.shape(counts)[0]
+        mask = rank[:, None, :, :] < counts[None, :, None, None]  # (B, F, H, W)
+        stacked = tf.where(mask[..., None], replacement[:, None], images[:, None])
+        flat = tf.reshape(stacked, tf.concat([[batch * steps], tf.shape(images)[1:]], axis=0))
+        outputs = tf.cast(self.model(flat, training=False), tf.float32)
+        return tf.reshape(outputs, [batch, steps])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """HC in input pixels for ``images`` ``(N, H, W, C)``, shape ``(N,)``."""
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = tf.constant(images[start:start + self.batch_size])
+            results.append(self._predict(chunk).numpy())
+        return np.concatenate(results).astype(np.float32)
+
+    def perturbed(
+        self,
+        images: np.ndarray,
+        replacement: np.ndarray,
+        rank: np.ndarray,
+        counts: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Predictions ``(N, F)`` on the perturbed versions described above."""
+        counts = tf.constant(np.asarray(counts, dtype=np.int32))
+        steps = int(counts.shape[0])
+        chunk_images = max(1, self.batch_size // max(steps, 1))
+        results = []
+        for start in range(0, len(images), chunk_images):
+            stop = start + chunk_images
+            results.append(
+                self._perturbed(
+                    tf.constant(images[start:stop]),
+                    tf.constant(replacement[start:stop]),
+                    tf.constant(rank[start:stop].astype(np.int32)),
+                    counts,
+                ).numpy()
+            )
+            if progress is not None:
+                progress(min(stop, len(images)) - start)
+        return np.concatenate(results).astype(np.float32)

@@ -1,0 +1,308 @@
+"""The run folder: its files, reading a run back, starting or resuming one, writing results.
+
+Run folder (docs/architecture.md)::
+
+    out_dir/
+    ├── config.toml    resolved config + [preprocessing], [run] (HC statistics, versions),
+    │                  [split] (the exact train/val/test file names)
+    ├── model.keras    best checkpoint by validation MAE (mm), written atomically
+    ├── history.csv    one row per epoch (appended on resume)
+    ├── metrics.json   val/test metrics in mm of model.keras
+    ├── logs/          TensorBoard
+    └── backup/        keras.callbacks.BackupAndRestore state (removed when training ends)
+
+Every file here is written through :mod:`fetalhc.files` (``model.keras`` by
+:func:`save_model_atomically`, the one place that saves it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fetalhc.files import atomic_path, write_csv, write_json
+from fetalhc.training.config import DEFAULTS, resolve_config, user_sections, write_config
+from fetalhc.training.setup import hc_statistics, monitor_name
+
+CONFIG_FILE = "config.toml"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+LOGS_DIR = "logs"
+BACKUP_DIR = "backup"
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, LOGS_DIR, BACKUP_DIR)
+SPLITS = ("train", "val", "test", "challenge")
+
+PREPROCESSING = {
+    "resize": "keep aspect ratio, longer side = image_size, bilinear with anti-aliasing",
+    "normalise": "z-score per image (mean 0, SD 1 over the image's own pixels)",
+    "pad": "centred to a square with 0 (the image mean after z-scoring)",
+    "pad_value": 0.0,
+    "channels": 1,
+}
+
+
+@dataclass
+class Run:
+    """A run folder read back: its resolved config and where its files are."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    model_path: Path
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["data"]["image_size"])
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the run folder, its best model file, metrics and history."""
+
+    run_dir: Path
+    model_path: Path
+    metrics: dict[str, Any]
+    history: pd.DataFrame = field(repr=False)
+
+
+# ----------------------------------------------------------------------- reading runs ---
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run folder (or the ``model.keras`` inside one) → ``Run``."""
+    path = Path(run_dir)
+    if path.is_file():
+        path = path.parent
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path} is not a fetalhc run folder (no {CONFIG_FILE})")
+    config = resolve_config(config_path, allow_resolved=True)
+    return Run(run_dir=path, config=config, model_path=path / MODEL_FILE)
+
+
+def run_split_index(run_config: dict[str, Any], data_dir: str | os.PathLike,
+                    split: str = "test") -> pd.DataFrame:
+    """The index rows of one split of a run: ``train``/``val``/``test`` from the file names
+    recorded in the run's config, ``challenge`` = the unlabelled HC18 test_set.
+
+    Raises ``ValueError`` when the split is unknown, empty, or names files the data folder
+    does not have.
+    """
+    from fetalhc.data import load_index
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+    if split == "challenge":
+        index = load_index(data_dir, "challenge", validate=False)
+        if len(index) == 0:
+            raise ValueError(f"the challenge split of {data_dir} is empty")
+        return index
+    names = list(run_config.get("split", {}).get(split, []))
+    if not names:
+        raise ValueError(f"the {split!r} split of this run is empty (see [split] in config.toml)")
+    index = load_index(data_dir, "training", validate=False)
+    by_name = index.set_index("filename", drop=False)
+    missing = [name for name in names if name not in by_name.index]
+    if missing:
+        raise ValueError(
+            f"{data_dir} lacks {len(missing)} file(s) of the run's {split!r} split, "
+            f"e.g. {missing[0]}: is it the data folder the run was trained on?"
+        )
+    return by_name.loc[names].reset_index(drop=True)
+
+
+def resolve_split(config: dict[str, Any], data_dir) -> dict[str, list[str]]:
+    """The train / val / test file names ``config`` selects from ``data_dir`` (deterministic)."""
+    from fetalhc.data import kfold_split, load_index, split_index
+
+    data = config["data"]
+    index = load_index(data_dir, "training", validate=False)
+    if len(index) == 0:
+        raise ValueError(f"{data_dir} has no training images")
+    if data["k"] >= 2:
+        outer = split_index(index, seed=data["split_seed"], val_fraction=0.0,
+                            test_fraction=data["test_fraction"])
+        folds = kfold_split(outer["train"], k=data["k"], fold=data["fold"],
+                            seed=data["split_seed"])
+        parts = {"train": folds["train"], "val": folds["val"], "test": outer["test"]}
+    else:
+        parts = split_index(index, seed=data["split_seed"], val_fraction=data["val_fraction"],
+                            test_fraction=data["test_fraction"])
+    return {name: [str(f) for f in part["filename"]] for name, part in parts.items()}
+
+
+# --------------------------------------------------------------- starting or resuming ---
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check/clean ``out_dir``; returns True when an existing run is to be resumed."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--out {out_dir} exists and is not a folder")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return False
+    is_run = (out_dir / CONFIG_FILE).is_file()
+    if not is_run:
+        raise ValueError(
+            f"--out {out_dir} is not empty and holds no fetalhc run; choose another folder"
+        )
+    if resume and overwrite:
+        raise ValueError("choose either resume or overwrite, not both")
+    if overwrite:
+        for name in RUN_FILES:
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        return False
+    if not resume:
+        raise ValueError(
+            f"--out {out_dir} already holds a run; pass --resume to continue it or "
+            "--overwrite to replace it"
+        )
+    return True
+
+
+def prepare_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,
+                overwrite: bool) -> tuple[dict[str, Any], bool]:
+    """Check ``out_dir``; on a new run resolve the split and the HC statistics and write
+    ``config.toml``; on resume read the stored config back. Returns (config, resuming)."""
+    import keras
+
+    import fetalhc
+    from fetalhc.data import load_index
+
+    resuming = prepare_out_dir(out_dir, resume, overwrite)
+    config_path = out_dir / CONFIG_FILE
+    if resuming:
+        stored = resolve_config(config_path, allow_resolved=True)
+        wanted, had = user_sections(config), user_sections(stored)
+        wanted["train"]["epochs"] = had["train"]["epochs"]
+        if wanted != had:
+            changed = [f"[{s}] {k}" for s in DEFAULTS for k in DEFAULTS[s]
+                       if wanted[s][k] != had[s][k]]
+            raise ValueError(
+                f"--out {out_dir} holds a different run (differs in {', '.join(changed)}); "
+                "use another --out or --overwrite"
+            )
+        if (out_dir / METRICS_FILE).is_file() and not (out_dir / BACKUP_DIR).exists():
+            raise ValueError(f"nothing to resume: the run in {out_dir} has finished")
+        if stored["train"]["epochs"] != config["train"]["epochs"]:
+            stored["train"]["epochs"] = config["train"]["epochs"]
+            write_config(stored, config_path)
+        config = stored
+    data, model_cfg, train_cfg = config["data"], config["model"], config["train"]
+    size = data["image_size"]
+
+    if not resuming:
+        split = resolve_split(config, data_dir)
+        index = load_index(data_dir, "training", validate=False)
+        train_index = index[index["filename"].isin(set(split["train"]))]
+        hc_mean, hc_std = hc_statistics(train_index, size)
+        if not model_cfg["standardise_output"]:
+            hc_mean, hc_std = 0.0, 1.0
+        config["preprocessing"] = {"image_size": size, **PREPROCESSING}
+        config["run"] = {
+            "fetalhc_version": fetalhc.__version__,
+            "keras_version": keras.__version__,
+            "data_dir": str(data_dir.resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seed": train_cfg["seed"],
+            "fold": data["fold"] if data["k"] >= 2 else -1,
+            "hc_mean_px": hc_mean,
+            "hc_std_px": hc_std,
+            "monitor": monitor_name(model_cfg["aux_ellipse"], bool(split["val"])),
+        }
+        if data["augment"]:
+            from fetalhc.data.pipeline import augmentation_config
+
+            config["run"]["augmentation"] = {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in augmentation_config(True).items()
+            }
+        config["split"] = split
+        write_config(config, config_path)
+    return config, resuming
+
+
+# ------------------------------------------------------------------ history and backup ---
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """``history.csv`` as a DataFrame (empty when the file is missing or empty)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep only the rows of epochs already backed up (so a resumed epoch is logged once)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    column = header.index("epoch") if "epoch" in header else 0
+    kept = [row for row in body if row and int(float(row[column])) < epochs_done]
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(kept)
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    """Write the epoch rows of a custom training loop as ``history.csv`` (full precision)."""
+    write_csv(pd.DataFrame(rows), path, float_format=None)
+
+
+def backup_epoch(backup_dir: Path) -> int:
+    """The number of epochs ``keras.callbacks.BackupAndRestore`` saved in ``backup_dir``."""
+    metadata = backup_dir / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    return int(json.loads(metadata.read_text()).get("epoch", 0))
+
+
+# ------------------------------------------------------------------------- results ---
+
+
+def save_model_atomically(model, model_path: Path) -> None:
+    """Save ``model`` to ``model_path`` (``.keras``) so that it is never half written."""
+    with atomic_path(model_path) as temporary:
+        model.save(temporary)
+
+
+def history_summary(history: pd.DataFrame, monitor: str) -> dict[str, int]:
+    """``epochs_run`` and ``best_epoch`` (-1 when ``monitor`` was never logged)."""
+    return {
+        "epochs_run": int(len(history)),
+        "best_epoch": int(history.loc[history[monitor].idxmin(), "epoch"])
+        if monitor in history.columns and len(history) else -1,
+    }
+
+
+def write_metrics(out_dir: Path, metrics: dict[str, Any], config: dict[str, Any],
+                  data_dir: Path) -> dict[str, Any]:
+    """Score the best checkpoint ``model.keras`` on the run's val and test splits, add the
+    scores to ``metrics`` and write ``metrics.json``; returns ``metrics``."""
+    from fetalhc.models import load_model, predict_and_score
+
+    best_model = load_model(out_dir / MODEL_FILE)
+    for name in ("val", "test"):
+        if config["split"].get(name):
+            _, metrics[name] = predict_and_score(
+                best_model, run_split_index(config, data_dir, name),
+                config["data"]["image_size"], batch_size=config["train"]["batch_size"])
+    write_json(out_dir / METRICS_FILE, metrics)
+    return metrics
