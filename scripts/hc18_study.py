@@ -332,34 +332,6 @@ def evaluate_args(run_dir: Path, data: Path, methods, maps: Path, out: Path, ima
     return args, note
 
 
-def stack_maps(explain_dir: Path, maps_dir: Path, methods, filenames) -> None:
-    """``<explain>/<method>/<stem>.npz`` -> ``<maps>/<method>.npy`` (N, S, S) float32 in the
-    order of ``filenames`` (the order ``fetalhc evaluate --limit`` uses)."""
-    from fetalhc.files import write_bytes, write_json
-
-    for method in methods:
-        maps = []
-        for name in filenames:
-            with np.load(explain_dir / method / f"{Path(name).stem}.npz") as stored:
-                if str(stored["filename"]) != name:
-                    raise ValueError(f"{explain_dir / method} holds {stored['filename']} "
-                                     f"where {name} was expected")
-                maps.append(np.asarray(stored["map"], dtype=np.float32))
-        buffer = _npy_bytes(np.stack(maps))
-        target = maps_dir / f"{method}.npy"
-        if not target.is_file() or target.read_bytes() != buffer:
-            write_bytes(target, buffer)
-    write_json(maps_dir / "filenames.json", list(filenames), indent=None)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def run_step(result: ModelResult, steps: Steps, step: str, args, stamp: str,
              in_process: bool, complete, page_only: bool = False) -> bool:
     """Run one CLI step unless it is already complete; True on success."""
@@ -452,8 +424,10 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
                "--out", str(explain_dir)]
 
     def explained() -> bool:
-        return all((explain_dir / m / f"{Path(n).stem}.npz").is_file()
-                   for m in methods for n in filenames)
+        return (explain_dir / "provenance.json").is_file() and \
+            (explain_dir / "index.csv").is_file() and \
+            all((explain_dir / m / f"{Path(n).stem}.npz").is_file()
+                for m in methods for n in filenames)
 
     _check_stale(steps, stamp, work)
     if not run_step(result, steps, "explain", explain, stamp, options.in_process, explained,
@@ -461,6 +435,10 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
         return result
     maps_dir = work / "maps"
     if not options.page_only:
+        # <maps>/<method>.npy + filenames.json + the explain folder's provenance.json, so
+        # evaluate --maps can check the model, target, images and pre-processing
+        from fetalhc.report.explanations import stack_maps
+
         stack_maps(explain_dir, maps_dir, methods, filenames)
 
     for protocol in PROTOCOLS:
@@ -490,7 +468,8 @@ def study_model(spec: ModelSpec, options) -> ModelResult:
 
 
 def _check_stale(steps: Steps, stamp: str, work: Path) -> None:
-    """Maps on disk were made by another model.keras: ``fetalhc explain`` would keep them."""
+    """Maps on disk were made by another model.keras: ``fetalhc explain`` would refuse the
+    folder (its provenance names another model); say which folders to delete."""
     old = steps.records.get("explain", {}).get("model_stamp")
     if old is not None and old != stamp:
         raise ValueError(

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from fetalhc.cli.main import cli
 
 
-def _run_demo(out, methods):
+def _run_demo(out, methods, epochs=2):
     result = CliRunner().invoke(cli, [
-        "demo", "--out", str(out), "--n", "30", "--epochs", "2", "--image-size", "32",
+        "demo", "--out", str(out), "--n", "30", "--epochs", str(epochs), "--image-size", "32",
         "--explain-images", "2", "--evaluate-images", "3", "--methods", methods,
     ])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -46,6 +46,28 @@ def test_demo_writes_a_complete_report(tmp_path):
     result = _run_demo(tmp_path / "demo", ",".join(methods))
     assert any(line.startswith("report: ") for line in result.output.splitlines())
     _check_report(tmp_path / "demo", methods)
+
+
+def test_demo_rerun_after_more_epochs_recomputes_what_the_new_model_changes(tmp_path):
+    """The run is deleted and the demo trains it again (3 epochs instead of 2), so the model
+    file changes: the explain and evaluate folders hold the old model's results, and the
+    demo recomputes them (provenance) instead of stopping or reusing them."""
+    import shutil
+
+    from fetalhc.report.provenance import model_digest, read_provenance
+
+    out = tmp_path / "demo"
+    methods = ["gradient"]
+    _run_demo(out, "gradient")
+    first = read_provenance(out / "explain")["result"]["model"]
+    shutil.rmtree(out / "run")
+    result = _run_demo(out, "gradient", epochs=3)
+    now = model_digest(out / "run" / "model.keras")
+    assert now != first
+    for step in ("explain", "evaluate"):
+        assert read_provenance(out / step)["result"]["model"] == now, step
+    assert "the demo recomputes" in result.output
+    _check_report(out, methods)
 
 
 @pytest.mark.slow

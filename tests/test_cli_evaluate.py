@@ -82,11 +82,23 @@ def test_full_evaluation_writes_summaries(run_dir, phantoms, tmp_path):
     assert settings["methods"] == ["gradient"] and settings["split"] == "test"
 
 
+def write_maps_provenance(maps_dir, run_dir, phantoms, n_images):
+    """The provenance.json of maps of the run's model on the first ``n_images`` of its test
+    split (what ``fetalhc evaluate --limit n_images`` evaluates)."""
+    from fetalhc.report.evaluation_provenance import write_maps_provenance as write
+    from fetalhc.training import load_run, run_split_index
+
+    run = load_run(run_dir)
+    rows = run_split_index(run.config, phantoms, "test").head(n_images)
+    return write(maps_dir, run.model_path, rows, image_size=SIZE, split="test")
+
+
 def test_external_maps_resume_and_paper_protocol(run_dir, phantoms, tmp_path):
     maps_dir = tmp_path / "maps"
     maps_dir.mkdir()
     n_test = 3  # --limit
     np.save(maps_dir / "mine.npy", np.ones((n_test, SIZE, SIZE), np.float32))
+    write_maps_provenance(maps_dir, run_dir, phantoms, n_test)
     out = tmp_path / "external"
     result = invoke("--model", run_dir, "--data", phantoms, "--methods", "mine",
                     "--maps", maps_dir, "--metrics", "aopc", "--limit", n_test,
@@ -111,10 +123,15 @@ def test_external_maps_resume_and_paper_protocol(run_dir, phantoms, tmp_path):
     both = pd.read_csv(out / "per_image.csv")
     assert list(both["method"].unique()) == ["mine", "other"] and len(both) == 2 * n_test
     assert json.loads((out / "settings.json").read_text())["methods"] == ["mine", "other"]
-    # Changed settings invalidate the finished method.
-    invoke("--model", run_dir, "--data", phantoms, "--methods", "mine", "--maps", maps_dir,
-           "--metrics", "aopc", "--limit", n_test, "--grid", 2, "--steps", 2, "--out", out,
-           "--no-figures", *FAST)
+    # Changed settings are refused naming the setting; --overwrite recomputes.
+    changed = ("--model", run_dir, "--data", phantoms, "--methods", "mine", "--maps",
+               maps_dir, "--metrics", "aopc", "--limit", n_test, "--grid", 2, "--steps", 2,
+               "--out", out, "--no-figures", *FAST)
+    refused = invoke(*changed)
+    assert refused.exit_code == 1 and "another settings.steps (3 there, 2 now)" in \
+        refused.output and "--overwrite" in refused.output, refused.output
+    assert finished.stat().st_mtime_ns == stamp
+    assert invoke(*changed, "--overwrite").exit_code == 0
     assert finished.stat().st_mtime_ns != stamp
 
     np.save(maps_dir / "mine.npy", np.ones((n_test, 16, 16), np.float32))

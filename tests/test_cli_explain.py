@@ -1,4 +1,4 @@
-"""``fetalhc explain``: per-image .npz + overlays, grid, index CSV; re-runs skip; errors."""
+"""``fetalhc explain``: per-image .npz + overlays, grid, index CSV; re-runs resume; errors."""
 
 from __future__ import annotations
 
@@ -74,13 +74,18 @@ def test_explain_writes_maps_overlays_grid_and_index_then_skips(run_dir, data, t
     assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(out.rglob(".*"))  # no temporary files left
 
+    # the same request again resumes: every map is reused (run folder or its model.keras)
     stamp = (out / "gradient" / f"{index['filename'][0].rsplit('.', 1)[0]}.npz").stat().st_mtime_ns
     again = _explain("--model", run_dir / "model.keras", "--data", data, "--methods", METHODS,
-                     "--out", out, "--limit", 4, *IG_OPTIONS)
+                     "--out", out, "--limit", 3, *IG_OPTIONS)
     assert again.exit_code == 0, again.output
-    assert "wrote 3, skipped 9" in again.output
+    assert "wrote 0, skipped 9" in again.output
     assert (out / "gradient" / f"{index['filename'][0].rsplit('.', 1)[0]}.npz").stat().st_mtime_ns == stamp
-    assert len(pd.read_csv(out / "index.csv")) == 12
+    assert len(pd.read_csv(out / "index.csv")) == 9
+    # another --limit is another set of images: refused (#17; it used to add the 4th image)
+    more = _explain("--model", run_dir, "--data", data, "--methods", METHODS,
+                    "--out", out, "--limit", 4, *IG_OPTIONS)
+    assert more.exit_code == 1 and "limit" in more.output and "--overwrite" in more.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -81,6 +81,34 @@ def test_predictions_do_not_depend_on_the_reference(run_dir, data, tmp_path):
     assert (pd.read_csv(tmp_path / "b_per_image.csv")["reference (mm)"] == 123.45).all()
 
 
+def test_predict_records_its_provenance_beside_its_files(run_dir, data, tmp_path):
+    """#17: ``<stem>_provenance.json`` says what made the predictions; a prediction of
+    another split into the same --out leaves no file of the earlier one beside it."""
+    from fetalhc.report.provenance import index_digest, model_digest
+
+    out = tmp_path / "p.csv"
+    assert _predict("--model", run_dir / "model.keras", "--data", data, "--out",
+                    out).exit_code == 0
+    record = json.loads((tmp_path / "p_provenance.json").read_text())
+    config = load_run(run_dir).config
+    result = record["result"]
+    assert record["kind"] == "predict"
+    assert result["model"] == model_digest(run_dir / "model.keras")
+    assert result["split"] == "test" and result["tta"] is False
+    assert result["preprocessing"]["image_size"] == 32
+    assert result["image_keys"] == [["training_set", name] for name in config["split"]["test"]]
+    assert result["index"] == index_digest(run_split_index(config, data, "test"))
+    assert record["info"]["model"] == str(run_dir / "model.keras")
+
+    result = _predict("--model", run_dir / "model.keras", "--data", data, "--split",
+                      "challenge", "--out", out, "--tta")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p_provenance.json").read_text())
+    assert record["result"]["split"] == "challenge" and record["result"]["tta"] is True
+    assert record["result"]["image_keys"][0] == ["test_set", "000_HC.png"]
+    assert sorted(p.name for p in tmp_path.glob("p*")) == ["p.csv", "p_provenance.json"]
+
+
 def test_challenge_split_and_tta(run_dir, data, tmp_path):
     from fetalhc.data import load_arrays
     from fetalhc.models import load_model

@@ -99,6 +99,11 @@ def _tables(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.csv"))}
 
 
+def _provenance(folder: Path) -> dict:
+    """The ``result`` of a folder's provenance.json: what its numbers depend on."""
+    return json.loads((folder / "provenance.json").read_text())["result"]
+
+
 def _cli(args):
     from fetalhc.cli.main import cli
 
@@ -131,6 +136,9 @@ def test_three_explain_shards_merge_to_the_unsharded_run(explain_runs, tmp_path)
     assert (tmp_path / "merged" / "grid.png").is_file()
     names = sorted(p.name for p in (root / "whole" / "gradient").iterdir())
     assert sorted(p.name for p in (tmp_path / "merged" / "gradient").iterdir()) == names
+    # the merged folder records what an unsharded run records (#17)
+    assert _provenance(tmp_path / "merged") == _provenance(root / "whole")
+    assert _provenance(root / "shard2")["shard"] == "2/3"
 
 
 def test_three_evaluate_shards_merge_to_the_unsharded_run(tiny, tmp_path):
@@ -160,6 +168,26 @@ def test_three_evaluate_shards_merge_to_the_unsharded_run(tiny, tmp_path):
             json.loads((tmp_path / "whole" / name).read_text())
     assert (tmp_path / "merged" / "summary.md").read_text() == \
         (tmp_path / "whole" / "summary.md").read_text()
+    assert _provenance(tmp_path / "merged") == _provenance(tmp_path / "whole")
+    method = Path("methods") / "gradient"
+    assert _provenance(tmp_path / "merged" / method) == _provenance(tmp_path / "whole" / method)
+
+    # shards that disagree in their provenance are refused, naming the field and folders
+    import shutil
+
+    from fetalhc.cli.merge import merge_command
+
+    for where, field in (("", "metrics"), ("methods/gradient", "maps")):
+        other = tmp_path / f"other_{field}"
+        shutil.copytree(tmp_path / "shard3", other)
+        path = other / where / "provenance.json"
+        record = json.loads(path.read_text())
+        record["result"][field] = ["changed"]
+        path.write_text(json.dumps(record))
+        with pytest.raises(ValueError, match=rf"{tmp_path / 'shard1'}.* and {other}.* their "
+                                             rf"{field} differs"):
+            merge_command([tmp_path / "shard1", tmp_path / "shard2", other], tmp_path / "m")
+        assert not (tmp_path / "m").exists()
 
 
 def test_merge_refuses_incomplete_or_mixed_shards(tiny, explain_runs, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -96,3 +97,19 @@ def test_bad_config_file_is_a_one_line_error(data, tmp_path):
     result = _train("--config", path, "--data", data, "--out", tmp_path / "run")
     assert result.exit_code == 1
     assert "[train] learning_rate must be a number, got 'fast'" in result.output
+
+
+def test_a_truncated_image_is_a_one_line_error_before_the_run_folder(data, config_file,
+                                                                     tmp_path):
+    """Every train / val / test image is decoded before the run folder is created."""
+    import shutil
+
+    broken = Path(shutil.copytree(data, tmp_path / "data"))
+    image = broken / "training_set" / "007_HC.png"
+    image.write_bytes(image.read_bytes()[:200])
+    out = tmp_path / "run"
+    result = _train("--config", config_file, "--data", broken, "--out", out, "--quiet")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "007_HC.png" in lines[0]
+    assert not out.exists()

@@ -18,7 +18,6 @@ from fetalhc.training import (
     run_split_index,
     train,
 )
-from fetalhc.training.run_folder import backup_epoch, truncate_history
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,15 +218,61 @@ def test_augmentation_then_overwrite_with_aux_ellipse_and_steps_per_epoch(phanto
     assert np.isfinite(result.metrics["test"]["mae_mm"])
 
 
-def test_history_truncation_for_resume(tmp_path):
+def _backup_with_record(tmp_path, latest: bytes, previous: bytes, committed: bytes):
+    """A backup/ whose record commits epoch 2 with the weights ``committed``."""
+    from fetalhc.training.backup import COMMIT_FILE, file_digest
+
+    backup = tmp_path / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(latest)
+    (backup / "latest.weights.h5.bkp").write_bytes(previous)
+    (backup / "training_metadata.json").write_text('{"epo')  # a kill mid-write
+    (tmp_path / "committed").write_bytes(committed)
+    rows = [{"epoch": 0, "loss": 3.0, "val_mae_mm": 9.0},
+            {"epoch": 1, "loss": 2.0, "val_mae_mm": float("nan")}]
+    (backup / COMMIT_FILE).write_text(json.dumps({
+        "epoch": 2, "weights_sha256": file_digest(tmp_path / "committed"), "stopped": False,
+        "history": rows}))
+    return backup
+
+
+def test_recover_backup_takes_the_committed_weights_and_rows(tmp_path):
+    """Issue #17: a kill during the next epoch's backup write leaves the committed weights
+    only in Keras' ``.bkp`` copy, and history.csv without the committed epoch 1."""
+    from fetalhc.training.backup import recover_backup
+
+    backup = _backup_with_record(tmp_path, b"half of epoch 3", b"epoch 2", b"epoch 2")
     history = tmp_path / "history.csv"
-    history.write_text("epoch,loss\n0,3.0\n1,2.0\n2,1.0\n")
+    history.write_text("epoch,loss,val_mae_mm\n0,3.0,9.0\n")
+    committed = recover_backup(backup, history)
+    assert (committed.epoch, committed.stopped) == (2, False)
+    assert (backup / "latest.weights.h5").read_bytes() == b"epoch 2"
+    assert json.loads((backup / "training_metadata.json").read_text()) == {"epoch": 2,
+                                                                            "batch": 0}
+    assert pd.read_csv(history)["epoch"].tolist() == [0, 1]
+    assert committed.best("val_mae_mm") == (9.0, 0)  # NaN never counts
+    assert committed.best("val_loss") == (float("inf"), -1)
+
+    lost = _backup_with_record(tmp_path / "lost", b"a", b"b", b"c")
+    with pytest.raises(ValueError, match="cannot resume: .* records epoch 2 but holds its "
+                                         "weights nowhere"):
+        recover_backup(lost, tmp_path / "lost" / "history.csv")
+
+
+def test_recover_backup_without_a_record(tmp_path):
+    """No commit record and no whole Keras backup (a kill during the first epoch's save):
+    the run starts again at epoch 0, without the uncommitted backup and history."""
+    from fetalhc.training.backup import recover_backup
+
     backup = tmp_path / "backup"
     backup.mkdir()
-    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
-    assert backup_epoch(backup) == 2
-    truncate_history(history, 2)  # epoch 2 was logged but not backed up: it reruns
-    assert pd.read_csv(history)["epoch"].tolist() == [0, 1]
+    (backup / "latest.weights.h5").write_bytes(b"not hdf5")
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss\n0,3.0\n")
+    committed = recover_backup(backup, history)
+    assert (committed.epoch, committed.rows) == (0, [])
+    assert not backup.exists() and not history.exists()
 
 
 def test_cosine_learning_rate_known_values():

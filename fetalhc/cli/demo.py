@@ -95,8 +95,9 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
 
     explain_dir = out / "explain"
     start = begin(f"explaining {explain_images} test images with {len(methods)} methods")
-    ctx.invoke(explain.command, model_path=model_path, data_dir=data_dir,
-               methods=",".join(methods), out=explain_dir, limit=explain_images, split="test")
+    _invoke_or_recompute(ctx, explain.command, model_path=model_path, data_dir=data_dir,
+                         methods=",".join(methods), out=explain_dir, limit=explain_images,
+                         split="test")
     commands.append(f"fetalhc explain --model {model_path} --data {data_dir} "
                     f"--methods {','.join(methods)} --out {explain_dir} "
                     f"--limit {explain_images} --split test")
@@ -105,9 +106,9 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
     evaluate_dir = out / "evaluate"
     start = begin(f"evaluating the explanations on {evaluate_images} test images "
                   "(AOPC MoRF/LeRF/random, localisation)")
-    ctx.invoke(evaluate.command, model_path=model_path, data_dir=data_dir,
-               methods=",".join(methods), metrics="aopc,localisation", out=evaluate_dir,
-               split="test", limit=evaluate_images)
+    _invoke_or_recompute(ctx, evaluate.command, model_path=model_path, data_dir=data_dir,
+                         methods=",".join(methods), metrics="aopc,localisation",
+                         out=evaluate_dir, split="test", limit=evaluate_images)
     commands.append(f"fetalhc evaluate --model {model_path} --data {data_dir} "
                     f"--methods {','.join(methods)} --metrics aopc,localisation "
                     f"--split test --limit {evaluate_images} --out {evaluate_dir}")
@@ -115,6 +116,19 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
 
     return write_demo_report(out, run_dir, predictions, explain_dir, evaluate_dir, commands,
                              timings, synthetic=(data_dir == out / "data"))
+
+
+def _invoke_or_recompute(ctx, command, **options) -> None:
+    """Run a step, resuming its folder; when the folder holds results of something else
+    (e.g. the model was retrained with other options since the last demo), say so and
+    recompute it: the demo's folders are its own."""
+    from fetalhc.report.provenance import ProvenanceError
+
+    try:
+        ctx.invoke(command, **options)
+    except ProvenanceError as error:
+        click.echo(f"{error}: the demo recomputes {options['out']}", err=True)
+        ctx.invoke(command, overwrite=True, **options)
 
 
 @click.command("demo")

@@ -3,7 +3,10 @@ insertion, localisation against the skull contour, model randomisation.
 
 This module parses the options, resolves the model and the split (a run folder through
 ``fetalhc.training``) and calls :func:`fetalhc.report.evaluation.write_evaluation`, which
-writes the output folder (its docstring lists the files). The options that set an
+writes the output folder (its docstring lists the files). A re-run into the same folder with
+the same model file contents, images, split and options resumes (finished methods are
+reused, new methods are added); anything else is refused naming the first differing field,
+unless ``--overwrite`` recomputes the folder. The options that set an
 ``fetalhc.evaluate.EvaluationSettings`` field are generated from :data:`SETTINGS_OPTIONS`
 with the dataclass's defaults, so every default lives in one place.
 """
@@ -152,14 +155,19 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
 @settings_options("n_boot", "precision")
 @click.option("--maps", "maps_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of precomputed maps <method>.npy, float (N, S, S), in the order "
-                   "of the evaluated images; other methods go through fetalhc.explain.")
+                   "of the evaluated images, with the provenance.json of the explain folder "
+                   "they come from (fetalhc.report.explanations.stack_maps writes both); "
+                   "other methods go through fetalhc.explain.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Evaluate only shard I of N (1-based, round robin over the split's order); "
                    "combine the shard folders with `fetalhc merge`.")
+@click.option("--overwrite", is_flag=True, default=False,
+              help="Delete an earlier evaluate folder at --out and recompute it (needed when "
+                   "it was made with another model, data, split or option).")
 @click.option("--figures/--no-figures", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def command(model_path, data_dir, methods, metrics, out, split, limit, image_size,
-            error_threshold_mm, error_quantiles, maps_dir, shard, figures, progress,
+            error_threshold_mm, error_quantiles, maps_dir, shard, overwrite, figures, progress,
             **settings_values):
     """Evaluate explanation methods of a model on a data split (see docs/evaluate.md)."""
     from fetalhc.report.evaluation import check_evaluation_request, write_evaluation
@@ -176,6 +184,7 @@ def command(model_path, data_dir, methods, metrics, out, split, limit, image_siz
         model if model is not None else model_file, index, methods, metrics, settings, out,
         image_size=size, split=split, source={"model": str(model_path), "data": str(data_dir)},
         limit=limit, maps_dir=maps_dir, shard=shard, error_threshold_mm=error_threshold_mm,
-        error_quantiles=error_quantiles, figures=figures, progress=progress)
+        error_quantiles=error_quantiles, figures=figures, progress=progress,
+        model_file=model_file, overwrite=overwrite)
     for name, path in result["written"].items():
         click.echo(f"{name}: {path}")

@@ -3,7 +3,10 @@
 Parses the options, resolves the model and the split through ``fetalhc.training`` helpers
 and calls :func:`fetalhc.report.explanations.write_explanations`, which writes the folder
 (per-image ``.npz`` maps and ``.png`` overlays per method, ``grid.png``, ``index.csv``,
-``shard.json`` with ``--shard``; re-runs skip finished maps).
+``provenance.json``, ``shard.json`` with ``--shard``). A re-run into the same folder with
+the same model file, data, split, target, options and pre-processing resumes (finished
+batches are reused); anything else is refused naming the first differing field, unless
+``--overwrite`` recomputes the folder.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
 
 
 def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
-    """(model, image size, index of the split) from a run folder or a bare .keras file."""
+    """(model, its file, image size, index of the split, the split's name) from a run
+    folder or a bare .keras file."""
     import fetalhc
     from fetalhc.training import load_run, run_split_index
 
@@ -27,7 +31,9 @@ def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
     model = fetalhc.load_model(model_path)
     if (run_dir / "config.toml").is_file():
         run = load_run(run_dir)
-        return model, run.image_size, run_split_index(run.config, data_dir, split or "test")
+        split = split or "test"
+        return (model, model_path, run.image_size, run_split_index(run.config, data_dir, split),
+                split)
     if (split or "challenge") != "challenge":
         raise ValueError(
             f"{model_path} has no run folder (config.toml beside it), so only "
@@ -36,7 +42,7 @@ def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
     shape = model.inputs[0].shape
     if shape[1] is None:
         raise ValueError(f"{model_path} has no fixed input size; explain needs a run folder")
-    return model, int(shape[1]), run_split_index({}, data_dir, "challenge")
+    return model, model_path, int(shape[1]), run_split_index({}, data_dir, "challenge"), "challenge"
 
 
 def parse_options(texts, methods: list[str]) -> dict[str, dict]:
@@ -71,17 +77,20 @@ def parse_options(texts, methods: list[str]) -> dict[str, dict]:
 def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: Path,
                     limit: int | None = None, split: str | None = None, target: str = "hc_mm",
                     batch_size: int = 8, progress: bool = True, shard: str | None = None,
-                    options: dict[str, dict] | None = None) -> dict:
+                    options: dict[str, dict] | None = None, overwrite: bool = False) -> dict:
     """``fetalhc explain`` without click: check the request, load the model and the split,
-    write the folder; returns what it wrote and skipped."""
+    write the folder (``overwrite``: recompute it from scratch); returns what it wrote and
+    skipped."""
     from fetalhc.report.explanations import check_request, write_explanations
 
     check_request(methods, target, options, limit)
-    model, image_size, index = _load_model_and_split(model_path, data_dir, split)
+    model, model_file, image_size, index, split_name = _load_model_and_split(
+        model_path, data_dir, split)
     return write_explanations(
         model, index, image_size, methods, out, limit=limit, target=target,
         batch_size=batch_size, progress=progress, shard=shard, options=options,
-        source={"model": str(model_path), "data": str(data_dir), "split": split})
+        source={"model": str(model_path), "data": str(data_dir), "split": split},
+        split=split_name, model_file=model_file, overwrite=overwrite)
 
 
 @click.command("explain")
@@ -102,9 +111,12 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
                    "combine the shard folders with `fetalhc merge`.")
 @click.option("--option", "option_texts", multiple=True, metavar="METHOD.NAME=VALUE",
               help="A method option, e.g. integrated_gradients.baseline=blur (repeatable).")
+@click.option("--overwrite", is_flag=True,
+              help="Delete an earlier explain folder at --out and recompute it (a re-run "
+                   "with other settings is refused without it; with the same, it resumes).")
 @click.option("--list", "list_methods", is_flag=True, help="List the registered methods and exit.")
 def command(model_path, data_dir, methods, out, limit, split, target, batch_size, shard,
-            option_texts, list_methods):
+            option_texts, overwrite, list_methods):
     """Signed saliency maps (red raises HC, blue lowers it) for a split of a trained run."""
     if list_methods:
         import fetalhc.explain as fe
@@ -117,7 +129,8 @@ def command(model_path, data_dir, methods, out, limit, split, target, batch_size
         raise ValueError("--methods is empty")
     options = parse_options(option_texts, names)
     summary = explain_command(model_path, data_dir, names, out, limit=limit, split=split,
-                              target=target, batch_size=batch_size, shard=shard, options=options)
+                              target=target, batch_size=batch_size, shard=shard, options=options,
+                              overwrite=overwrite)
     click.echo(
         f"{summary['images']} images x {len(names)} methods: wrote {summary['written']}, "
         f"skipped {summary['skipped']} already done; index {summary['index']}, grid {summary['grid']}"

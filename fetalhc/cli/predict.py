@@ -2,10 +2,11 @@
 
 Pre-processing and the default split come from the model's run folder (the folder holding
 ``model.keras`` and ``config.toml``), resolved through ``fetalhc.training`` helpers;
-:func:`fetalhc.report.predictions.write_predictions` writes ``--out`` and, with references
+:func:`fetalhc.report.predictions.predict_to_files` writes ``--out`` and, with references
 (train/val/test splits), beside it ``<stem>_per_image.csv``, ``<stem>_metrics.json``,
-``<stem>_bland_altman.png`` and ``<stem>_scatter.png``. The reference HC is never used to
-compute a prediction.
+``<stem>_bland_altman.png`` and ``<stem>_scatter.png``, and always
+``<stem>_provenance.json`` (what produced them). The reference HC is never used to compute a
+prediction.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     returns what it wrote."""
     import fetalhc
     from fetalhc.models import check_input_size
-    from fetalhc.report.predictions import prediction_paths, write_predictions
-    from fetalhc.training import load_run, predict_hc_mm, prediction_table, run_split_index
+    from fetalhc.report.predictions import predict_to_files, prediction_paths
+    from fetalhc.training import load_run, run_split_index
 
     prediction_paths(out)  # a bad --out fails before the model loads
     model = fetalhc.load_model(model_path)
@@ -47,10 +48,9 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
         index = run_split_index({}, data_dir, "challenge")
     else:
         index = run_split_index(run.config, data_dir, split)
-    predictions = predict_hc_mm(model, index, image_size, batch_size=batch_size, tta=tta)
-    table = prediction_table(predictions, index) if index["hc_mm"].notna().all() else None
-    return write_predictions(out, predictions, table, split=split, model=str(model_path),
-                             tta=tta, image_size=image_size)
+    return predict_to_files(model, index, image_size, out, split=split, tta=tta,
+                            batch_size=batch_size, model_file=Path(model_path),
+                            info={"model": str(model_path), "data": str(data_dir)})
 
 
 @click.command("predict")

@@ -15,9 +15,11 @@ from fetalhc.data.ellipse import (
     hc_from_annotation,
 )
 from fetalhc.data.errors import DataError
+from fetalhc.data.images import check_images
 from fetalhc.data.index import group_id_of, index_problems, load_index
 from fetalhc.data.phantom import write_phantom_dataset
 from fetalhc.data.pipeline import (
+    PREPROCESSING,
     Augmentation,
     annotation_ellipses,
     input_geometry,
@@ -28,11 +30,13 @@ from fetalhc.data.pipeline import (
 from fetalhc.data.splits import kfold_split, split_index
 
 __all__ = [
+    "PREPROCESSING",
     "Augmentation",
     "DataError",
     "Ellipse",
     "annotation_ellipse",
     "annotation_ellipses",
+    "check_images",
     "ellipse_perimeter",
     "fit_ellipse",
     "group_id_of",

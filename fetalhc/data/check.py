@@ -1,4 +1,4 @@
-"""Whole-dataset check: every row problem, summary numbers and the annotation refit."""
+"""Whole-dataset check: every row problem, every file decoded, summary numbers, the refit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pandas as pd
 
 from fetalhc.data.ellipse import annotation_ellipse
 from fetalhc.data.errors import DataError
+from fetalhc.data.images import image_problems
 from fetalhc.data.index import PARTS, index_problems
 
 REFIT_TOLERANCE_MM = 0.05
@@ -48,6 +49,8 @@ class CheckReport:
     refit: pd.DataFrame | None
     tolerance_mm: float
     problems: list[str] = field(default_factory=list)
+    decoded_files: int = 0  # images and annotations fully decoded
+    undecodable_files: int = 0
 
     @property
     def ok(self) -> bool:
@@ -60,6 +63,10 @@ class CheckReport:
                 lines.append(f"{name}: no {PARTS[name][0]}/ (skipped)")
                 continue
             lines.append(_part_summary(name, table))
+        lines.append(
+            f"decoded in full (as the pipeline will): {self.decoded_files} images and "
+            f"annotations, {self.undecodable_files} missing, truncated or undecodable"
+        )
         if self.refit is not None and len(self.refit):
             worst = self.refit.loc[self.refit["abs_difference_mm"].idxmax()]
             lines.append(
@@ -96,21 +103,34 @@ def check_dataset(root, refit: bool = True, tolerance_mm: float = REFIT_TOLERANC
     """Validate an HC18-layout folder and collect every problem.
 
     The training part is required; the challenge part (``test_set/``) is checked when its
-    folder or CSV exists. With ``refit``, every annotation is refitted and a CSV HC that
-    differs from the refit by more than ``tolerance_mm`` is a problem. Folder- and CSV-level
-    problems raise :class:`~fetalhc.data.DataError`.
+    folder or CSV exists. Every image and annotation of both parts is decoded in full
+    (:func:`~fetalhc.data.images.image_problems`, what ``check_images`` checks), so a
+    missing, truncated or undecodable file is a problem. With ``refit``, every annotation
+    is refitted and a CSV HC that differs from the refit by more than ``tolerance_mm`` is a
+    problem. Folder- and CSV-level problems raise :class:`~fetalhc.data.DataError`.
     """
     root = Path(root)
     training, problems = index_problems(root, "training", validate=not refit,
                                         progress=progress)
+    decoded = _decoded_count(training)
+    training_bad = image_problems(training, annotations=True, progress=progress)
+    problems += [message for _, message in training_bad]
+    bad_files = len(training_bad)
     challenge = None
     folder, csv_name = PARTS["challenge"]
     if (root / folder).exists() or (root / csv_name).exists():
         challenge, challenge_problems = index_problems(root, "challenge", progress=progress)
         problems += challenge_problems
+        decoded += _decoded_count(challenge)
+        challenge_bad = image_problems(challenge, annotations=False, progress=progress)
+        problems += [message for _, message in challenge_bad]
+        bad_files += len(challenge_bad)
     refit_table = None
     if refit:
-        refit_table, refit_problems = refit_hc(training, progress=progress)
+        # rows whose files did not decode are reported once, above, not again by the refit
+        bad_rows = sorted({position for position, _ in training_bad})
+        readable = training.drop(training.index[bad_rows]) if bad_rows else training
+        refit_table, refit_problems = refit_hc(readable, progress=progress)
         problems += refit_problems
         too_far = refit_table[refit_table["abs_difference_mm"] > tolerance_mm]
         problems += [
@@ -121,4 +141,9 @@ def check_dataset(root, refit: bool = True, tolerance_mm: float = REFIT_TOLERANC
         ]
     if len(training) == 0 and not problems:
         problems.append(f"{root}: no usable training images")
-    return CheckReport(root, training, challenge, refit_table, tolerance_mm, problems)
+    return CheckReport(root, training, challenge, refit_table, tolerance_mm, problems,
+                       decoded_files=decoded, undecodable_files=bad_files)
+
+
+def _decoded_count(index: pd.DataFrame) -> int:
+    return len(index) + int(index["annotation_path"].notna().sum())

@@ -28,9 +28,20 @@ import numpy as np
 import pandas as pd
 
 from fetalhc.data.errors import DataError
+from fetalhc.data.images import check_images, image_byte_sizes
 
 # half width, in input pixels, of the band around the ellipse that the `annotation` marks
 OUTLINE_HALF_WIDTH_PX = 0.75
+
+# The pre-processing above in words: recorded in a run's config.toml ([preprocessing], with
+# the image size) and in the provenance of every result folder (fetalhc.report.provenance).
+PREPROCESSING = {
+    "resize": "keep aspect ratio, longer side = image_size, bilinear with anti-aliasing",
+    "normalise": "z-score per image (mean 0, SD 1 over the image's own pixels)",
+    "pad": "centred to a square with 0 (the image mean after z-scoring)",
+    "pad_value": 0.0,
+    "channels": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,9 @@ def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
         raise ValueError(f"the index lacks column(s) {missing}; use fetalhc.data.load_index")
     if len(index) == 0:
         raise ValueError("the index is empty")
+    # decode every file now (memoised), so no bad file ever reaches tf.data; the byte sizes
+    # let the graph name a file that changed after this check (see _load_element)
+    file_sizes = image_byte_sizes(index, annotations=need_ellipse)
     geometries = [input_geometry(int(w), int(h), image_size)
                   for w, h in zip(index["width_px"], index["height_px"], strict=True)]
     pixel_size = index["pixel_size_mm"].to_numpy(np.float64)
@@ -139,6 +153,7 @@ def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
                         dtype=np.int32),
         "pixel_size_mm": (pixel_size / scale).astype(np.float32),
         "hc_mm": index["hc_mm"].to_numpy(np.float64).astype(np.float32),
+        "file_size": np.asarray(file_sizes, dtype=np.int64),
     }
     if need_ellipse:
         original = annotation_ellipses(index)
@@ -160,6 +175,15 @@ def _load_element(row, image_size: int):
     import tensorflow as tf
 
     raw = tf.io.read_file(row["image_path"])
+    # check_images decoded this file before the dataset was built; should it have changed
+    # since, fail naming it rather than with the decoder's nameless "Invalid PNG data"
+    length = tf.cast(tf.strings.length(raw, unit="BYTE"), tf.int64)
+    unchanged = tf.debugging.Assert(
+        tf.equal(length, row["file_size"]),
+        ["fetalhc: image file changed after it was checked (run `fetalhc data check`):",
+         row["image_path"], "bytes now:", length, "bytes when checked:", row["file_size"]])
+    with tf.control_dependencies([unchanged]):
+        raw = tf.identity(raw)
     image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.float32)
     box = row["box"]
     image = tf.image.resize(image, tf.stack([box[0], box[1]]), method="bilinear",
@@ -172,6 +196,7 @@ def _load_element(row, image_size: int):
     image = tf.ensure_shape(image, (image_size, image_size, 1))
     element = dict(row)
     del element["image_path"]
+    del element["file_size"]
     element["image"] = image
     return element
 
@@ -336,6 +361,12 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
     come after it. ``seed`` fixes the shuffle order and the augmentation draws (both change
     from epoch to epoch, deterministically). Without shuffle/augment the order is the
     index order.
+
+    Every image of ``index`` (and its annotation, with ``with_annotation`` /
+    ``with_ellipse``) is decoded by :func:`~fetalhc.data.check_images` before the dataset
+    is built (memoised per file version), so a missing, truncated or undecodable file raises
+    a one-line :class:`~fetalhc.data.DataError` naming it here, not deep inside tf.data; a
+    file that changes afterwards fails in the graph with a message naming it.
     """
     import tensorflow as tf
 
@@ -390,17 +421,41 @@ def load_arrays(index: pd.DataFrame, image_size: int = 128, with_annotation: boo
     """The whole index pre-processed into numpy arrays (same keys as :func:`make_dataset`).
 
     No shuffling or augmentation; rows keep the index order; ``filename`` is a str array.
+    Every file is decoded by :func:`~fetalhc.data.check_images` first (memoised), so a bad
+    file raises a one-line :class:`~fetalhc.data.DataError` naming it.
     """
+    import tensorflow as tf
+
     dataset = make_dataset(index, image_size=image_size, batch_size=64, shuffle=False,
                            augment=False, with_annotation=with_annotation,
                            with_ellipse=with_ellipse)
     parts: dict[str, list] = {}
-    for batch in dataset.as_numpy_iterator():
-        for key, value in batch.items():
-            parts.setdefault(key, []).append(value)
+    try:
+        for batch in dataset.as_numpy_iterator():
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(value)
+    except tf.errors.OpError as error:  # a file changed or broke after make_dataset checked it
+        raise _decode_error(index, error, with_annotation or with_ellipse) from None
     arrays = {key: np.concatenate(values, axis=0) for key, values in parts.items()}
     arrays["filename"] = np.array([name.decode() for name in arrays["filename"]])
     return arrays
+
+
+def _decode_error(index: pd.DataFrame, error, annotations: bool) -> DataError:
+    """The one-line DataError for a TensorFlow error met while reading the index's images.
+
+    Re-checks the files (a changed file has a new memo key, so it is decoded again) and
+    names the first bad one; else the first line of the error (the file named by the
+    pipeline's own check, when that is what failed).
+    """
+    try:
+        check_images(index, annotations=annotations)
+    except DataError as named:
+        return named
+    lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]
+    ours = [line for line in lines if "fetalhc:" in line]
+    detail = (ours or lines or [type(error).__name__])[0]
+    return DataError(f"cannot decode the images of the index: {detail}")
 
 
 def augmentation_config(augment) -> dict:

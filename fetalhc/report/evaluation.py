@@ -3,20 +3,37 @@
 :func:`write_evaluation` explains (or loads) every method's maps, scores them with
 ``fetalhc.evaluate.evaluate_maps`` and writes into ``out``::
 
+    provenance.json          what the numbers depend on (``fetalhc.report.provenance``)
     per_image.csv            one row per method and image, metric columns with units
     summary.csv / .md        methods x metrics, mean [95 % bootstrap CI] over images
     summary_by_error.csv/.md the same, split by the prediction error of each image
     randomisation.csv        cascade stages per method (when asked for)
-    settings.json            what was run
+    settings.json            what was run, for people (paths as given)
     figures/*.png            curves, boxplots, error-split bars (:mod:`.evaluation_figures`)
-    methods/<name>/          per-method results (also perturbation_steps.csv: HC, error and
-                             shift per image, order and step); finished methods are skipped
+    methods/<name>/          per-method results: the tables, ``<table>.npz`` (their exact
+                             numbers), perturbation_steps.csv (HC, error and shift per
+                             image, order and step), ``provenance.json`` and last
+                             ``done.json``; a finished method is reused on a re-run
     shard.json, methods/<name>/shard_*.npz
                              with ``shard="i/n"``: the exact per-image numbers
                              ``fetalhc merge`` (:mod:`fetalhc.report.merge`) combines
 
-:func:`write_summaries` (the tables, Markdown pages and figures from per-method results) is
-shared with the merge. Every file goes through :mod:`fetalhc.files` (atomic writes).
+Re-runs: ``provenance.json``'s ``result`` holds the model's content digest, the digest of
+the split's rows (after ``limit``, before ``shard``), the split, the metrics, every
+``EvaluationSettings`` field, the pre-processing with the image size, the error split, the
+limit and the shard. A re-run into the folder compares it before anything is loaded or
+written: another value is a one-line ``ProvenanceError`` naming the field (``--overwrite``
+deletes the folder and recomputes); the same value resumes. The methods are not part of it:
+each method folder's ``provenance.json`` holds the folder's ``result``, the method's name and,
+for maps from ``--maps``, their digest, and a method is reused only when that matches and its
+``done.json`` exists; its tables are then read back exactly (``.npz``), so a resumed folder
+equals an uninterrupted run's. Maps from ``--maps`` must come with the ``provenance.json``
+of the explain folder they were stacked from (``fetalhc.report.explanations.stack_maps``);
+their model, target, pre-processing and images are checked against the evaluation's.
+
+:mod:`.evaluation_provenance` builds and checks the records, :mod:`.evaluation_summary`
+writes the summaries (shared with the merge). Every file goes through :mod:`fetalhc.files`
+(atomic writes).
 """
 
 from __future__ import annotations
@@ -29,15 +46,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fetalhc.files import markdown_frame, write_bytes, write_csv, write_json, write_text
+from fetalhc.files import write_bytes, write_csv, write_json
+from fetalhc.report.evaluation_provenance import (
+    DERIVED_FIELDS,
+    MAKE_MAPS,
+    check_maps,
+    evaluation_provenance,
+    method_record,
+)
+from fetalhc.report.evaluation_summary import write_summaries
+from fetalhc.report.provenance import (
+    ProvenanceError,
+    check_folder_settings_first,
+    read_provenance,
+    write_provenance,
+)
 
 RESULT_FILES = ("per_image.csv", "curves.csv", "randomisation.csv")
 SHARD_PER_IMAGE, SHARD_CURVES, SHARD_STEPS = ("shard_per_image.npz", "shard_curves.npz",
                                               "shard_steps.npz")
-FAMILIES = (("AOPC, region perturbation (more negative is better)", "aopc_"),
-            ("Deletion / insertion, normalised areas", "deletion_"),
-            ("", "insertion_"),
-            ("Localisation against the annotated contour", ""))
+# files that make a folder an evaluate folder (besides provenance.json), for --overwrite
+MARKERS = ("settings.json", "summary.csv")
+# result fields that follow from the settings: a re-run names the setting, not these
+# what maps from --maps must share with the evaluation, in the order a mismatch is named
 
 
 # ----------------------------------------------------------------------------- checks
@@ -68,6 +99,10 @@ def check_evaluation_request(methods: Sequence[str], metrics, settings, maps_dir
         if not Path(maps_dir).is_dir():
             raise FileNotFoundError(f"--maps folder not found: {maps_dir}")
         external = {m for m in methods if (Path(maps_dir) / f"{m}.npy").is_file()}
+        if external and read_provenance(maps_dir) is None:
+            raise ProvenanceError(
+                f"the maps in {maps_dir} have no provenance.json, so nothing says which "
+                f"model, images, target and pre-processing made them; {MAKE_MAPS}")
     check_methods([m for m in methods if m not in external], bool(external))
     if external and ("randomisation" in metrics or settings.recompute):
         from fetalhc.explain import available_methods
@@ -101,58 +136,113 @@ def check_annotations(index: pd.DataFrame, data_dir) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- provenance
+
+
+
+
+
+
+
+
+
+
+
+
 # ----------------------------------------------------------------------------- run
+def read_method_tables(folder: Path, record: dict) -> dict[str, pd.DataFrame] | None:
+    """A finished method's tables with their exact numbers, or ``None`` when the method
+    must be (re)computed: no ``done.json``, another provenance (``record``) or a table
+    missing."""
+    from fetalhc.data.shards import load_table
+
+    if not (folder / "done.json").is_file():
+        return None
+    try:
+        old = read_provenance(folder)
+    except ProvenanceError:
+        return None
+    if old is None or old.get("result") != record["result"]:
+        return None
+    exact = {name: folder / f"{Path(name).stem}.npz" for name in RESULT_FILES}
+    if not (exact["per_image.csv"].is_file() and exact["curves.csv"].is_file()):
+        return None
+    return {name: load_table(path) for name, path in exact.items() if path.is_file()}
+
+
 def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics, settings,
                      out, *, image_size: int, split: str, source: dict, limit: int | None = None,
                      maps_dir=None, shard: str | None = None, error_threshold_mm=None,
-                     error_quantiles=None, figures: bool = True, progress: bool = False) -> dict:
+                     error_quantiles=None, figures: bool = True, progress: bool = False,
+                     model_file=None, overwrite: bool = False) -> dict:
     """Evaluate ``methods`` on the images of ``index`` (a ``fetalhc.data`` index of the split
     ``split``) into the folder ``out``; returns the paths written, the summary and the
     randomisation table.
 
-    ``model``: a Keras model or a model file (loaded once the inputs are checked).
-    ``source``: where the model and data came from, ``{"model": ..., "data": ...}``,
-    recorded in ``settings.json``. ``limit`` keeps the first images; ``shard="i/n"``
+    ``model``: a Keras model or a model file (loaded once the inputs are checked);
+    ``model_file``: the file a given Keras model was loaded from (its bytes identify the
+    model in ``provenance.json``; else the in-memory weights do). ``source``: where the
+    model and data came from, ``{"model": ..., "data": ...}``, recorded in ``settings.json``
+    and the provenance's ``info``. ``limit`` keeps the first images; ``shard="i/n"``
     (1-based, see ``fetalhc.data.shards``) then evaluates only every n-th image, with the
     noise and random orders those images get in the whole set, and also keeps the exact
     per-image numbers and ``shard.json``, from which ``fetalhc merge`` rebuilds what one
-    unsharded run writes. ``randomisation`` (a whole-set metric) is refused with a shard."""
+    unsharded run writes. ``randomisation`` (a whole-set metric) is refused with a shard.
+
+    Before anything is loaded or created: bad image files, maps from ``maps_dir`` made for
+    something else, or an ``out`` folder holding results of something else
+    (:class:`~fetalhc.report.provenance.ProvenanceError` naming the first differing field)
+    raise a one-line ``ValueError``; ``overwrite`` deletes an earlier evaluate folder
+    first. The same provenance resumes: finished methods are reused."""
     from tqdm.auto import tqdm
 
-    from fetalhc.data import load_arrays
+    from fetalhc.data import check_images, load_arrays
     from fetalhc.evaluate import evaluate_maps
     from fetalhc.explain import explain
     from fetalhc.models import check_input_size, load_model
 
     methods = list(methods)
-    metrics, _ = check_evaluation_request(methods, metrics, settings, maps_dir,
-                                          error_threshold_mm, error_quantiles)
+    metrics, external = check_evaluation_request(methods, metrics, settings, maps_dir,
+                                                 error_threshold_mm, error_quantiles)
     size = int(image_size)
     if limit is not None:
-        index = index.head(int(limit)).reset_index(drop=True)
-    total, positions = len(index), None
+        index = index.head(int(limit))
+    index = index.reset_index(drop=True)
+    total, selected, positions = len(index), index, None
     if shard is not None:
         from fetalhc.data.shards import select_shard
 
         if "randomisation" in metrics:
             raise ValueError("randomisation is a whole-set metric and cannot be sharded; run "
                              "it without --shard")
-        index, positions = select_shard(index, shard)
-    settings.validate((len(index), size, size, 1), metrics)
+        selected, positions = select_shard(index, shard)
+    settings.validate((len(selected), size, size, 1), metrics)
     localisation = "localisation" in metrics
     if localisation:
-        check_annotations(index, source.get("data"))
+        check_annotations(selected, source.get("data"))
+    check_images(selected, annotations=localisation)
+    record = evaluation_provenance(
+        model_file if model_file is not None else model, index, metrics, settings,
+        image_size=size, split=split, limit=limit, shard=shard,
+        error_threshold_mm=error_threshold_mm, error_quantiles=error_quantiles,
+        info={**source, "maps": None if maps_dir is None else str(maps_dir)})
+    maps_keys = check_maps(maps_dir, record, sorted(external), total,
+                           selected if shard is not None else None) if external else {}
+    out = Path(out)
+    resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, overwrite=overwrite,
+                                          markers=MARKERS)
     if isinstance(model, str | Path):
         model = load_model(model)
     check_input_size(model, size)
 
-    arrays = load_arrays(index, image_size=size, with_annotation=localisation)
+    arrays = load_arrays(selected, image_size=size, with_annotation=localisation)
     images, pixel_size, reference = arrays["image"], arrays["pixel_size_mm"], arrays["hc_mm"]
-    pixel_size_original = index["pixel_size_mm"].to_numpy(np.float32)
+    pixel_size_original = selected["pixel_size_mm"].to_numpy(np.float32)
     filenames = arrays["filename"]
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not resumed:  # a resume keeps the record (and its info) of the run it continues
+        write_provenance(out, record)
     run_settings = {**source, "split": split, "limit": limit, "image_size": size,
                     "metrics": list(metrics), "filenames": [str(f) for f in filenames],
                     **settings.as_dict()}
@@ -163,12 +253,12 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     for method in bar:
         bar.set_postfix_str(method)
         folder = out / "methods" / method
-        done_file = folder / "done.json"
-        if done_file.is_file() and json.loads(done_file.read_text()) == run_settings:
-            tables = {name: pd.read_csv(folder / name) for name in RESULT_FILES
-                      if (folder / name).is_file()}
-        else:
-            if maps_dir is not None and (Path(maps_dir) / f"{method}.npy").is_file():
+        key = method_record(record, method, maps_keys.get(method),
+                            info={"maps": str(maps_dir)} if method in maps_keys else None)
+        tables = read_method_tables(folder, key)
+        if tables is None:
+            (folder / "done.json").unlink(missing_ok=True)  # unfinished until rewritten
+            if method in maps_keys:
                 maps = np.load(Path(maps_dir) / f"{method}.npy", allow_pickle=False)
                 if positions is not None and len(maps) == total != len(positions):
                     maps = maps[positions]  # maps of the whole split → this shard's
@@ -190,7 +280,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
                 steps = result.steps.assign(filename=filenames[result.steps["image"]])
             if shard is not None:
                 write_shard_tables(folder, result, filenames, positions)
-            write_method_folder(folder, tables, run_settings, steps)
+            write_method_folder(folder, tables, run_settings, steps, provenance=key)
         per_image.append(tables["per_image.csv"].assign(method=method))
         curves.append(tables["curves.csv"].assign(method=method))
         if "randomisation.csv" in tables:
@@ -209,18 +299,29 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
         confidence=settings.confidence, n_boot=settings.n_boot, seed=settings.seed,
         error_threshold_mm=error_threshold_mm, error_quantiles=error_quantiles,
         figures=figures)
-    return {"written": written, "summary": summary, "randomisation": random_frame}
+    return {"written": written, "summary": summary, "randomisation": random_frame,
+            "resumed": resumed, "provenance": record}
 
 
 def write_method_folder(folder: Path, tables: dict[str, pd.DataFrame], done: dict,
-                        steps: pd.DataFrame | None = None) -> None:
-    """One method's results: ``tables`` (file name → frame), ``perturbation_steps.csv``
-    when given, and last ``done.json`` (``done``: the run settings, which mark the folder
-    finished for these settings, so a re-run skips it)."""
+                        steps: pd.DataFrame | None = None, provenance: dict | None = None
+                        ) -> None:
+    """One method's results: ``tables`` (file name → frame) as CSV and with their exact
+    numbers (``<table>.npz``, which a resume reads), ``perturbation_steps.csv`` when given,
+    the method's ``provenance`` record when given (:func:`method_record`) and last
+    ``done.json`` (``done``: the run settings, for people). ``done.json`` is removed first,
+    so a folder interrupted while being rewritten is never taken for finished."""
+    from fetalhc.data.shards import save_table
+
+    (folder / "done.json").unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     if steps is not None:
         write_csv(steps, folder / "perturbation_steps.csv")
     for name, frame in tables.items():
         write_csv(frame, folder / name)
+        save_table(frame, folder / f"{Path(name).stem}.npz")
+    if provenance is not None:
+        write_provenance(folder, provenance)
     write_json(folder / "done.json", done)
 
 
@@ -246,98 +347,7 @@ def write_shard_tables(folder: Path, result, filenames, positions) -> None:
 
 
 # ----------------------------------------------------------------------------- summaries
-def summary_tables(per_image: Sequence[pd.DataFrame], methods: Sequence[str], *,
-                   confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
-                   error_threshold_mm=None, error_quantiles=None):
-    """(the per-image table of every method with its error group, the summary per method,
-    the summary per method and error group) from the methods' per-image tables. The error
-    split defaults to the median error; groups run from the smallest to the largest errors,
-    methods in the order of ``methods``."""
-    from fetalhc.evaluate import error_groups, summary_table
-
-    table = pd.concat(per_image, ignore_index=True)
-    if error_threshold_mm is None and error_quantiles is None:
-        error_quantiles = [0.5]
-    table["error_group"] = error_groups(table["abs_error_mm"], threshold_mm=error_threshold_mm,
-                                        quantiles=error_quantiles)
-    first = ["method", "filename", "hc_pred_mm", "reference_mm", "abs_error_mm", "error_group"]
-    table = table[first + [c for c in table.columns if c not in first]]
-    summary = summary_table(table, by=("method",), confidence=confidence, n_boot=n_boot,
-                            seed=seed)
-    by_error = summary_table(table, by=("method", "error_group"), confidence=confidence,
-                             n_boot=n_boot, seed=seed)
-    typical = table.groupby("error_group")["abs_error_mm"].median().fillna(np.inf)
-    by_error = by_error.assign(
-        _method=by_error["method"].map({m: i for i, m in enumerate(methods)}),
-        _group=by_error["error_group"].map(typical.rank(method="first")),
-    ).sort_values(["_method", "_group"], kind="stable").drop(columns=["_method", "_group"])
-    return table, summary, by_error
 
 
-def write_summaries(out, per_image: Sequence[pd.DataFrame], curves: Sequence[pd.DataFrame],
-                    methods: Sequence[str], split: str, *,
-                    randomisation: Sequence[pd.DataFrame] = (), confidence: float = 0.95,
-                    n_boot: int = 2000, seed: int = 0, error_threshold_mm=None,
-                    error_quantiles=None, figures: bool = True):
-    """The tables, Markdown pages and figures of an evaluation folder from the per-method
-    results (frames with a ``method`` column); returns (paths written, summary,
-    randomisation table or None)."""
-    out = Path(out)
-    table, summary, by_error = summary_tables(
-        per_image, methods, confidence=confidence, n_boot=n_boot, seed=seed,
-        error_threshold_mm=error_threshold_mm, error_quantiles=error_quantiles)
-    written = {"per_image": out / "per_image.csv", "summary": out / "summary.csv",
-               "summary_md": out / "summary.md", "by_error": out / "summary_by_error.csv",
-               "by_error_md": out / "summary_by_error.md"}
-    write_csv(table, written["per_image"])
-    write_csv(summary, written["summary"])
-    write_csv(by_error, written["by_error"])
-    markdown = [f"# Explanation evaluation ({split} split, {table['filename'].nunique()} "
-                f"images)\n", "Mean over images [95 % bootstrap CI]. AOPC: more negative is "
-                "better; deletion AUC: larger is better; insertion AUC: smaller is better; "
-                "band / inside ratios: 1 = chance. Units in column names.\n",
-                *family_tables(summary)]
-    random_frame = None
-    if randomisation:
-        random_frame = pd.concat(randomisation, ignore_index=True)
-        written["randomisation"] = out / "randomisation.csv"
-        write_csv(random_frame, written["randomisation"])
-        final = random_frame.groupby("method", sort=False).agg(
-            similarity=("similarity", "first"), final_similarity=("final_similarity", "first"),
-            flagged=("flagged", "first")).round(3)
-        markdown += ["\n## Model randomisation (cascading, top layer first)\n",
-                     "A flagged method's maps stay similar to the trained model's once every "
-                     "layer is random.\n", markdown_frame(final)]
-    write_text(written["summary_md"], "\n".join(markdown))
-    write_text(written["by_error_md"], "\n".join(
-        ["# Explanation evaluation split by prediction error\n"]
-        + family_tables(by_error, ("method", "error_group"))))
-    if figures:
-        from fetalhc.report.evaluation_figures import write_figures
-
-        written.update(write_figures(out / "figures", table,
-                                     pd.concat(curves, ignore_index=True), by_error))
-    return written, summary, random_frame
 
 
-def family_tables(summary: pd.DataFrame, index: Sequence[str] = ("method",)) -> list[str]:
-    """One Markdown table per metric family (``index`` rows x metrics, "mean [CI]" cells) of
-    a long summary, each under a ``##`` title, so the tables stay readable."""
-    from fetalhc.evaluate import wide_table
-
-    parts, used = [], set()
-    metrics = list(dict.fromkeys(summary["metric"]))
-    for position, (title, prefix) in enumerate(FAMILIES):
-        if prefix == "deletion_":  # deletion and insertion share one table
-            chosen = [m for m in metrics if m.startswith(("deletion_", "insertion_"))]
-        elif prefix == "insertion_":
-            continue
-        elif position == len(FAMILIES) - 1:
-            chosen = [m for m in metrics if m not in used]
-        else:
-            chosen = [m for m in metrics if m.startswith(prefix)]
-        used.update(chosen)
-        if chosen:
-            rows = summary[summary["metric"].isin(chosen)]
-            parts += [f"\n## {title}\n", markdown_frame(wide_table(rows, index=index))]
-    return parts

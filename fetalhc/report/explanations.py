@@ -3,23 +3,48 @@
 For every image and method :func:`write_explanations` writes ``<out>/<method>/<stem>.npz``
 (the map, the input image, the annotation outline when known, and the metadata: method,
 target, units, baseline, prediction, reference, pixel size, per-image reports such as IG's
-completeness gap) and ``<out>/<method>/<stem>.png`` (overlay: red raises HC, blue lowers it,
-the annotated skull outline as a thin line). Then :func:`write_index_and_grid` writes
-``<out>/grid.png`` (methods x the first images) and ``<out>/index.csv`` (one row per image
-and method), rebuilt from all ``.npz`` on disk; ``fetalhc merge`` calls it on the merged
-shards. Image/method pairs whose ``.npz`` and ``.png`` exist are skipped; every file goes
-through :mod:`fetalhc.files`, so an interrupted run leaves no partial files.
+completeness gap, and the image's key: ``set`` (``training_set`` / ``test_set``),
+``filename`` and ``method_key``, the method, its options and the target) and
+``<out>/<method>/<stem>.png`` (overlay: red raises HC, blue lowers it, the annotated skull
+outline as a thin line). Then :func:`write_index_and_grid` writes ``<out>/grid.png``
+(methods x the first images) and ``<out>/index.csv`` (one row per image and method),
+rebuilt from all ``.npz`` on disk; ``fetalhc merge`` calls it on the merged shards.
+
+Re-runs (``fetalhc.report.provenance``): ``<out>/provenance.json`` records what made the
+folder (model digest, index digest and image keys, split, limit, shard, target, every
+method's options after defaults, pre-processing, batch size). Before any work a re-run
+compares it: another value refuses with one line naming the field and ``--overwrite``
+(which deletes the folder and recomputes); the same value resumes. A resume keeps the
+batches of a clean run (images ``[0, b)``, ``[b, 2b)``, ... of the whole list) and reuses a
+batch only when every ``.npz`` and ``.png`` of it exists and each ``.npz`` records the
+expected set, file name and method key; any other batch is recomputed whole, so a resumed
+folder equals an uninterrupted run's. :func:`stack_maps` stacks the maps of a folder into
+``<method>.npy`` files for ``fetalhc evaluate --maps``, with the folder's provenance.
+Every file goes through :mod:`fetalhc.files`, so an interrupted run leaves no partial files.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from fetalhc.files import write_csv, write_json, write_npz
+from fetalhc.files import write_bytes, write_csv, write_json, write_npz
+from fetalhc.report.provenance import (
+    ProvenanceError,
+    check_folder_settings_first,
+    image_keys,
+    image_set,
+    index_digest,
+    make_provenance,
+    method_options,
+    model_digest,
+    read_provenance,
+    write_provenance,
+)
 
 GRID_IMAGES = 6
 INDEX_COLUMNS = (
@@ -27,6 +52,10 @@ INDEX_COLUMNS = (
     "pixel size (mm)", "target value", "target units", "completeness gap", "conservation gap",
     "map sum", "map path", "overlay path",
 )
+# files that make a folder an explain folder (besides provenance.json), for --overwrite
+MARKERS = ("index.csv", "grid.png")
+# result fields that follow from the settings: a re-run names the setting, not these
+DERIVED_FIELDS = ("index", "image_keys")
 
 
 def check_request(methods: Sequence[str], target: str = "hc_mm",
@@ -43,83 +72,162 @@ def check_request(methods: Sequence[str], target: str = "hc_mm",
     fe.get_target(target)
 
 
+def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
+                       target: str = "hc_mm", options: dict[str, dict] | None = None,
+                       limit: int | None = None, shard: str | None = None,
+                       batch_size: int = 8, split: str | None = None,
+                       model_file=None, info: dict | None = None) -> dict:
+    """The provenance record of an explain folder.
+
+    ``index``: the rows explained by the run and its sibling shards, i.e. after ``limit``
+    and before ``shard`` (a shard's rows follow from them and ``shard``). The model digest
+    is that of ``model_file`` when given (the file the model was loaded from), else of the
+    in-memory model's architecture and weights."""
+    from fetalhc.data import PREPROCESSING
+    from fetalhc.data.shards import format_shard, parse_shard
+
+    options = options or {}
+    result = {
+        "model": model_digest(model_file if model_file is not None else model),
+        "split": split,
+        "index": index_digest(index),
+        "image_keys": image_keys(index),
+        "limit": limit,
+        "shard": None if shard is None else format_shard(parse_shard(shard)),
+        "target": target,
+        "methods": {method: method_options(method, options.get(method, {}))
+                    for method in methods},
+        "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
+        "batch_size": int(batch_size),
+    }
+    return make_provenance("explain", result, info)
+
+
+def method_key(method: str, options: dict, target: str) -> str:
+    """The key an ``.npz`` records: its method, the options after defaults and the target."""
+    return json.dumps({"method": method, "options": method_options(method, options),
+                       "target": target}, sort_keys=True)
+
+
+def _reusable(npz_path: Path, image_set_name: str, filename: str, key: str) -> bool:
+    """Whether ``npz_path`` and its overlay exist and the ``.npz`` records this image
+    (set and file name) and this method key."""
+    if not (npz_path.is_file() and npz_path.with_suffix(".png").is_file()):
+        return False
+    try:
+        with np.load(npz_path, allow_pickle=False) as stored:
+            return (str(stored["set"]) == image_set_name and str(stored["filename"]) == filename
+                    and str(stored["method_key"]) == key)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+
+
 def write_explanations(model, index, image_size: int, methods: Sequence[str], out: Path, *,
                        limit: int | None = None, target: str = "hc_mm", batch_size: int = 8,
                        progress: bool = True, shard: str | None = None,
                        options: dict[str, dict] | None = None,
-                       source: dict | None = None) -> dict:
+                       source: dict | None = None, split: str | None = None,
+                       model_file=None, overwrite: bool = False) -> dict:
     """Explain the images of ``index`` (a ``fetalhc.data`` index) into the folder ``out``;
-    returns what it wrote and skipped.
+    returns what it wrote and reused (``written``, ``skipped`` maps).
 
     ``limit`` keeps the first images only; ``shard="i/n"`` (1-based, see
     ``fetalhc.data.shards``) then keeps every n-th of them and writes ``shard.json``, which
     also records ``source`` (where the model and data came from, e.g. ``{"model": ...,
     "data": ..., "split": ...}``); ``fetalhc merge`` combines the shard folders into what
-    one run writes."""
+    one run writes. ``split`` (its name) and ``model_file`` (the file ``model`` was loaded
+    from, else the in-memory weights are digested) go into ``provenance.json`` with the
+    rest (:func:`explain_provenance`; ``source`` as its ``info``). Before anything is
+    created: a bad image file, or a folder made by something else
+    (:class:`~fetalhc.report.provenance.ProvenanceError` naming the first differing field)
+    raise a one-line ``ValueError``; ``overwrite`` deletes an earlier explain folder first.
+    """
     from tqdm import tqdm
 
     import fetalhc.explain as fe
-    from fetalhc.data import load_arrays
+    from fetalhc.data import check_images, load_arrays
 
     methods = list(methods)
     options = options or {}
     check_request(methods, target, options, limit)
+    if not methods:
+        raise ValueError("no methods to explain")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1; got {batch_size!r}")
+    batch_size = int(batch_size)
     known = fe.available_methods()
     if limit is not None:
         index = index.iloc[:limit].reset_index(drop=True)
+    index = index.reset_index(drop=True)
     total = len(index)
+    selected, positions = index, np.arange(total, dtype=np.int64)
     if shard is not None:
         from fetalhc.data.shards import select_shard
 
-        index, positions = select_shard(index, shard)
+        selected, positions = select_shard(index, shard)
+    check_images(selected)
+    record = explain_provenance(model, index, image_size, methods, target=target,
+                                options=options, limit=limit, shard=shard,
+                                batch_size=batch_size, split=split, model_file=model_file,
+                                info=source)
+    out = Path(out)
+    resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, overwrite=overwrite,
+                                          markers=MARKERS)
+
+    index = selected
     with_annotation = bool(index["annotation_path"].notna().all()) if "annotation_path" in index else False
     arrays = load_arrays(index, image_size=image_size, with_annotation=with_annotation)
     filenames = [str(name) for name in arrays["filename"]]
+    sets = [image_set(path) for path in index["image_path"]]
     stems = [Path(name).stem for name in filenames]
-    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed:  # a resume keeps the record (and its info) of the run it continues
+        write_provenance(out, record)
+    n = len(stems)
+    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
     written, skipped = 0, 0
-    todo = {}
+    bar = tqdm(total=n * len(methods), desc="explain", unit="map", disable=not progress)
     for method in methods:
         folder = out / method
         folder.mkdir(parents=True, exist_ok=True)
-        todo[method] = [i for i, stem in enumerate(stems)
-                        if not ((folder / f"{stem}.npz").is_file() and (folder / f"{stem}.png").is_file())]
-        skipped += len(stems) - len(todo[method])
-    bar = tqdm(total=sum(len(rows) for rows in todo.values()), desc="explain", unit="map",
-               disable=not progress)
-    for method in methods:
-        rows = todo[method]
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+        key = method_key(method, options.get(method, {}), target)
+        for chunk in batches:
+            if all(_reusable(folder / f"{stems[row]}.npz", sets[row], filenames[row], key)
+                   for row in chunk):
+                skipped += len(chunk)
+                bar.update(len(chunk))
+                continue
             result = fe.explain_batch(
                 model, arrays["image"][chunk], method=method, target=target,
                 pixel_size=arrays["pixel_size_mm"][chunk], reference=arrays["hc_mm"][chunk],
                 batch_size=batch_size, **options.get(method, {}),
             )
             for position, row in enumerate(chunk):
-                record = {
+                stored = {
                     "map": result.maps[position],
                     "image": arrays["image"][row][..., 0],
                     "filename": filenames[row],
+                    "set": sets[row],
+                    "method_key": key,
                     "method": method,
                     "target": result.target,
                     "units": result.units,
                     "target_units": result.target_units,
                     "baseline": str(result.info.get("baseline", "")),
                     "info": json.dumps(result.info, default=str),
-                    **{key: value[position] for key, value in result.metadata.items()
-                       if key != "filename"},
+                    **{name: value[position] for name, value in result.metadata.items()
+                       if name != "filename"},
                 }
                 if with_annotation:
-                    record["annotation"] = arrays["annotation"][row][..., 0]
-                npz_path = out / method / f"{stems[row]}.npz"
-                write_npz(npz_path, **record)
+                    stored["annotation"] = arrays["annotation"][row][..., 0]
+                npz_path = folder / f"{stems[row]}.npz"
+                write_npz(npz_path, **stored)
                 render_overlay(npz_path, npz_path.with_suffix(".png"))
                 written += 1
                 bar.update(1)
     bar.close()
 
-    # index and grid from everything on disk for these images (earlier runs included)
+    # index and grid from the .npz on disk for these images
     grid_rows = range(min(GRID_IMAGES, len(stems)))
     contours = [arrays["annotation"][i][..., 0] for i in grid_rows] if with_annotation else None
     index_path, grid_path = write_index_and_grid(
@@ -134,7 +242,68 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
             "methods": methods, **(source or {}), "limit": limit, "target": target,
             "options": json.loads(json.dumps(options, default=str))})
     return {"written": written, "skipped": skipped, "index": index_path, "grid": grid_path,
-            "methods": methods, "images": len(stems), "known": known}
+            "methods": methods, "images": len(stems), "known": known, "resumed": resumed,
+            "provenance": record}
+
+
+def stack_maps(explain_dir, maps_dir, methods: Sequence[str],
+               filenames: Sequence[str] | None = None) -> dict:
+    """Stack the maps of the explain folder ``explain_dir`` into ``<maps_dir>/<method>.npy``
+    (float32 ``(N, S, S)``, in the folder's image order) for ``fetalhc evaluate --maps``,
+    with ``filenames.json`` and a copy of the folder's ``provenance.json`` (kind
+    ``explain``), so the evaluation can check the model, target, index and pre-processing.
+
+    ``filenames``, when given, must be the folder's images in its order (the provenance
+    describes those); a ``.npy`` whose bytes would not change is not rewritten. Raises a
+    one-line ``ValueError`` for a folder without provenance, a shard folder, another image
+    list, a method the folder lacks or an ``.npz`` of another image; ``FileNotFoundError``
+    for a missing ``.npz``. Returns the paths."""
+    explain_dir, maps_dir = Path(explain_dir), Path(maps_dir)
+    record = read_provenance(explain_dir)
+    if record is None or record.get("kind") != "explain":
+        raise ProvenanceError(f"{explain_dir} has no explain provenance.json (made by an "
+                              "older fetalhc?); run `fetalhc explain --overwrite` into it")
+    result = record["result"]
+    if result.get("shard") is not None:
+        raise ValueError(f"{explain_dir} holds shard {result['shard']}; merge the shards "
+                         "with `fetalhc merge` and stack the merged folder")
+    keys = [tuple(key) for key in result["image_keys"]]
+    names = [name for _, name in keys]
+    if filenames is not None and list(map(str, filenames)) != names:
+        raise ValueError(f"{explain_dir} holds maps of other images (or another order) than "
+                         f"asked: {len(names)} images starting {names[:2]}")
+    missing = [method for method in methods if method not in result["methods"]]
+    if missing:
+        raise ValueError(f"{explain_dir} has no maps of {', '.join(missing)}")
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for method in methods:
+        maps = []
+        for set_name, name in keys:
+            path = explain_dir / method / f"{Path(name).stem}.npz"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: did the explain run finish?")
+            with np.load(path, allow_pickle=False) as stored:
+                if str(stored["filename"]) != name or str(stored["set"]) != set_name:
+                    raise ValueError(f"{path} holds {stored['set']}/{stored['filename']} "
+                                     f"where {set_name}/{name} was expected")
+                maps.append(np.asarray(stored["map"], dtype=np.float32))
+        buffer = _npy_bytes(np.stack(maps))
+        target = maps_dir / f"{method}.npy"
+        if not target.is_file() or target.read_bytes() != buffer:
+            write_bytes(target, buffer)
+        written[method] = target
+    written["filenames"] = write_json(maps_dir / "filenames.json", names, indent=None)
+    written["provenance"] = write_provenance(maps_dir, record)
+    return written
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def render_overlay(npz_path: Path, png_path: Path) -> Path:

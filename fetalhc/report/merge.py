@@ -12,10 +12,19 @@ one run and cover every image exactly once, then
   numbers the shards kept (``methods/<m>/shard_*.npz``), writes the per-method tables,
   recomputes the curve means and CIs, the bootstrap summaries (same seed) and the error
   split from the merged per-image table, and redraws the figures
-  (``fetalhc.report.evaluation.write_summaries``).
+  (``fetalhc.report.evaluation_summary.write_summaries``).
 
 The CSV tables are byte-identical to an unsharded run's; figures are redrawn, not compared.
 Every file goes through :mod:`fetalhc.files` (atomic writes).
+
+Provenance (:mod:`fetalhc.report.provenance`): every shard folder must hold
+``provenance.json`` (whatever command wrote it) and the shards' ``result`` records must be
+equal but for their ``shard`` field (for ``evaluate`` shards also each method folder's
+record, but for the folder record inside it); otherwise a one-line error names the first
+differing field and the two folders. The merged folder gets the shards' record with
+``shard`` set to ``None``, the record of an unsharded run (and its method folders theirs). The output folder is checked like every output
+folder before anything is written: a non-empty folder made by something else is refused
+unless ``overwrite`` (which deletes an earlier fetalhc output folder there first).
 """
 
 from __future__ import annotations
@@ -26,8 +35,97 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fetalhc.files import atomic_path, write_json
+from fetalhc.report.provenance import (
+    SHARD_FIELD,
+    ProvenanceError,
+    check_folder,
+    first_difference,
+    make_provenance,
+    read_provenance,
+    without_shard,
+    write_provenance,
+)
 
 KINDS = ("explain", "evaluate")
+# files that make a folder a merged explain / evaluate folder (besides provenance.json)
+MARKERS = {"explain": ("index.csv", "grid.png"),
+           "evaluate": ("settings.json", "summary.csv", "per_image.csv")}
+# result fields that follow from the settings: named only when no setting differs
+DERIVED_FIELDS = ("index", "image_keys")
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 50 else text[:47] + "..."
+
+
+def check_provenance(infos) -> dict:
+    """The provenance record the shard folders (``[(folder, shard.json content)]``) share
+    but for their ``shard`` field; a one-line :class:`ProvenanceError` naming the first
+    differing field and two folders otherwise, or the first folder without a record."""
+    records = []
+    for folder, _ in infos:
+        record = read_provenance(folder)
+        if record is None:
+            raise ProvenanceError(
+                f"{folder} has no provenance.json (made by an older fetalhc?), so nothing "
+                f"says it is a shard of the same run as the others; run that shard again")
+        records.append((folder, record))
+    first_folder, first = records[0]
+    for folder, record in records[1:]:
+        if record.get("kind") != first.get("kind"):
+            raise ProvenanceError(f"{folder} holds {record.get('kind')!r} results but "
+                                  f"{first_folder} {first.get('kind')!r} results")
+        old, new = without_shard(first.get("result", {})), without_shard(record.get("result", {}))
+        found = first_difference(
+            {k: v for k, v in old.items() if k not in DERIVED_FIELDS},
+            {k: v for k, v in new.items() if k not in DERIVED_FIELDS}) \
+            or first_difference(old, new)
+        if found is not None:
+            field, before, now = found
+            raise ProvenanceError(
+                f"{first_folder} and {folder} are not shards of one run: their {field} "
+                f"differs ({_short(before)} vs {_short(now)}); merge only the shards of one run")
+    return first
+
+
+def check_method_provenance(infos, methods: Sequence[str]) -> dict[str, dict]:
+    """``evaluate`` shards: each method folder's ``provenance.json`` (what its numbers depend
+    on besides the folder's record, e.g. the digest of maps from ``--maps``) must agree
+    across the shards; returns per method the shared ``result`` without its ``evaluation``
+    (the shard's folder record, compared by :func:`check_provenance`)."""
+    shared = {}
+    for method in methods:
+        first_folder, first = None, None
+        for folder, _ in infos:
+            where = Path(folder) / "methods" / method
+            record = read_provenance(where)
+            if record is None:
+                raise FileNotFoundError(f"{where / 'provenance.json'} is missing: did that "
+                                        "shard finish?")
+            result = {k: v for k, v in record.get("result", {}).items() if k != "evaluation"}
+            if first is None:
+                first_folder, first = where, result
+                continue
+            found = first_difference(first, result)
+            if found is not None:
+                field, before, now = found
+                raise ProvenanceError(
+                    f"{first_folder} and {where} are not shards of one run: their {field} "
+                    f"differs ({_short(before)} vs {_short(now)}); merge only the shards of "
+                    "one run")
+        shared[method] = first
+    return shared
+
+
+def merged_provenance(first: dict, infos) -> dict:
+    """The record of the merged folder: the shards' ``result`` with ``shard`` = ``None``
+    (as an unsharded run records it); ``info`` names the shard folders."""
+    result = {**first.get("result", {}), SHARD_FIELD: None}
+    return make_provenance(first.get("kind", ""), result, {
+        "merged_from": [str(folder) for folder, _ in infos],
+        "shards": [info.get("shard") for _, info in infos],
+    })
 
 
 def read_shards(shard_dirs: Sequence, kind: str | None = None):
@@ -99,8 +197,12 @@ def merge_explain(infos, order, methods: Sequence[str], out: Path) -> dict:
     return {"images": len(stems), "files": copied, "index": index_path, "grid": grid_path}
 
 
-def merge_evaluate(infos, order, methods: Sequence[str], out: Path) -> dict:
-    """Merge ``evaluate`` shards (as :func:`read_shards` returns them) into ``out``."""
+def merge_evaluate(infos, order, methods: Sequence[str], out: Path,
+                   record: dict | None = None, method_results: dict | None = None) -> dict:
+    """Merge ``evaluate`` shards (as :func:`read_shards` returns them) into ``out``; with
+    the merged folder's ``record`` and the shards' shared per-method results
+    (:func:`check_method_provenance`) each method folder gets the provenance an unsharded
+    run gives it, so an ``evaluate`` re-run into the merged folder reuses it."""
     import numpy as np
     import pandas as pd
 
@@ -111,8 +213,9 @@ def merge_evaluate(infos, order, methods: Sequence[str], out: Path) -> dict:
         SHARD_PER_IMAGE,
         SHARD_STEPS,
         write_method_folder,
-        write_summaries,
     )
+    from fetalhc.report.evaluation_provenance import method_record
+    from fetalhc.report.evaluation_summary import write_summaries
 
     first_folder, first = infos[0]
     settings_file = json.loads((first_folder / "settings.json").read_text())
@@ -154,8 +257,13 @@ def merge_evaluate(infos, order, methods: Sequence[str], out: Path) -> dict:
             steps = steps.sort_values("image", kind="stable").reset_index(drop=True)
         run_settings = {k: v for k, v in settings_file.items() if k != "methods"}
         run_settings["filenames"] = filenames
+        provenance = None
+        if record is not None and method_results is not None:
+            shared = method_results[method]
+            provenance = method_record(record, shared.get("method", method), shared.get("maps"),
+                                       info={"merged_from": [str(f) for f, _ in infos]})
         write_method_folder(target, {"per_image.csv": table, "curves.csv": curve_frame},
-                            run_settings, steps)
+                            run_settings, steps, provenance=provenance)
         per_image.append(table.assign(method=method))
         curves.append(curve_frame.assign(method=method))
     write_json(out / "settings.json", {
@@ -169,17 +277,30 @@ def merge_evaluate(infos, order, methods: Sequence[str], out: Path) -> dict:
     return {"images": len(order), "written": written}
 
 
-def merge_shards(shard_dirs: Sequence, out, kind: str | None = None) -> dict:
+def merge_shards(shard_dirs: Sequence, out, kind: str | None = None,
+                 overwrite: bool = False) -> dict:
     """Merge the shard folders ``shard_dirs`` of one ``explain`` or ``evaluate`` run into
-    the new folder ``out``; returns the kind, the number of shards and what it wrote."""
+    the new folder ``out``; returns the kind, the number of shards and what it wrote.
+
+    Checks the shards (:func:`read_shards`, :func:`check_provenance`) and ``out``
+    (:func:`fetalhc.report.provenance.check_folder`; ``overwrite`` deletes an earlier
+    fetalhc output folder there) before anything is written."""
     found, infos, order, methods = read_shards(shard_dirs, kind)
     out = Path(out)
-    if any(out.resolve() == Path(folder).resolve() for folder, _ in infos):
-        raise ValueError("--out must be a new folder, not one of the shard folders")
+    for folder, _ in infos:
+        folder = Path(folder).resolve()
+        if out.resolve() == folder or folder in out.resolve().parents \
+                or out.resolve() in folder.parents:
+            raise ValueError("--out must be a new folder, not one of the shard folders "
+                             "(nor inside one, nor holding one)")
+    record = merged_provenance(check_provenance(infos), infos)
+    method_results = check_method_provenance(infos, methods) if found == "evaluate" else None
+    check_folder(out, record, overwrite=overwrite, markers=MARKERS[found])
     out.mkdir(parents=True, exist_ok=True)
+    write_provenance(out, record)
     if found == "explain":
         result = merge_explain(infos, order, methods, out)
     else:
-        result = merge_evaluate(infos, order, methods, out)
+        result = merge_evaluate(infos, order, methods, out, record, method_results)
     return {"kind": found, "shards": len(infos), **result}
 

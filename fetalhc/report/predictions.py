@@ -2,8 +2,14 @@
 images have a reference HC, the per-image errors, the metrics and two agreement plots.
 
 ``<out>`` (``filename,head circumference (mm)``) and beside it ``<stem>_per_image.csv``,
-``<stem>_metrics.json``, ``<stem>_bland_altman.png`` and ``<stem>_scatter.png``, all
-through :mod:`fetalhc.files`.
+``<stem>_metrics.json``, ``<stem>_bland_altman.png``, ``<stem>_scatter.png`` and
+``<stem>_provenance.json`` (what produced them: model digest, index digest and image keys,
+split, pre-processing, TTA, batch size; :mod:`fetalhc.report.provenance`), all through
+:mod:`fetalhc.files`. :func:`predict_to_files` is the library path (images checked,
+predicted, written); :func:`write_predictions` writes given predictions. A new prediction
+into the same ``<out>`` first removes the old provenance and writes the new one last, and
+removes the reference-only files of an earlier run when the new split has no reference, so
+nothing beside ``<out>`` describes other predictions than ``<out>``'s.
 """
 
 from __future__ import annotations
@@ -11,6 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fetalhc.files import write_csv, write_json
+from fetalhc.report.provenance import (
+    image_keys,
+    index_digest,
+    make_provenance,
+    model_digest,
+)
 
 CHALLENGE_COLUMNS = ("filename", "head circumference (mm)")
 
@@ -28,17 +40,65 @@ def prediction_paths(out: Path) -> dict[str, Path]:
         "metrics": Path(f"{stem}_metrics.json"),
         "bland_altman": Path(f"{stem}_bland_altman.png"),
         "scatter": Path(f"{stem}_scatter.png"),
+        "provenance": Path(f"{stem}_provenance.json"),
     }
 
 
+# the files only a split with reference HC gets
+REFERENCE_ROLES = ("per_image", "metrics", "bland_altman", "scatter")
+
+
+def prediction_provenance(model, index, image_size: int, *, split: str | None,
+                          tta: bool = False, batch_size: int = 32, model_file=None,
+                          info: dict | None = None) -> dict:
+    """The provenance record of a prediction of the ``index`` rows (kind ``predict``); the
+    model digest is that of ``model_file`` when given, else of the in-memory weights."""
+    from fetalhc.data import PREPROCESSING
+
+    return make_provenance("predict", {
+        "model": model_digest(model_file if model_file is not None else model),
+        "split": split,
+        "index": index_digest(index),
+        "image_keys": image_keys(index),
+        "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
+        "tta": bool(tta),
+        "batch_size": int(batch_size),
+    }, info)
+
+
+def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
+                     tta: bool = False, batch_size: int = 32, model_file=None,
+                     info: dict | None = None) -> dict:
+    """Predict HC (mm) for the ``index`` rows and write ``out`` and the files beside it
+    (:func:`write_predictions`, with the provenance of :func:`prediction_provenance`).
+
+    Checks ``out`` and every image file (``fetalhc.data.check_images``, a one-line error
+    naming a missing or truncated image) before anything is computed or written."""
+    from fetalhc.data import check_images
+    from fetalhc.models import predict_hc_mm, prediction_table
+
+    prediction_paths(out)
+    check_images(index, annotations=False)
+    record = prediction_provenance(model, index, image_size, split=split, tta=tta,
+                                   batch_size=batch_size, model_file=model_file, info=info)
+    predictions = predict_hc_mm(model, index, image_size, batch_size=batch_size, tta=tta)
+    table = prediction_table(predictions, index) if index["hc_mm"].notna().all() else None
+    model_name = model_file if model_file is not None else (info or {}).get("model", "")
+    return write_predictions(out, predictions, table, split=split, model=str(model_name),
+                             tta=tta, image_size=image_size, provenance=record)
+
+
 def write_predictions(out: Path, predictions, table=None, *, split: str, model: str,
-                      tta: bool = False, image_size: int | None = None) -> dict:
+                      tta: bool = False, image_size: int | None = None,
+                      provenance: dict | None = None) -> dict:
     """Write the challenge CSV of ``predictions`` (columns ``filename``, ``prediction
     (mm)``) to ``out``; with ``table`` (the per-image error table of
     ``fetalhc.training.prediction_table``) also the per-image CSV, the metrics JSON
     (``split``, ``model``, ``tta``, ``image_size`` and the scores in mm) and the
-    Bland–Altman and scatter plots. Returns the paths written, ``n`` and, with a table,
-    ``summary`` (the metrics)."""
+    Bland–Altman and scatter plots; without, it removes those files of an earlier run.
+    ``provenance`` (a record of :func:`prediction_provenance`) is written last to
+    ``<stem>_provenance.json``; an older one there is removed before anything is written.
+    Returns the paths written, ``n`` and, with a table, ``summary`` (the metrics)."""
     from fetalhc.metrics import summarise_mm
     from fetalhc.viz.agreement import bland_altman_figure, save_figure, scatter_figure
 
@@ -57,13 +117,19 @@ def write_predictions(out: Path, predictions, table=None, *, split: str, model: 
         scatter = scatter_figure(table["prediction (mm)"], table["reference (mm)"])
         outputs = {"summary": summary, "bland_altman": bland_altman, "scatter": scatter}
 
+    paths["provenance"].unlink(missing_ok=True)  # never beside predictions it did not make
     write_csv(challenge, paths["predictions"], float_format="%.4f")
     if outputs:
         write_csv(table, paths["per_image"], float_format="%.4f")
         write_json(paths["metrics"], outputs["summary"])
         save_figure(outputs["bland_altman"], paths["bland_altman"])
         save_figure(outputs["scatter"], paths["scatter"])
-        written.update(paths)
+        written.update({role: paths[role] for role in REFERENCE_ROLES})
         written["summary"] = outputs["summary"]
+    else:
+        for role in REFERENCE_ROLES:  # an earlier split's errors would describe another run
+            paths[role].unlink(missing_ok=True)
+    if provenance is not None:
+        written["provenance"] = write_json(paths["provenance"], provenance)
     written["n"] = len(predictions)
     return written

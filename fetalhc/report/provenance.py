@@ -1,7 +1,8 @@
 """What produced a result folder, and whether a re-run may reuse it.
 
 Every output folder of ``predict``, ``explain``, ``evaluate`` and ``merge`` holds
-``provenance.json``:
+``provenance.json`` (``predict`` writes files, not a folder: ``<out stem>_provenance.json``
+beside its CSV):
 
 - ``result``: every field that changes the numbers: the content hash of the model file (or
   of an in-memory model's architecture and weights), the digest of the index rows used
@@ -17,6 +18,14 @@ first differing field and the flag that recomputes (``--overwrite``). A non-empt
 without ``provenance.json`` is refused the same way: nothing says what made it.
 Library versions are recorded, not compared: a patch release of TensorFlow must not refuse
 every folder; ``--overwrite`` recomputes after an upgrade when that matters.
+
+Shards: everything that differs between the shard folders of one run lives under
+``result["shard"]`` (:data:`SHARD_FIELD`; ``None`` for an unsharded run), so ``fetalhc
+merge`` checks that the shards agree on :func:`without_shard` of their results and gives the
+merged folder the record of an unsharded run. :func:`check_folder_settings_first` is
+:func:`check_folder` naming a setting (split, limit, ...) before the digests derived from
+it (the index digest changes with the split); :func:`method_options` is a method's options
+after its defaults, as JSON.
 """
 
 from __future__ import annotations
@@ -240,3 +249,67 @@ def check_folder(folder: str | os.PathLike, record: Mapping[str, Any], overwrite
             "or another output folder")
     compare(old, record, str(folder), flag)
     return True
+
+
+# ----------------------------------------------------------------------------- helpers
+SHARD_FIELD = "shard"
+
+
+def plain_options(options: Mapping[str, Any]) -> dict:
+    """``options`` as JSON-able values, keys sorted: numbers, text, booleans and ``None``
+    as they are, tuples as lists, an array as ``{"array": shape, "dtype", "sha256"}`` of its
+    bytes (so a baseline image is compared by content, not written out)."""
+    import numpy as np
+
+    def plain(value):
+        if isinstance(value, np.ndarray) or (hasattr(value, "numpy") and hasattr(value, "shape")):
+            array = np.ascontiguousarray(np.asarray(value))
+            if array.ndim == 0:
+                return plain(array.item())
+            return {"array": list(array.shape), "dtype": array.dtype.str,
+                    "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+        if isinstance(value, Mapping):
+            return {str(key): plain(item) for key, item in sorted(value.items())}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    return _plain(plain(dict(options)))
+
+
+def method_options(name: str, options: Mapping[str, Any] | None = None) -> dict:
+    """The options of the registered method ``name`` after its defaults
+    (``fetalhc.explain.get_method(name)(**options).options``) as :func:`plain_options`;
+    a one-line ``ValueError`` for an unknown method or option."""
+    import fetalhc.explain as fe
+
+    return plain_options(fe.get_method(name)(**dict(options or {})).options)
+
+
+def without_shard(result: Mapping[str, Any]) -> dict:
+    """``result`` without its :data:`SHARD_FIELD`: what the shards of one run share."""
+    return {key: value for key, value in result.items() if key != SHARD_FIELD}
+
+
+def check_folder_settings_first(folder: str | os.PathLike, record: Mapping[str, Any],
+                                derived: tuple[str, ...] = (), overwrite: bool = False,
+                                flag: str = OVERWRITE_FLAG, ignore: tuple[str, ...] = (),
+                                markers: tuple[str, ...] = ()) -> bool:
+    """:func:`check_folder`, but when the folder's record differs from ``record`` both in a
+    setting and in one of the ``derived`` top-level ``result`` fields (digests that follow
+    from the settings, e.g. the index digest and the image keys, which change with the
+    split), the error names the setting. Same return value and errors otherwise."""
+    folder = Path(folder)
+    if not overwrite and folder.is_dir():
+        old = read_provenance(folder)
+        if old is not None and old.get("kind") == record.get("kind"):
+            def settings(item):
+                return {**item, "result": {key: value for key, value in
+                                           dict(item.get("result", {})).items()
+                                           if key not in derived}}
+
+            compare(settings(old), settings(record), str(folder), flag)
+    return check_folder(folder, record, overwrite=overwrite, flag=flag, ignore=ignore,
+                        markers=markers)

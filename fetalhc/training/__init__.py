@@ -3,7 +3,8 @@
 One job per module: ``config`` (TOML, defaults, validation), ``run_folder`` (the run
 folder: reading runs back, starting or resuming one, writing its results), ``setup``
 (model, optimizer, loss and datasets of a config), ``strategy`` (``tf.distribute``
-strategies and what they scale), ``fit`` (``train`` with ``model.fit``) and ``multiworker``
+strategies and what they scale), ``fit`` (``train`` with ``model.fit``), ``backup`` (the
+epoch backup of ``fit``, committed so that a kill at any moment resumes) and ``multiworker``
 (the custom loop for ``MultiWorkerMirroredStrategy``). Prediction lives in
 ``fetalhc.models.prediction``; its helpers are re-exported here.
 

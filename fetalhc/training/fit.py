@@ -4,9 +4,18 @@
 builds the model (:mod:`fetalhc.training.setup`) under the configured strategy
 (:mod:`fetalhc.training.strategy`) and fits it with fetalhc's own callbacks (the epoch
 timer and the atomic best checkpoint below, plus Keras' TerminateOnNaN, learning-rate
-schedule, EarlyStopping, CSVLogger, TensorBoard and BackupAndRestore). The strategy
+schedule, EarlyStopping and TensorBoard, and the epoch backup of
+:mod:`fetalhc.training.backup`, which also writes ``history.csv``). The strategy
 ``multiworker`` is handed to :func:`fetalhc.training.multiworker.train_multiworker`, because
 Keras 3's ``model.fit`` cannot run it (keras-team/keras#20585).
+
+Surviving a kill at any moment: at each epoch end the backup commits the epoch (weights,
+then a record with the history rows, then ``history.csv``) before ``model.keras`` is saved;
+after ``fit`` the backup is marked stopped, ``metrics.json`` is written, and only then the
+backup is discarded. ``--resume`` puts the run folder back to the last committed epoch
+(:func:`fetalhc.training.backup.recover_backup`), saves ``model.keras`` again when that
+epoch was the best one (a kill may have come before its save), and does not train again
+after a stop (it only writes what is missing).
 """
 
 from __future__ import annotations
@@ -19,21 +28,24 @@ from typing import Any
 
 import keras
 
+from fetalhc.training.backup import Committed, EpochBackup, mark_stopped, recover_backup
 from fetalhc.training.config import cosine_learning_rate, resolve_config
 from fetalhc.training.multiworker import train_multiworker
 from fetalhc.training.run_folder import (
     BACKUP_DIR,
+    CONFIG_FILE,
     HISTORY_FILE,
     LOGS_DIR,
     MODEL_FILE,
     TrainResult,
-    backup_epoch,
+    check_out_dir,
+    discard_backup,
     history_summary,
     prepare_run,
     read_history,
+    resolve_split,
     run_split_index,
     save_model_atomically,
-    truncate_history,
     write_metrics,
 )
 from fetalhc.training.setup import build_and_compile, fit_dataset
@@ -59,13 +71,24 @@ class EpochTimer(keras.callbacks.Callback):
 
 class AtomicBestCheckpoint(keras.callbacks.Callback):
     """Save the model to ``model_path`` whenever ``monitor`` improves on ``best`` (lower is
-    better; non-finite values never count), atomically (:func:`save_model_atomically`)."""
+    better; non-finite values never count), atomically (:func:`save_model_atomically`).
 
-    def __init__(self, model_path: Path, monitor: str, best: float = math.inf):
+    ``save_on_begin``: save once at the start of training too (on resume, when the last
+    committed epoch was the best: a kill may have come before its save). List it after the
+    epoch backup, which restores the weights at the start and commits each epoch before
+    this saves it."""
+
+    def __init__(self, model_path: Path, monitor: str, best: float = math.inf,
+                 save_on_begin: bool = False):
         super().__init__()
         self.model_path = Path(model_path)
         self.monitor = monitor
         self.best = best
+        self.save_on_begin = save_on_begin
+
+    def on_train_begin(self, logs=None):
+        if self.save_on_begin:
+            save_model_atomically(self.model, self.model_path)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -75,19 +98,8 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         save_model_atomically(self.model, self.model_path)
 
 
-def _resumed_best(history_path: Path, backup_dir: Path, model_path: Path, monitor: str) -> float:
-    """On resume: drop the history rows of epochs not backed up and return the best
-    monitored value so far (``inf`` when there is no checkpoint to beat)."""
-    truncate_history(history_path, backup_epoch(backup_dir))
-    previous = read_history(history_path)
-    best = math.inf
-    if monitor in previous.columns and len(previous):
-        best = float(previous[monitor].min())
-    return best if model_path.is_file() else math.inf
-
-
 def _own_callbacks(train_cfg: dict[str, Any], out_dir: Path, monitor: str, learning_rate: float,
-                   best: float) -> list:
+                   committed: Committed, resuming: bool) -> list:
     """fetalhc's callbacks, in order (the caller's callbacks come after them)."""
     if train_cfg["schedule"] == "cosine":
         schedule = keras.callbacks.LearningRateScheduler(
@@ -99,19 +111,42 @@ def _own_callbacks(train_cfg: dict[str, Any], out_dir: Path, monitor: str, learn
             patience=train_cfg["reduce_lr_patience"], min_lr=train_cfg["min_learning_rate"],
             mode="min",
         )
+    model_path = out_dir / MODEL_FILE
+    best, best_epoch = committed.best(monitor)
+    save_on_begin = resuming and best_epoch >= 0 and best_epoch == committed.epoch - 1
+    if not (save_on_begin or model_path.is_file()):
+        best = math.inf  # no checkpoint to beat
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
-        EpochTimer(),  # before CSVLogger, which then records epoch_seconds
-        schedule,
+        EpochTimer(),  # before the backup, which then records epoch_seconds
+        schedule,  # logs learning_rate
         keras.callbacks.EarlyStopping(monitor=monitor, patience=train_cfg["patience"], mode="min"),
-        AtomicBestCheckpoint(out_dir / MODEL_FILE, monitor, best),
-        keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=True),
     ]
     if train_cfg["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(
             log_dir=str(out_dir / LOGS_DIR), write_graph=False, profile_batch=0))
-    callbacks.append(keras.callbacks.BackupAndRestore(str(out_dir / BACKUP_DIR)))
+    callbacks += [
+        EpochBackup(out_dir / BACKUP_DIR, out_dir / HISTORY_FILE, committed),  # + history.csv
+        AtomicBestCheckpoint(model_path, monitor, best, save_on_begin),
+    ]
     return callbacks
+
+
+def _check_split_images(config: dict[str, Any], data_dir: Path, out_dir: Path,
+                        resume: bool) -> None:
+    """Decode every image of the run's train / val / test rows (``fetalhc.data.check_images``)
+    before the run folder is touched: a missing or truncated file is a one-line error."""
+    from fetalhc.data import check_images, load_index
+
+    if resume and (out_dir / CONFIG_FILE).is_file():
+        split = resolve_config(out_dir / CONFIG_FILE, allow_resolved=True).get("split", {})
+    else:
+        split = resolve_split(config, data_dir)
+    names = {name for part in ("train", "val", "test") for name in split.get(part, [])}
+    index = load_index(data_dir, "training", validate=False)
+    # annotations are read only for the ellipse output (as the input pipeline checks them)
+    check_images(index[index["filename"].isin(names)],
+                 annotations=bool(config["model"]["aux_ellipse"]))
 
 
 def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.PathLike,
@@ -120,14 +155,19 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
           verbose: int = 0) -> TrainResult:
     """Train a regression CNN as ``config`` says and write the run folder ``out_dir``.
 
-    ``callbacks`` are extra Keras callbacks appended after fetalhc's own (best checkpoint,
-    BackupAndRestore, EarlyStopping, ReduceLROnPlateau, TensorBoard, CSVLogger,
-    TerminateOnNaN). ``resume`` continues a run killed in ``out_dir`` (same config; the
-    epoch count may change); ``overwrite`` replaces the run in ``out_dir``.
+    ``callbacks`` are extra Keras callbacks appended after fetalhc's own (TerminateOnNaN,
+    epoch timer, learning-rate schedule, EarlyStopping, TensorBoard, the epoch backup with
+    ``history.csv``, best checkpoint). ``resume`` continues a run killed in ``out_dir`` at
+    any moment (same config; the epoch count may change) from its last committed epoch;
+    ``overwrite`` replaces the run in ``out_dir``. Every train / val / test image is decoded
+    before the run folder is touched.
     """
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
     config = resolve_config(config, overrides=overrides)
+    if config["train"]["strategy"] != "multiworker":  # workers share --out: no check here
+        check_out_dir(out_dir, resume, overwrite)  # refuse a wrong --out before decoding
+    _check_split_images(config, data_dir, out_dir, resume)
     if config["train"]["strategy"] == "multiworker":  # keras fit cannot (keras#20585)
         return train_multiworker(config, data_dir, out_dir, callbacks=callbacks, resume=resume,
                                  overwrite=overwrite, verbose=verbose)
@@ -148,11 +188,9 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         if strategy.num_replicas_in_sync > 1:
             synchronise_batch_norm(model)
 
-    history_path = out_dir / HISTORY_FILE
-    model_path = out_dir / MODEL_FILE
-    best = math.inf
-    if resuming:
-        best = _resumed_best(history_path, out_dir / BACKUP_DIR, model_path, monitor)
+    history_path, model_path = out_dir / HISTORY_FILE, out_dir / MODEL_FILE
+    backup_dir = out_dir / BACKUP_DIR
+    committed = recover_backup(backup_dir, history_path) if resuming else Committed()
 
     fit_kwargs = {}
     if train_cfg["steps_per_epoch"]:
@@ -161,8 +199,10 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         fit_dataset(train_index, config, training=True, batch_size=global_batch),
         validation_data=fit_dataset(val_index, config, training=False,
                                     batch_size=global_batch) if has_val else None,
-        epochs=train_cfg["epochs"],
-        callbacks=[*_own_callbacks(train_cfg, out_dir, monitor, learning_rate, best),
+        # a run that had stopped restores its weights and trains no more
+        epochs=committed.epoch if committed.stopped else train_cfg["epochs"],
+        callbacks=[*_own_callbacks(train_cfg, out_dir, monitor, learning_rate, committed,
+                                   resuming),
                    *callbacks],
         verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles
@@ -170,6 +210,7 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     )
     if not model_path.is_file():  # no epoch ever improved (e.g. NaN from the start)
         save_model_atomically(model, model_path)
+    mark_stopped(backup_dir)
 
     history = read_history(history_path)
     metrics: dict[str, Any] = {
@@ -184,4 +225,5 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
         if "epoch_seconds" in history.columns else None,
     }
     write_metrics(out_dir, metrics, config, data_dir)
+    discard_backup(out_dir)  # after metrics.json: a kill before this resumes to here
     return TrainResult(out_dir, model_path, metrics, history)

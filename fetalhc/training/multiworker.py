@@ -5,11 +5,19 @@ Keras 3's ``model.fit`` does not support ``MultiWorkerMirroredStrategy``
 inside a ``tf.function``, ``GradientTape``, the same loss in mm, metrics, early stopping,
 learning rate reduction, best checkpoint and run folder as ``fit``). Every worker runs it;
 only the chief writes the run folder. See docs/scaling.md.
+
+A kill at any moment resumes from the last epoch checkpoint: each epoch writes
+``history.csv`` (atomically), then a new ``tf.train.CheckpointManager`` checkpoint (new
+files; the ``checkpoint`` index is replaced atomically and the previous checkpoint deleted
+after), then ``model.keras`` when the epoch was the best (atomically). On resume the history
+is cut to the checkpoint's epochs, early-stopping and learning-rate waits are replayed from
+it (:func:`replay_decisions`), ``model.keras`` is saved again when the last checkpointed
+epoch was the best, and a run that had stopped early trains no more. ``metrics.json`` is
+written before ``backup/`` is discarded.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -21,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fetalhc.files import write_json
 from fetalhc.models import ELLIPSE_OUTPUT, HC_OUTPUT
 from fetalhc.models.graph import hc_output_value
 from fetalhc.models.prediction import predict_hc_mm
@@ -33,12 +40,12 @@ from fetalhc.training.run_folder import (
     LOGS_DIR,
     MODEL_FILE,
     TrainResult,
+    discard_backup,
     history_summary,
     prepare_run,
     read_history,
     run_split_index,
     save_model_atomically,
-    truncate_history,
     write_history,
     write_metrics,
 )
@@ -51,7 +58,6 @@ from fetalhc.training.strategy import (
 )
 
 MIN_DELTA = 1e-4  # improvement of the monitored value that counts (as Keras' callbacks)
-STATE_FILE = "loop_state.json"  # epoch, best value and waits of the custom loop (in backup/)
 
 
 @dataclass
@@ -84,6 +90,24 @@ def validation_logs(model, loss, val_index, size: int, batch_size: int, prefix: 
         f"val_{prefix}df_mm": float(np.mean(error)),
         f"val_{prefix}pmae_percent": float(np.mean(np.abs(error) / reference) * 100.0),
     }
+
+
+def replay_decisions(rows: list[dict[str, Any]], monitor: str, train_cfg: dict[str, Any]
+                     ) -> tuple[float, int, int, int]:
+    """``(best, best_epoch, wait, lr_wait)`` after the epochs of ``rows``, as the loop of
+    :func:`train_multiworker` decided them epoch by epoch (``best_epoch`` -1: none)."""
+    best, best_epoch, wait, lr_wait = math.inf, -1, 0, 0
+    for row in rows:
+        value = float(row.get(monitor, math.nan))
+        if math.isfinite(value) and value < best - MIN_DELTA:
+            wait, lr_wait = 0, 0
+        else:
+            wait, lr_wait = wait + 1, lr_wait + 1
+        if math.isfinite(value) and value < best:
+            best, best_epoch = value, int(row["epoch"])
+        if lr_wait >= train_cfg["reduce_lr_patience"] and train_cfg["schedule"] == "plateau":
+            lr_wait = 0
+    return best, best_epoch, wait, lr_wait
 
 
 def make_train_step(model, optimizer, loss, strategy, aux: bool, aux_weight: float):
@@ -173,23 +197,26 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
     manager = tf.train.CheckpointManager(checkpoint, str(write_dir / BACKUP_DIR), max_to_keep=1)
 
     history_path, model_path = write_dir / HISTORY_FILE, write_dir / MODEL_FILE
-    rows: list[dict[str, float]] = []
-    best, wait, lr_wait, start_epoch = math.inf, 0, 0, 0
+    rows: list[dict[str, Any]] = []
+    best, wait, lr_wait, start_epoch, stopped = math.inf, 0, 0, 0, False
     if resuming:
         latest = tf.train.latest_checkpoint(str(out_dir / BACKUP_DIR))
         if latest:
             checkpoint.restore(latest).expect_partial()
             start_epoch = int(epoch_variable.numpy())
-            state_file = out_dir / BACKUP_DIR / STATE_FILE
-            if state_file.is_file():
-                state = json.loads(state_file.read_text())
-                best, wait, lr_wait = float(state["best"]), int(state["wait"]), int(
-                    state["lr_wait"])
+        # every worker reads the chief's history (shared file system, as the checkpoint):
+        # it holds each checkpointed epoch (written before the checkpoint)
+        rows = [row for row in read_history(out_dir / HISTORY_FILE).to_dict("records")
+                if int(row["epoch"]) < start_epoch]
+        best, best_epoch, wait, lr_wait = replay_decisions(rows, monitor, train_cfg)
+        stopped = wait >= train_cfg["patience"]
+        last_was_best = best_epoch >= 0 and best_epoch == start_epoch - 1
         if chief:
-            truncate_history(history_path, start_epoch)
-            rows = read_history(history_path).to_dict("records")
-        if not model_path.is_file():
-            best = math.inf
+            write_history(history_path, rows)
+            if last_was_best:  # a kill may have come between the checkpoint and its save
+                save_model_atomically(model, model_path)
+        if not (last_was_best or (out_dir / MODEL_FILE).is_file()):
+            best = math.inf  # no checkpoint to beat
 
     steps = train_cfg["steps_per_epoch"] or max(1, math.ceil(len(train_index) / global_batch))
     dataset = fit_dataset(train_index, config, training=True, batch_size=global_batch).repeat()
@@ -203,7 +230,7 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
         if chief and train_cfg["tensorboard"] else None
     callback_list = keras.callbacks.CallbackList(list(callbacks) if chief else [], model=model)
     callback_list.on_train_begin()
-    for epoch in range(start_epoch, train_cfg["epochs"]):
+    for epoch in range(start_epoch, start_epoch if stopped else train_cfg["epochs"]):
         if train_cfg["schedule"] == "cosine":
             optimizer.learning_rate.assign(cosine_learning_rate(
                 epoch, train_cfg["epochs"], learning_rate, train_cfg["min_learning_rate"]))
@@ -229,10 +256,9 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
             wait, lr_wait = 0, 0
         else:
             wait, lr_wait = wait + 1, lr_wait + 1
-        if math.isfinite(value) and value < best:
+        is_best = math.isfinite(value) and value < best
+        if is_best:
             best = value
-            if chief:
-                save_model_atomically(model, model_path)
         rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
         if chief:
             write_history(history_path, rows)
@@ -253,9 +279,8 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
             lr_wait = 0
         epoch_variable.assign(epoch + 1)
         manager.save()  # every worker saves (collective-safe); non-chief into its scratch
-        if chief:
-            write_json(write_dir / BACKUP_DIR / STATE_FILE,
-                       {"best": best, "wait": wait, "lr_wait": lr_wait}, indent=None)
+        if chief and is_best:  # after the checkpoint: model.keras holds checkpointed epochs
+            save_model_atomically(model, model_path)
         if wait >= train_cfg["patience"]:
             break
     callback_list.on_train_end()
@@ -267,13 +292,13 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
     if chief:
         if not model_path.is_file():
             save_model_atomically(model, model_path)
-        shutil.rmtree(write_dir / BACKUP_DIR, ignore_errors=True)
         metrics = {
             "units": "mm (pmae in %)", "monitor": monitor, **history_summary(history, monitor),
             "strategy": "multiworker", "replicas": int(replicas),
             "global_batch_size": int(global_batch), "learning_rate": float(learning_rate),
         }
         write_metrics(write_dir, metrics, config, data_dir)
+        discard_backup(write_dir)  # after metrics.json: a kill before this resumes to here
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
     return DistributedTrainResult(out_dir if chief else write_dir, model_path, metrics, history,

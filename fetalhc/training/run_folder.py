@@ -6,10 +6,11 @@ Run folder (docs/architecture.md)::
     ├── config.toml    resolved config + [preprocessing], [run] (HC statistics, versions),
     │                  [split] (the exact train/val/test file names)
     ├── model.keras    best checkpoint by validation MAE (mm), written atomically
-    ├── history.csv    one row per epoch (appended on resume)
+    ├── history.csv    one row per epoch (rewritten whole, atomically, at each epoch)
     ├── metrics.json   val/test metrics in mm of model.keras
     ├── logs/          TensorBoard
-    └── backup/        keras.callbacks.BackupAndRestore state (removed when training ends)
+    └── backup/        the epoch backup (fetalhc.training.backup; removed once metrics.json
+                       is written)
 
 Every file here is written through :mod:`fetalhc.files` (``model.keras`` by
 :func:`save_model_atomically`, the one place that saves it).
@@ -17,8 +18,6 @@ Every file here is written through :mod:`fetalhc.files` (``model.keras`` by
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from fetalhc.data.pipeline import PREPROCESSING
 from fetalhc.files import atomic_path, write_csv, write_json
 from fetalhc.training.config import DEFAULTS, resolve_config, user_sections, write_config
 from fetalhc.training.setup import hc_statistics, monitor_name
@@ -38,16 +38,10 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 LOGS_DIR = "logs"
 BACKUP_DIR = "backup"
-RUN_FILES = (CONFIG_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, LOGS_DIR, BACKUP_DIR)
+DISCARDED_BACKUP = ".backup.discarded"  # backup/ renamed away, then deleted
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, LOGS_DIR, BACKUP_DIR,
+             DISCARDED_BACKUP)
 SPLITS = ("train", "val", "test", "challenge")
-
-PREPROCESSING = {
-    "resize": "keep aspect ratio, longer side = image_size, bilinear with anti-aliasing",
-    "normalise": "z-score per image (mean 0, SD 1 over the image's own pixels)",
-    "pad": "centred to a square with 0 (the image mean after z-scoring)",
-    "pad_value": 0.0,
-    "channels": 1,
-}
 
 
 @dataclass
@@ -142,27 +136,21 @@ def resolve_split(config: dict[str, Any], data_dir) -> dict[str, list[str]]:
 # --------------------------------------------------------------- starting or resuming ---
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Check/clean ``out_dir``; returns True when an existing run is to be resumed."""
+def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse an unusable ``out_dir`` without touching it; returns True when it holds a
+    run to resume (``resume``), False when a new run goes there (new, empty, or
+    ``overwrite``)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a folder")
     if not out_dir.exists() or not any(out_dir.iterdir()):
-        out_dir.mkdir(parents=True, exist_ok=True)
         return False
-    is_run = (out_dir / CONFIG_FILE).is_file()
-    if not is_run:
+    if not (out_dir / CONFIG_FILE).is_file():
         raise ValueError(
             f"--out {out_dir} is not empty and holds no fetalhc run; choose another folder"
         )
     if resume and overwrite:
         raise ValueError("choose either resume or overwrite, not both")
     if overwrite:
-        for name in RUN_FILES:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
         return False
     if not resume:
         raise ValueError(
@@ -170,6 +158,22 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
             "--overwrite to replace it"
         )
     return True
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check/clean ``out_dir``; returns True when an existing run is to be resumed."""
+    resuming = check_out_dir(out_dir, resume, overwrite)
+    if not resuming:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in RUN_FILES:
+                target = out_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    shutil.rmtree(out_dir / DISCARDED_BACKUP, ignore_errors=True)  # a kill during discard
+    return resuming
 
 
 def prepare_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,
@@ -244,34 +248,23 @@ def read_history(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def truncate_history(path: Path, epochs_done: int) -> None:
-    """Keep only the rows of epochs already backed up (so a resumed epoch is logged once)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the epoch rows (dicts with ``epoch`` first) as ``history.csv``, atomically and
+    at full precision; no rows: no file."""
     if not rows:
+        path.unlink(missing_ok=True)
         return
-    header, body = rows[0], rows[1:]
-    column = header.index("epoch") if "epoch" in header else 0
-    kept = [row for row in body if row and int(float(row[column])) < epochs_done]
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(kept)
-
-
-def write_history(path: Path, rows: list[dict[str, float]]) -> None:
-    """Write the epoch rows of a custom training loop as ``history.csv`` (full precision)."""
     write_csv(pd.DataFrame(rows), path, float_format=None)
 
 
-def backup_epoch(backup_dir: Path) -> int:
-    """The number of epochs ``keras.callbacks.BackupAndRestore`` saved in ``backup_dir``."""
-    metadata = backup_dir / "training_metadata.json"
-    if not metadata.is_file():
-        return 0
-    return int(json.loads(metadata.read_text()).get("epoch", 0))
+def discard_backup(out_dir: Path) -> None:
+    """Delete ``out_dir/backup`` as one step: renamed away first (atomic), then deleted, so
+    that a kill leaves either the whole backup or none."""
+    backup, discarded = out_dir / BACKUP_DIR, out_dir / DISCARDED_BACKUP
+    shutil.rmtree(discarded, ignore_errors=True)
+    if backup.exists():
+        os.replace(backup, discarded)
+    shutil.rmtree(discarded, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------- results ---

@@ -1,0 +1,150 @@
+"""Provenance of an ``evaluate`` folder and of the maps it is given.
+
+- :func:`evaluation_provenance`: the folder's record (what its numbers depend on; see
+  :mod:`fetalhc.report.provenance` and :mod:`fetalhc.report.evaluation`);
+- :func:`method_record`: one method folder's record (the folder's ``result``, the method,
+  the digest of maps from ``--maps``);
+- :func:`write_maps_provenance` / :func:`check_maps`: maps made elsewhere get a record, and
+  maps from ``--maps`` are checked against the evaluation (model, target, pre-processing,
+  split, images) before any work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fetalhc.report.provenance import (
+    ProvenanceError,
+    file_sha256,
+    first_difference,
+    index_digest,
+    make_provenance,
+    model_digest,
+    plain_options,
+    read_provenance,
+    write_provenance,
+)
+
+# result fields that follow from the settings: a re-run names the setting, not these
+DERIVED_FIELDS = ("index",)
+# what maps from --maps must share with the evaluation, in the order a mismatch is named
+MAPS_FIELDS = ("model", "target", "preprocessing", "split", "index")
+MAKE_MAPS = ("make them with `fetalhc explain` and stack them with "
+             "fetalhc.report.explanations.stack_maps, which writes it (maps made elsewhere: "
+             "fetalhc.report.evaluation_provenance.write_maps_provenance)")
+
+
+def evaluation_provenance(model, index: pd.DataFrame, metrics, settings, *, image_size: int,
+                          split: str, limit: int | None = None, shard: str | None = None,
+                          error_threshold_mm=None, error_quantiles=None,
+                          info: dict | None = None) -> dict:
+    """The provenance record of an evaluate folder (:mod:`fetalhc.report.provenance`).
+
+    ``model``: a model file (its bytes are digested) or a Keras model (its architecture and
+    weights). ``index``: the split's rows after ``limit`` and before ``shard`` (a shard's
+    rows follow from them and ``shard``, so the shards of one run differ in
+    ``result["shard"]`` only). The methods are not part of it (see :func:`method_record`)."""
+    from fetalhc.data import PREPROCESSING
+    from fetalhc.data.shards import format_shard, parse_shard
+
+    values = settings.as_dict()
+    values["explain_options"] = plain_options(settings.explain_options)
+    result = {
+        "model": model_digest(model),
+        "split": split,
+        "index": index_digest(index),
+        "limit": None if limit is None else int(limit),
+        "shard": None if shard is None else format_shard(parse_shard(shard)),
+        "metrics": list(metrics),
+        "settings": values,
+        "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
+        "error_threshold_mm": error_threshold_mm,
+        "error_quantiles": error_quantiles,
+    }
+    return make_provenance("evaluate", result, info)
+
+
+def method_record(record: dict, method: str, maps: dict | None = None,
+                  info: dict | None = None) -> dict:
+    """The provenance of one method folder: the folder's ``result``, the method's name and,
+    for maps from ``--maps``, what they depend on (:func:`check_maps`); a finished method
+    is reused only when this ``result`` is the same."""
+    return make_provenance("evaluate", {"evaluation": record["result"], "method": method,
+                                        "maps": maps}, info)
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 24 else text[:23] + "…"
+
+
+def write_maps_provenance(maps_dir, model, index: pd.DataFrame, *, image_size: int,
+                          target: str = "hc_mm", split: str | None = None,
+                          info: dict | None = None) -> Path:
+    """Write ``<maps_dir>/provenance.json`` for ``<method>.npy`` maps made outside
+    ``fetalhc explain`` (which ``stack_maps`` covers): ``model`` (its file, or a Keras
+    model), the ``index`` rows the maps are of, in order, their ``image_size`` (the
+    network input, pre-processed as ``fetalhc.data`` does) and explanation ``target``.
+    ``fetalhc evaluate --maps`` checks these against its own."""
+    from fetalhc.data import PREPROCESSING
+
+    result = {"model": model_digest(model), "split": split, "index": index_digest(index),
+              "target": target, "preprocessing": {"image_size": int(image_size),
+                                                  **PREPROCESSING}}
+    return write_provenance(maps_dir, make_provenance("explain", result, info))
+
+
+def check_maps(maps_dir, record: dict, methods: Sequence[str], total: int,
+               shard_rows: pd.DataFrame | None = None) -> dict[str, dict]:
+    """Check that the maps of ``methods`` in ``maps_dir`` were made for this evaluation
+    (``record``): the same model, target, pre-processing and images (the index digest of
+    the split's ``total`` rows after ``limit``, or with a shard that of ``shard_rows``),
+    and that each ``.npy`` holds one ``(S, S)`` map per one of those images; else a
+    one-line ``ValueError`` (:class:`ProvenanceError` naming the field). Returns per method
+    what its results depend on: the ``.npy`` digest and the method's options as the maps'
+    provenance records them."""
+    maps_dir = Path(maps_dir)
+    theirs = read_provenance(maps_dir)
+    if theirs is None:
+        raise ProvenanceError(
+            f"the maps in {maps_dir} have no provenance.json, so nothing says which model, "
+            f"images, target and pre-processing made them; {MAKE_MAPS}")
+    theirs = theirs.get("result", {})
+    ours = record["result"]
+    counts = {ours["index"]: int(total)}  # index digest -> the number of its images
+    if shard_rows is not None:
+        counts[index_digest(shard_rows)] = len(shard_rows)
+    expected = {"model": ours["model"], "target": ours["settings"]["explain_target"],
+                "preprocessing": ours["preprocessing"], "index": ours["index"]}
+    for field in MAPS_FIELDS:
+        if field not in expected:
+            continue
+        if field not in theirs:
+            raise ProvenanceError(f"the provenance.json of the maps in {maps_dir} records no "
+                                  f"{field}; {MAKE_MAPS}")
+        found = first_difference({field: theirs[field]}, {field: expected[field]})
+        if found is not None and not (field == "index" and theirs[field] in counts):
+            where, before, now = found
+            splits = "" if field != "index" or theirs.get("split") == ours["split"] else \
+                f"; split {theirs.get('split')!r} there, {ours['split']!r} now"
+            raise ProvenanceError(
+                f"the maps in {maps_dir} were made with another {where} ({_short(before)} "
+                f"there, {_short(now)} now{splits}); make the maps for this evaluation or "
+                "evaluate what they were made for")
+    need = (counts[theirs["index"]], *[int(ours["preprocessing"]["image_size"])] * 2)
+    for method in methods:
+        path = maps_dir / f"{method}.npy"
+        try:
+            shape = tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        except ValueError as error:
+            raise ValueError(f"{path} is not a numpy array file: {error}") from None
+        if shape not in (need, (*need, 1)):
+            raise ValueError(f"{path}: maps have shape {shape} but the images need {need}")
+    options = theirs.get("methods") if isinstance(theirs.get("methods"), dict) else {}
+    return {method: {"sha256": file_sha256(maps_dir / f"{method}.npy"),
+                     "options": options.get(method)} for method in methods}
