@@ -20,6 +20,7 @@ from PIL import Image
 import fetalhc.data.images as images_module
 from fetalhc.cli.main import cli
 from fetalhc.data import DataError, check_images, load_arrays, load_index, make_dataset
+from fetalhc.training import write_config
 
 SIZE = 32
 CONFIG = {
@@ -28,21 +29,6 @@ CONFIG = {
     "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "learning_rate": 3e-3,
               "tensorboard": False},
 }
-CONFIG_TOML = """
-[data]
-image_size = 32
-val_fraction = 0.2
-test_fraction = 0.2
-
-[model]
-backbone = "small_cnn"
-
-[train]
-epochs = 1
-steps_per_epoch = 2
-batch_size = 8
-tensorboard = false
-"""
 KINDS = ("truncated", "missing", "garbage")
 
 
@@ -274,7 +260,7 @@ def test_train_names_the_bad_image_and_writes_nothing(copy, tmp_path, kind):
     filename = load_index(copy, validate=False)["filename"].iloc[7]
     damage(copy / "training_set" / filename, kind)
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG_TOML)
+    write_config(CONFIG, config)
     out = tmp_path / "run"
     result = _invoke("train", "--config", config, "--data", copy, "--out", out, "--quiet")
     _assert_named_failure(result, filename)
