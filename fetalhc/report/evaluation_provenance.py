@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from fetalhc.report.provenance import (
     model_digest,
     plain_options,
     read_provenance,
+    short_value,
     write_provenance,
 )
 
@@ -76,11 +76,6 @@ def method_record(record: dict, method: str, maps: dict | None = None,
     is reused only when this ``result`` is the same."""
     return make_provenance("evaluate", {"evaluation": record["result"], "method": method,
                                         "maps": maps}, info)
-
-
-def _short(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 24 else text[:23] + "…"
 
 
 def write_maps_provenance(maps_dir, model, index: pd.DataFrame, *, image_size: int,
@@ -133,8 +128,8 @@ def check_maps(maps_dir, record: dict, methods: Sequence[str], total: int,
             splits = "" if field != "index" or theirs.get("split") == ours["split"] else \
                 f"; split {theirs.get('split')!r} there, {ours['split']!r} now"
             raise ProvenanceError(
-                f"the maps in {maps_dir} were made with another {where} ({_short(before)} "
-                f"there, {_short(now)} now{splits}); make the maps for this evaluation or "
+                f"the maps in {maps_dir} were made with another {where} ({short_value(before, 24)} "
+                f"there, {short_value(now, 24)} now{splits}); make the maps for this evaluation or "
                 "evaluate what they were made for")
     need = (counts[theirs["index"]], *[int(ours["preprocessing"]["image_size"])] * 2)
     for method in methods:

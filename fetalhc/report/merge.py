@@ -42,6 +42,7 @@ from fetalhc.report.provenance import (
     first_difference,
     make_provenance,
     read_provenance,
+    short_value,
     without_shard,
     write_provenance,
 )
@@ -52,11 +53,6 @@ MARKERS = {"explain": ("index.csv", "grid.png"),
            "evaluate": ("settings.json", "summary.csv", "per_image.csv")}
 # result fields that follow from the settings: named only when no setting differs
 DERIVED_FIELDS = ("index", "image_keys")
-
-
-def _short(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 50 else text[:47] + "..."
 
 
 def check_provenance(infos) -> dict:
@@ -85,7 +81,7 @@ def check_provenance(infos) -> dict:
             field, before, now = found
             raise ProvenanceError(
                 f"{first_folder} and {folder} are not shards of one run: their {field} "
-                f"differs ({_short(before)} vs {_short(now)}); merge only the shards of one run")
+                f"differs ({short_value(before, 50)} vs {short_value(now, 50)}); merge only the shards of one run")
     return first
 
 
@@ -112,7 +108,7 @@ def check_method_provenance(infos, methods: Sequence[str]) -> dict[str, dict]:
                 field, before, now = found
                 raise ProvenanceError(
                     f"{first_folder} and {where} are not shards of one run: their {field} "
-                    f"differs ({_short(before)} vs {_short(now)}); merge only the shards of "
+                    f"differs ({short_value(before, 50)} vs {short_value(now, 50)}); merge only the shards of "
                     "one run")
         shared[method] = first
     return shared

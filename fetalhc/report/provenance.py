@@ -186,9 +186,11 @@ def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any]
     return None if old == new else (path or "(record)", old, new)
 
 
-def _short(value) -> str:
+def short_value(value, width: int = 60) -> str:
+    """A field's value for a one-line message: strings quoted, other values as JSON, cut to
+    ``width`` characters with ``...``."""
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def compare(old: Mapping[str, Any] | None, new: Mapping[str, Any], where: str,
@@ -205,7 +207,7 @@ def compare(old: Mapping[str, Any] | None, new: Mapping[str, Any], where: str,
     if found is not None:
         field, before, now = found
         raise ProvenanceError(
-            f"{where} was made with another {field} ({_short(before)} there, {_short(now)} "
+            f"{where} was made with another {field} ({short_value(before)} there, {short_value(now)} "
             f"now); use {flag} to recompute it, or another output folder")
 
 
