@@ -1,4 +1,4 @@
-"""The one writer of result files, and the one Markdown table.
+"""The one writer of result files, the one file digest, and the one Markdown table.
 
 Every file fetalhc writes (tables, arrays, JSON, configs, figures, models, pages) goes
 through :func:`atomic_path` or one of the ``write_*`` helpers built on it: the content goes
@@ -88,6 +88,17 @@ def write_npy(path: str | os.PathLike, array) -> Path:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array))
     return write_bytes(path, buffer.getvalue())
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, in hex (read in 1 MiB blocks; no caching)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- Markdown

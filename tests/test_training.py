@@ -220,7 +220,8 @@ def test_augmentation_then_overwrite_with_aux_ellipse_and_steps_per_epoch(phanto
 
 def _backup_with_record(tmp_path, latest: bytes, previous: bytes, committed: bytes):
     """A backup/ whose record commits epoch 2 with the weights ``committed``."""
-    from fetalhc.training.backup import COMMIT_FILE, file_digest
+    from fetalhc.files import sha256_of_file
+    from fetalhc.training.backup import COMMIT_FILE
 
     backup = tmp_path / "backup"
     backup.mkdir(parents=True)
@@ -231,7 +232,7 @@ def _backup_with_record(tmp_path, latest: bytes, previous: bytes, committed: byt
     rows = [{"epoch": 0, "loss": 3.0, "val_mae_mm": 9.0},
             {"epoch": 1, "loss": 2.0, "val_mae_mm": float("nan")}]
     (backup / COMMIT_FILE).write_text(json.dumps({
-        "epoch": 2, "weights_sha256": file_digest(tmp_path / "committed"), "stopped": False,
+        "epoch": 2, "weights_sha256": sha256_of_file(tmp_path / "committed"), "stopped": False,
         "history": rows}))
     return backup
 

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fetalhc.files import write_json
+from fetalhc.files import sha256_of_file, write_json
 
 PROVENANCE_FILE = "provenance.json"
 OVERWRITE_FLAG = "--overwrite"
@@ -58,12 +58,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     digest = _HASH_CACHE.get(key)
     if digest is None:
-        hasher = hashlib.sha256()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                hasher.update(block)
-        digest = hasher.hexdigest()
-        _HASH_CACHE[key] = digest
+        digest = _HASH_CACHE[key] = sha256_of_file(path)
     return digest
 
 

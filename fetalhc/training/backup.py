@@ -34,7 +34,6 @@ holds each of its epochs; otherwise the run starts again at epoch 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -44,7 +43,7 @@ from typing import Any
 
 import keras
 
-from fetalhc.files import atomic_path, write_json
+from fetalhc.files import atomic_path, sha256_of_file, write_json
 from fetalhc.training.run_folder import read_history, write_history
 
 COMMIT_FILE = "epoch.json"
@@ -93,15 +92,6 @@ def history_row(epoch: int, logs: dict[str, Any]) -> dict[str, Any]:
     return {"epoch": int(epoch), **{key: _plain(logs[key]) for key in sorted(logs)}}
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, in hex."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_commit(backup_dir: Path) -> dict[str, Any] | None:
     """The commit record of ``backup_dir`` (None when there is none)."""
     path = Path(backup_dir) / COMMIT_FILE
@@ -116,7 +106,7 @@ def commit_epoch(backup_dir: Path, epoch_count: int, rows: list[dict[str, Any]],
     backup_dir = Path(backup_dir)
     write_json(backup_dir / COMMIT_FILE, {
         "epoch": int(epoch_count),
-        "weights_sha256": file_digest(backup_dir / WEIGHTS_FILE),
+        "weights_sha256": sha256_of_file(backup_dir / WEIGHTS_FILE),
         "stopped": bool(stopped),
         "history": rows,
     }, indent=None)
@@ -180,7 +170,7 @@ def _restore_committed_weights(backup_dir: Path, digest: str, epoch: int) -> Non
     latest = backup_dir / WEIGHTS_FILE
     previous = backup_dir / (WEIGHTS_FILE + PREVIOUS_SUFFIX)
     source = next((path for path in (latest, previous)
-                   if path.is_file() and file_digest(path) == digest), None)
+                   if path.is_file() and sha256_of_file(path) == digest), None)
     if source is None:
         raise ValueError(
             f"cannot resume: {backup_dir} records epoch {epoch} but holds its weights "
