@@ -30,7 +30,7 @@ FOUNDATION = {"files"}
 ALLOWED: dict[str, set[str]] = {
     "files": set(),
     "data": set(),
-    "_startup": set(),
+    "startup": set(),
     "viz": set(),
     # models, losses and metrics are one layer (docs/architecture.md): the prediction
     # helpers of models score in mm with metrics
@@ -43,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     "callbacks": {"explain", "evaluate", "viz", "models", "losses", "metrics", "data"},
     "report": {"explain", "evaluate", "viz", "models", "losses", "metrics", "data"},
     "cli": {"data", "viz", "models", "losses", "metrics", "training", "explain", "evaluate",
-            "callbacks", "report"},
+            "callbacks", "report", "startup"},
 }
 # `explain` may use `models` at most: `models` may itself use `data`, hence `data` above.
 for _part, _allowed in ALLOWED.items():
@@ -183,6 +183,28 @@ def test_nothing_imports_cli():
         for item in IMPORTS[path] if _part_of_module(item.module) == "cli"
     ]
     assert not offending, "\n".join(offending)
+
+
+def test_start_up_module_is_used_by_the_root_and_the_command_line_only():
+    """``fetalhc.startup`` decides before TensorFlow is imported (docs/architecture.md,
+    "Start-up"): the package root and ``cli`` use it, no library module does; and nothing in
+    the package imports the console entry ``fetalhc_console`` (it is read by name)."""
+    offending = [
+        f"{_location(path, item.line)} imports {item.module}"
+        for path in MODULES if _part_of(path) not in ("__init__", "cli", "startup")
+        for item in IMPORTS[path]
+        if _part_of_module(item.module) == "startup" or item.module == "fetalhc_console"
+        or (item.module == "fetalhc" and item.name == "startup")
+    ]
+    assert not offending, "\n".join(offending)
+    console = PACKAGE.parent / "fetalhc_console.py"
+    top_level = [node for node in ast.parse(console.read_text()).body
+                 if isinstance(node, (ast.Import, ast.ImportFrom))]
+    fetalhc_at_top = [ast.unparse(node) for node in top_level
+                      if any(alias.name.startswith("fetalhc") for alias in node.names)
+                      or (isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                          "fetalhc"))]
+    assert not fetalhc_at_top, f"fetalhc_console.py imports the package at import: {fetalhc_at_top}"
 
 
 def test_the_table_covers_every_part():
@@ -335,13 +357,13 @@ def test_no_private_imports_across_parts():
     only inside its own top-level part.
 
     The part of a module is the first component after ``fetalhc`` (``explain``, ``cli``,
-    ``files``, ``_startup``, ...). A module uses a private name when it imports a module
+    ``files``, ``startup``, ...). A module uses a private name when it imports a module
     whose dotted path has a private component (``fetalhc.cli._files``), imports a private
     name (``from fetalhc.training.run import _backup_epoch``), or reads ``alias._name`` of
     a module bound by an import (``from fetalhc.evaluate import suite; suite._mean``). The
     owner is the module holding the private component or name; the use is allowed when the
     user's part is the owner's part, and for the package root ``fetalhc/__init__.py``
-    importing a private top-level module of the package (``fetalhc._startup``).
+    importing a private top-level module of the package (``fetalhc._name``).
     """
     offending = []
     for path in MODULES:

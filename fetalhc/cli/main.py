@@ -1,23 +1,29 @@
-"""Entry point of the ``fetalhc`` console script.
+"""Entry point of the ``fetalhc`` console script (reached through ``fetalhc_console.main``).
 
 Each sub-command lives in its own module of this package and exposes a click command (or
-group) named ``command``. Errors a user can cause (bad files, bad options, bad configs) are
-raised by the library as ``ValueError`` / ``FileNotFoundError`` and turned here into a
-one-line ``Error: ...`` with a non-zero exit status.
+group) named ``command``; the modules are imported only when their command is named (or
+listed by ``--help``), and none of them imports TensorFlow before its work starts
+(:class:`fetalhc.cli.options.Command`), so ``--help``, ``--version`` and shell completion
+answer at once.
+
+Errors: a mistake in the input (bad files, options, configs) is raised by the library as
+``ValueError`` / ``FileNotFoundError`` / ... and printed here as one line ``Error: ...``
+with exit status 1; ``--debug`` (on the group or any command) shows its traceback instead.
+Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
+import importlib.util
 import sys
 
 import click
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from fetalhc.cli.options import debug_option, debug_requested
 
-# (module in fetalhc.cli, command name). Modules are imported lazily, so `fetalhc --help`
-# stays fast and one broken command cannot take the others down.
+# command name -> module in fetalhc.cli. Imported lazily, so one broken command cannot take
+# the others down and `fetalhc --help` imports only the command modules themselves.
 COMMAND_MODULES: dict[str, str] = {
     "data": "fetalhc.cli.data",
     "train": "fetalhc.cli.train",
@@ -28,11 +34,15 @@ COMMAND_MODULES: dict[str, str] = {
     "merge": "fetalhc.cli.merge",
 }
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+# Exceptions the library raises for mistakes in the user's input. KeyError is not one of
+# them: a KeyError escaping the library is a bug and shows its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError)
 
 
 class LazyGroup(click.Group):
-    """A click group whose sub-commands are imported on first use."""
+    """A click group whose sub-commands are imported on first use, and which turns user
+    errors into one line."""
 
     def list_commands(self, ctx):
         return [name for name, module in COMMAND_MODULES.items() if _module_exists(module)]
@@ -47,8 +57,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            raise click.ClickException(str(message)) from None
+            if debug_requested(ctx):
+                raise
+            raise click.ClickException(str(error)) from None
 
 
 def _module_exists(module_name: str) -> bool:
@@ -57,6 +68,7 @@ def _module_exists(module_name: str) -> bool:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fetalhc")
+@debug_option
 def cli():
     """fetalhc: train, explain and evaluate regression CNNs for fetal head circumference."""
 
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="fetalhc", standalone_mode=True)
     except SystemExit as exit_:
-        return int(exit_.code or 0)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
     return 0
 
 

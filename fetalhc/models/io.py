@@ -1,5 +1,10 @@
 """Safe loading of saved fetalhc models (and the input-size check before predicting).
 
+Importing this module registers every serializable Keras object of fetalhc (the classes of
+``fetalhc.losses``, ``fetalhc.metrics`` and ``fetalhc.models.layers`` register themselves
+on import): the package root imports it for that, and so does every path that loads a model,
+including the command line, where the root defers the registration.
+
 ``output_names`` is :func:`fetalhc.models.graph.output_names`, re-exported here.
 """
 
@@ -11,6 +16,9 @@ from pathlib import Path
 
 import keras
 
+import fetalhc.losses  # noqa: F401 - registers fetalhc's Keras losses
+import fetalhc.metrics  # noqa: F401 - registers fetalhc's Keras metrics
+import fetalhc.models.layers  # noqa: F401 - registers fetalhc's Keras layers
 from fetalhc.models.graph import HC_OUTPUT, output_names
 
 
@@ -21,7 +29,6 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     file that is not a ``.keras`` archive, needs unsafe deserialisation (e.g. ``Lambda``
     layers), or is not a fetalhc model (no output named ``hc_px_input``).
     """
-    # fetalhc/__init__.py has registered the custom losses and metrics already.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
