@@ -5,7 +5,8 @@ through :func:`atomic_path` or one of the ``write_*`` helpers built on it: the c
 to a temporary file in the destination folder, which then replaces the destination in one
 ``os.replace``. An interrupted command leaves the old file or the new one, never half of
 one. The file gets the mode an ordinary ``open`` would give it (0644 under umask 022), not
-``mkstemp``'s 0600.
+``mkstemp``'s 0600; a writer that makes its own temporary folder (``mkdtemp``, 0700) gives it
+:func:`folder_mode` (0755 under umask 022) before moving it into place.
 
 This module is the package's foundation: it imports no other fetalhc module, and every
 fetalhc module may import it (``data`` and ``viz`` included; docs/architecture.md).
@@ -23,10 +24,32 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux:
+    ``/proc/self/status``). Elsewhere it is set and restored at once, through the
+    restrictive 0o077 so that a file another thread creates in that instant is private,
+    never world-writable."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+def file_mode() -> int:
+    """The mode an ordinary ``open`` gives a new file: ``0o666 & ~umask`` (0644 under 022)."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """The mode an ordinary ``mkdir`` gives a new folder: ``0o777 & ~umask`` (0755 under
+    022). For folders made by ``tempfile.mkdtemp`` (always 0700) that become results."""
+    return 0o777 & ~umask()
 
 
 @contextlib.contextmanager
@@ -43,7 +66,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

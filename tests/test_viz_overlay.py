@@ -64,3 +64,19 @@ def test_grid_figure_and_errors(tmp_path):
         overlay_figure(np.zeros((8, 8)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="2-D"):
         overlay_figure(np.zeros((2, 8, 8, 1)), np.zeros((2, 8, 8, 1)))
+
+
+def test_figure_to_rgb_renders_without_taking_the_figure_over():
+    """TensorBoard's picture of a figure: RGB uint8 at the figure's size; the figure keeps
+    its canvas and dpi (a notebook's pyplot figure stays usable)."""
+    from matplotlib.figure import Figure
+
+    from fetalhc.viz.figures import figure_to_rgb
+
+    figure = Figure(figsize=(2, 1), dpi=50)
+    figure.add_subplot(1, 1, 1).imshow(np.ones((4, 4)), cmap="gray")
+    canvas = figure.canvas
+    rgb = figure_to_rgb(figure)
+    assert rgb.dtype == np.uint8 and rgb.shape == (50, 100, 3)
+    assert figure_to_rgb(figure, dpi=100).shape == (100, 200, 3)
+    assert figure.canvas is canvas and figure.dpi == 50

@@ -23,7 +23,7 @@ import numpy as np
 
 from fetalhc.data.ellipse import Ellipse, ellipse_perimeter, fit_ellipse
 from fetalhc.data.index import ANNOTATION_SUFFIX, FILENAME_COLUMN, HC_COLUMN, PIXEL_SIZE_COLUMN
-from fetalhc.files import atomic_path, write_bytes
+from fetalhc.files import atomic_path, folder_mode, write_bytes
 
 DEFAULT_WIDTH = 320
 DEFAULT_HEIGHT = 216
@@ -233,6 +233,7 @@ def write_phantom_dataset(out_dir, n: int = 200, seed: int = 0, challenge: int =
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
+        os.chmod(temporary, folder_mode())  # mkdtemp's 0700 -> what mkdir gives (umask)
         _write_into(temporary, int(n), int(seed), int(challenge), width, height,
                     second_fraction, progress)
         if out_dir.exists():

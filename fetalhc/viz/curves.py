@@ -5,10 +5,11 @@
 - :func:`deletion_insertion_figure`: deletion and insertion curves per method.
 - :func:`localisation_boxplot`: per-image localisation scores per method, chance line.
 - :func:`error_split_bars`: a metric per method split by prediction-error group, with CIs.
-- :func:`save_figure`: write a figure through :mod:`fetalhc.files` and close it.
+- :func:`save_figure`: write a figure through :mod:`fetalhc.files`.
 
 Curves are given as ``{method: {panel: (x, mean, low, high)}}`` with numpy arrays; ``low``
-and ``high`` may be None. Imports no other fetalhc module but ``fetalhc.files`` (through
+and ``high`` may be None. Figures are ``matplotlib.figure.Figure`` objects (no pyplot state,
+no backend chosen). Imports no other fetalhc module but ``fetalhc.files`` (through
 ``figures``).
 """
 
@@ -17,13 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fetalhc.viz import figures  # noqa: E402
+from fetalhc.viz import figures
 
 Curve = tuple  # (x, mean, low | None, high | None)
 
@@ -32,12 +31,12 @@ ORDER_TITLES = {"morf": "MoRF (most relevant first)", "lerf": "LeRF (least relev
 
 
 def _curve_panels(curves: Mapping[str, Mapping[str, Curve]], panels: Sequence[str],
-                  xlabel: str, ylabel: str, title: str | None):
+                  xlabel: str, ylabel: str, title: str | None) -> Figure:
     if not curves:
         raise ValueError("no curves to plot")
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6),
-                                sharey=True, squeeze=False)
-    colours = plt.get_cmap("tab10")
+    figure = Figure(figsize=(4.2 * len(panels), 3.6))
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)
+    colours = colormaps["tab10"]
     for column, panel in enumerate(panels):
         axis = axes[0, column]
         for index, (method, by_panel) in enumerate(curves.items()):
@@ -65,7 +64,7 @@ def _curve_panels(curves: Mapping[str, Mapping[str, Curve]], panels: Sequence[st
 def perturbation_figure(curves: Mapping[str, Mapping[str, Curve]],
                         orders: Sequence[str] = ("morf", "lerf", "random"),
                         ylabel: str = "|predicted HC - reference| (mm)",
-                        xlabel: str = "regions replaced", title: str | None = None):
+                        xlabel: str = "regions replaced", title: str | None = None) -> Figure:
     """One panel per order, one line per method (mean over images, shaded CI)."""
     present = [o for o in orders if any(o in c for c in curves.values())]
     return _curve_panels(curves, present or list(orders), xlabel, ylabel, title)
@@ -74,21 +73,22 @@ def perturbation_figure(curves: Mapping[str, Mapping[str, Curve]],
 def deletion_insertion_figure(curves: Mapping[str, Mapping[str, Curve]],
                               ylabel: str = "|predicted HC - reference| (mm)",
                               xlabel: str = "fraction of pixels deleted / inserted",
-                              title: str | None = None):
+                              title: str | None = None) -> Figure:
     """Deletion and insertion panels, one line per method."""
     present = [k for k in ("deletion", "insertion") if any(k in c for c in curves.values())]
     return _curve_panels(curves, present or ["deletion"], xlabel, ylabel, title)
 
 
 def localisation_boxplot(values: Mapping[str, np.ndarray], ylabel: str,
-                         chance: float | None = 1.0, title: str | None = None):
+                         chance: float | None = 1.0, title: str | None = None) -> Figure:
     """Boxplot of per-image scores per method; a dashed line marks chance (ratio 1)."""
     if not values:
         raise ValueError("no localisation scores to plot")
     names = list(values)
     data = [np.asarray(values[name], dtype=float) for name in names]
     data = [d[np.isfinite(d)] for d in data]
-    figure, axis = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.8))
+    figure = Figure(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.8))
+    axis = figure.add_subplot(1, 1, 1)
     axis.boxplot(data, showmeans=True)
     axis.set_xticks(np.arange(1, len(names) + 1), names, rotation=30, ha="right")
     if chance is not None:
@@ -103,7 +103,7 @@ def localisation_boxplot(values: Mapping[str, np.ndarray], ylabel: str,
 
 
 def error_split_bars(groups: Sequence[str], methods: Sequence[str], means, lows, highs,
-                     ylabel: str, title: str | None = None):
+                     ylabel: str, title: str | None = None) -> Figure:
     """Grouped bars: ``means`` ``(M, G)`` for methods × error groups, CI whiskers."""
     means = np.asarray(means, dtype=float)
     lows = np.asarray(lows, dtype=float)
@@ -111,8 +111,8 @@ def error_split_bars(groups: Sequence[str], methods: Sequence[str], means, lows,
     if means.shape != (len(methods), len(groups)):
         raise ValueError(f"means must be (methods, groups) = ({len(methods)}, {len(groups)}); "
                          f"got {means.shape}")
-    figure, axis = plt.subplots(figsize=(max(4.5, 1.2 * len(methods) * len(groups) / 2 + 2),
-                                         3.8))
+    figure = Figure(figsize=(max(4.5, 1.2 * len(methods) * len(groups) / 2 + 2), 3.8))
+    axis = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(len(groups), 1)
     x = np.arange(len(methods))
     for g, group in enumerate(groups):
@@ -130,9 +130,7 @@ def error_split_bars(groups: Sequence[str], methods: Sequence[str], means, lows,
     return figure
 
 
-def save_figure(figure, path, dpi: int = 120) -> Path:
-    """Save ``figure`` to ``path`` atomically (format from the suffix) and close it."""
-    try:
-        return figures.save_figure(figure, path, dpi=dpi)
-    finally:
-        plt.close(figure)
+def save_figure(figure: Figure, path, dpi: int = 120) -> Path:
+    """Save ``figure`` to ``path`` atomically (format from the suffix). A ``Figure`` built
+    here belongs to no pyplot manager: it is freed with its last reference."""
+    return figures.save_figure(figure, path, dpi=dpi)

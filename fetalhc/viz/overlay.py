@@ -3,7 +3,7 @@
 Red raises the explained quantity (HC), blue lowers it; colour opacity follows the magnitude,
 so weak relevance leaves the image visible. The annotation contour (a thin 0/1 outline) is
 drawn as a thin line when given. Rendering only: arrays in, ``matplotlib.figure.Figure``
-out (no pyplot state); :func:`save_figure` writes atomically. Imports no other fetalhc
+out (no pyplot state, no backend chosen); :func:`save_figure` writes atomically. Imports no other fetalhc
 module but ``fetalhc.files`` (through ``figures``).
 """
 
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-
-import numpy as np  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from fetalhc.viz.figures import save_figure  # noqa: E402,F401  (re-exported)
+from fetalhc.viz.figures import save_figure  # noqa: F401  (re-exported)
 
 CMAP = "RdBu_r"  # red positive, blue negative
 CONTOUR_COLOR = "#39ff14"
@@ -87,7 +84,7 @@ def draw_overlay(ax, image, saliency, contour=None, limit: float | None = None,
     if title:
         ax.set_title(title, fontsize=8)
     if colorbar:
-        mappable = matplotlib.cm.ScalarMappable(norm=Normalize(-limit, limit), cmap=CMAP)
+        mappable = ScalarMappable(norm=Normalize(-limit, limit), cmap=CMAP)
         bar = ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
         bar.ax.tick_params(labelsize=6)
         if units:
