@@ -93,3 +93,40 @@ def test_check_real_hc18_with_refit(hc18_path):
     result = run("check", hc18_path, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "over 798 annotations" in result.output
+
+
+# ----------------------------------------------------------------------------- #18
+@pytest.mark.parametrize("args, option", [
+    (["synth", "{out}", "--seed", "-1"], "--seed"),
+    (["synth", "{out}", "--n", "0"], "--n"),
+    (["synth", "{out}", "--width", "8"], "--width"),
+    (["check", "{out}", "--tolerance-mm", "-1"], "--tolerance-mm"),
+])
+def test_data_usage_errors_create_nothing(tmp_path, args, option):
+    out = tmp_path / "phantoms"
+    result = run(*[str(arg).format(out=out) for arg in args])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bars_only_when_asked_or_on_a_terminal(tmp_path):
+    quiet = run("synth", tmp_path / "quiet", "--n", 2, "--width", 64, "--height", 48)
+    assert quiet.exit_code == 0, quiet.output
+    assert "phantoms" not in quiet.stderr  # CliRunner's stderr is no terminal
+    shown = run("synth", tmp_path / "shown", "--n", 2, "--width", 64, "--height", 48,
+                "--progress")
+    assert shown.exit_code == 0, shown.output
+    assert "phantoms:" in shown.stderr and "/2 " in shown.stderr
+
+
+def test_data_commands_need_no_tensorflow_and_every_option_has_help():
+    import click
+
+    from fetalhc.cli.data import command
+
+    for sub in command.commands.values():
+        assert sub.needs_tensorflow is False, sub.name
+        for param in sub.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"data {sub.name} {param.opts} has no help text"

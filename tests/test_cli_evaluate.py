@@ -147,39 +147,43 @@ def test_external_maps_resume_and_paper_protocol(run_dir, phantoms, tmp_path):
     assert "the paper protocol uses 128 x 128 inputs; got images of 32 x 32 px" in paper.output
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message, code", [
     (("--grid", 5), "a grid of 5 regions does not divide the image height 32 px; "
-                    "regions per side that do: 16, 8, 4, 2"),
-    (("--steps", 17), "the 4 x 4 grid has only 16"),
-    (("--metrics", "aopc,faithfulness"), "unknown metric(s) faithfulness"),
-    (("--perturbation", "salt"), "unknown perturbation 'salt'"),
-    (("--methods", "magic"), "unknown method(s) magic"),
+                    "regions per side that do: 16, 8, 4, 2", 1),
+    (("--steps", 17), "the 4 x 4 grid has only 16", 1),
+    (("--metrics", "aopc,faithfulness"), "unknown metric(s) faithfulness", 2),
+    (("--perturbation", "salt"), "'salt' is not one of 'noise', 'mean', 'zeros', 'blur'", 2),
+    (("--methods", "magic"), "unknown method(s) magic", 1),
     (("--split", "challenge", "--metrics", "localisation"),
-     "localisation needs the contour annotations, but"),
+     "localisation needs the contour annotations, but", 1),
 ])
-def test_bad_input_gives_one_line_errors(run_dir, phantoms, tmp_path, args, message):
+def test_bad_input_gives_one_line_errors(run_dir, phantoms, tmp_path, args, message, code):
     base = {"--methods": "gradient", "--metrics": "aopc"}
     for key, value in zip(args[::2], args[1::2], strict=True):
         base[key] = value
     flat = [item for pair in base.items() for item in pair]
     result = invoke("--model", run_dir, "--data", phantoms, "--out", tmp_path / "e", *flat,
                     *FAST)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output  # 2: click's usage errors
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.output
     if "localisation" in message:
         assert "000_HC_Annotation.png" in error_lines[0]
+    assert not (tmp_path / "e").exists()
 
 
 def test_settings_options_share_the_dataclass_defaults():
     """Every EvaluationSettings field the CLI exposes has the dataclass's default, in the
-    click parameter and in --help; fields without an option are the listed ones only."""
+    click parameter and in --help, and its choices / range from fetalhc.evaluate.settings;
+    fields without an option are the listed ones only; every option has help text."""
     import dataclasses
 
     import click
 
     from fetalhc.cli.evaluate import SETTINGS_OPTIONS, command, settings_from_options
     from fetalhc.evaluate import EvaluationSettings
+    from fetalhc.evaluate.settings import CHOICES, METRICS, RANGES
+    from fetalhc.training.config import SPLITS
 
     defaults = EvaluationSettings()
     fields = {field.name for field in dataclasses.fields(EvaluationSettings)}
@@ -197,11 +201,27 @@ def test_settings_options_share_the_dataclass_defaults():
         if isinstance(expected, bool):  # --on/--off: the default is shown by its flag
             flag = flags.split("/")[0 if expected else 1].lstrip("-")
             assert f"[default: {flag}]" in shown, (name, shown)
-        elif expected is not None:
-            assert f"[default: {expected}]" in shown, (name, shown)
+        elif expected is not None:  # "[default: 4]" or, with a range, "[default: 4; x>=1]"
+            assert f"[default: {expected}]" in shown or f"[default: {expected};" in shown, \
+                (name, shown)
         else:
             assert "[default:" not in shown
+        if name in CHOICES:
+            assert isinstance(param.type, click.Choice), name
+            assert tuple(param.type.choices) == CHOICES[name], name
+        elif name in RANGES:
+            allowed = RANGES[name]
+            assert isinstance(param.type, click.IntRange | click.FloatRange), name
+            assert (param.type.min, param.type.max) == (allowed.low, allowed.high), name
+            assert (param.type.min_open, param.type.max_open) == (allowed.low_open,
+                                                                  allowed.high_open), name
     assert settings_from_options({name: params[name].default for name in exposed}) == defaults
+    for param in command.params:  # every option has help; choices are the library's
+        if isinstance(param, click.Option):
+            assert param.help, f"{param.opts} has no help text"
+    assert tuple(params["metrics"].type.choices) == METRICS
+    assert tuple(params["split"].type.choices) == (*SPLITS, "all")
+    assert tuple(params["explain_target"].type.choices) == CHOICES["explain_target"]
 
 
 def test_settings_from_options_applies_the_protocol():

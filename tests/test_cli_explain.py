@@ -90,23 +90,35 @@ def test_explain_writes_maps_overlays_grid_and_index_then_skips(run_dir, data, t
 
 @pytest.mark.parametrize("args, message", [
     (["--methods", "gradient,nope"], "unknown explanation method 'nope'"),
-    (["--methods", "gradcam_pp", "--target", "hc"], "unknown target 'hc'"),
-    (["--methods", "gradient", "--split", "bogus"], "unknown split 'bogus'"),
-    (["--methods", "gradient", "--limit", "0"], "--limit must be >= 1"),
     (["--methods", "gradient", "--option", "gradient.steps=3"], "unknown option(s) steps"),
     (["--methods", "gradient", "--option", "occlusion.patch=3"], "not in --methods"),
     (["--methods", "occlusion", "--option", "occlusion.patch"], "METHOD.NAME=VALUE"),
+    (["--methods", "gradient,gradient"], "names gradient more than once"),
 ])
 def test_explain_errors_are_one_line(run_dir, data, tmp_path, args, message):
     result = _explain("--model", run_dir, "--data", data, "--out", tmp_path / "o", *args)
     assert result.exit_code == 1
     assert message in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "gradcam_pp", "--target", "hc"], "'hc' is not one of"),
+    (["--methods", "gradient", "--split", "bogus"], "'bogus' is not one of"),
+    (["--methods", "gradient", "--limit", "0"], "0 is not in the range x>=1"),
+])
+def test_explain_usage_errors_name_the_option(run_dir, data, tmp_path, args, message):
+    result = _explain("--model", run_dir, "--data", data, "--out", tmp_path / "o", *args)
+    assert result.exit_code == 2
+    assert message in result.output and args[2] in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_explain_list_methods():
-    result = CliRunner().invoke(cli, ["explain", "--model", "x", "--data", "y", "--out", "z", "--list"])
-    assert result.exit_code == 0
+    result = CliRunner().invoke(cli, ["explain", "--list"])  # as the README has it
+    assert result.exit_code == 0, result.output
     assert "integrated_gradients:" in result.output and "occlusion:" in result.output
+    assert "patch=16" in result.output  # the options too
 
 
 def test_index_and_grid_rebuild_from_the_folder_alone(run_dir, data, tmp_path):

@@ -154,7 +154,10 @@ def test_non_fetalhc_and_unsafe_model_files_are_refused(data, tmp_path):
                                     out, "--split", "challenge"), "unsafe deserialisation", out)
     (tmp_path / "t.keras").write_text("hello")
     _assert_one_line_error(_predict("--model", tmp_path / "t.keras", "--data", data, "--out",
-                                    out), "not a Keras v3", out)
+                                    out, "--split", "challenge"), "not a Keras v3", out)
+    # without a run folder only the challenge split exists: said before the model loads
+    _assert_one_line_error(_predict("--model", tmp_path / "t.keras", "--data", data, "--out",
+                                    out), "only --split challenge is possible", out)
 
 
 def test_wrong_image_size_empty_split_and_missing_run_folder(run_dir, data, tmp_path):

@@ -113,3 +113,96 @@ def test_a_truncated_image_is_a_one_line_error_before_the_run_folder(data, confi
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "007_HC.png" in lines[0]
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- #18
+@pytest.mark.parametrize("args, message", [
+    (["--set", "model.weights=nope.weights.h5"], "weights file not found: nope.weights.h5"),
+    (["--set", "model.backbone=vgg16", "--set", "data.image_size=24"],
+     "backbone 'vgg16' needs inputs of at least 32 px, got 24"),
+    (["--set", "model.filters=[8, 8, 8, 8, 8, 8]"], "6 blocks halve the input 6 times"),
+    (["--explain-methods", "magic"], "unknown explanation method 'magic'"),
+    (["--explain-every", "1", "--explain-methods", "magic"], "unknown explanation method"),
+    (["--set", "train.seed=-1"], "[train] seed must be >= 0"),
+    (["--resume", "--overwrite"], "choose either resume or overwrite, not both"),
+])
+def test_the_model_and_every_option_are_checked_before_the_run_folder(data, config_file,
+                                                                       tmp_path, args,
+                                                                       message):
+    """A config the model cannot be built from, an unknown explain method, ... : one line,
+    and no run folder (the model is built before the folder is created)."""
+    out = tmp_path / "run"
+    result = _train("--config", config_file, "--data", data, "--out", out, "--quiet", *args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--seed", "-1"], "--seed"),
+    (["--fold", "-1"], "--fold"),
+    (["--strategy", "bogus"], "--strategy"),
+    (["--explain-every", "-1"], "--explain-every"),
+    (["--explain-images", "0"], "--explain-images"),
+])
+def test_train_usage_errors_create_nothing(data, config_file, tmp_path, args, option):
+    out = tmp_path / "run"
+    result = _train("--config", config_file, "--data", data, "--out", out, *args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert not out.exists()
+
+
+def test_missing_data_or_config_create_nothing(data, config_file, tmp_path):
+    out = tmp_path / "run"
+    for args, option in ((["--data", tmp_path / "nope", "--config", config_file], "--data"),
+                         (["--data", data, "--config", tmp_path / "nope.toml"], "--config")):
+        result = _train(*args, "--out", out)
+        assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+        assert not out.exists()
+    not_hc18 = tmp_path / "empty"
+    not_hc18.mkdir()
+    result = _train("--config", config_file, "--data", not_hc18, "--out", out)
+    assert result.exit_code == 1 and "training_set: image folder is missing" in result.output
+    assert not out.exists()
+
+
+def test_resuming_an_incomplete_run_folder_is_a_one_line_error(data, config_file, tmp_path):
+    """A config.toml without the sections ``train`` adds (e.g. copied there by hand) is no
+    run to resume: a one-line error, not a KeyError, and the folder is left as it was."""
+    from fetalhc.training import resolve_config, write_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_config(resolve_config(config_file), out / "config.toml")
+    before = (out / "config.toml").read_bytes()
+    result = _train("--config", config_file, "--data", data, "--out", out, "--resume")
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "holds no complete run" in lines[0] and "[run]" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
+    assert (out / "config.toml").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, verbose", [
+    (["--progress"], 1), (["--no-progress"], 2), ([], 2), (["--quiet", "--progress"], 0),
+])
+def test_progress_maps_to_the_keras_fit_verbosity(data, config_file, tmp_path, monkeypatch,
+                                                  args, verbose):
+    """A bar per epoch when asked (or on a terminal; CliRunner's stderr is none), one line
+    per epoch otherwise, nothing with --quiet."""
+    import fetalhc.training
+
+    seen = {}
+
+    def fake_train(*_, verbose=None, **__):
+        seen["verbose"] = verbose
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(fetalhc.training, "train", fake_train)
+    result = _train("--config", config_file, "--data", data, "--out", tmp_path / "run", *args)
+    assert result.exit_code == 1 and "stop here" in result.output, result.output
+    assert seen == {"verbose": verbose}

@@ -14,6 +14,7 @@ imported TensorFlow long ago.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -53,7 +54,8 @@ def imported_heavy(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("argv", [
-    ["--version"], ["--help"], ["data", "--help"], ["train", "--help"], ["predict", "--help"],
+    ["--version"], ["--help"], ["data", "--help"], ["data", "check", "--help"],
+    ["data", "synth", "--help"], ["train", "--help"], ["predict", "--help"],
     ["explain", "--help"], ["evaluate", "--help"], ["demo", "--help"], ["merge", "--help"],
 ], ids=lambda argv: " ".join(argv))
 def test_answers_without_importing_tensorflow(argv):
@@ -61,6 +63,38 @@ def test_answers_without_importing_tensorflow(argv):
     assert "CODE:0" in result.stderr, result.stderr[-2000:]
     assert imported_heavy(result) == "", (
         f"`fetalhc {' '.join(argv)}` imported {imported_heavy(result)}")
+
+
+# what a command module may import at its top: TensorFlow-free modules only (the work is
+# imported inside the callback)
+TENSORFLOW_FREE = {"click", "__future__", "fetalhc.cli.options", "fetalhc.evaluate.settings",
+                   "fetalhc.training.config"}
+
+
+@pytest.mark.parametrize("module", sorted(cli_main.COMMAND_MODULES.values()))
+def test_command_modules_import_only_tensorflow_free_modules_at_the_top(module):
+    path = ROOT / (module.replace(".", "/") + ".py")
+    offending = []
+    for node in ast.parse(path.read_text()).body:
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) else [])
+        offending += [f"line {node.lineno}: {name}" for name in names
+                      if name not in TENSORFLOW_FREE
+                      and name.split(".")[0] not in sys.stdlib_module_names]
+    assert not offending, f"{module} imports at its top:\n" + "\n".join(offending)
+
+
+def test_the_tensorflow_free_modules_are_free_of_tensorflow_and_numpy():
+    modules = sorted(TENSORFLOW_FREE - {"click", "__future__"})
+    code = ("import sys, importlib, fetalhc_console\n"
+            "fetalhc_console.COMMAND_LINE = True\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            "from fetalhc.evaluate import EvaluationSettings\n"
+            "EvaluationSettings().validate((1, 32, 32, 1))\n"
+            "print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules))\n")
+    result = run_python(code)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr[-2000:]
 
 
 def test_version_of_the_installed_script_imports_no_tensorflow():

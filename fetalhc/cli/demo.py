@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from fetalhc.report.demo import write_demo_report
+from fetalhc.cli.options import Command, progress_option, show_progress
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick_cpu.toml"
 
@@ -31,21 +31,20 @@ def _step(number: int, total: int, text: str) -> None:
 def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int = 160,
              epochs: int = 15, image_size: int = 64, explain_images: int = 6,
              evaluate_images: int = 24, methods: list[str] | None = None,
-             seed: int = 0) -> Path:
+             seed: int = 0, progress: bool | None = None) -> Path:
     """Run the demo into ``out``; returns the path of ``report.md``.
 
     Each step invokes the corresponding ``fetalhc`` command with ``ctx.invoke``, so the
-    demo runs exactly what a user would type (the commands' own defaults included)."""
-    import fetalhc.explain as fe
+    demo runs exactly what a user would type (the commands' own defaults included).
+    The request is checked (:func:`fetalhc.report.demo.check_demo_request`) before ``out``
+    is created; ``progress`` goes to the steps that draw progress bars."""
     from fetalhc.cli import evaluate, explain, predict, train
     from fetalhc.data import write_phantom_dataset
+    from fetalhc.report.demo import check_demo_request, write_demo_report
 
     out = Path(out)
+    methods = check_demo_request(out, data_dir, methods)
     out.mkdir(parents=True, exist_ok=True)
-    methods = methods or fe.available_methods()
-    unknown = sorted(set(methods) - set(fe.available_methods()))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(fe.available_methods())}")
     total = 5 if data_dir is None else 4
     step = 0
     timings: dict[str, float] = {}
@@ -97,7 +96,7 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
     start = begin(f"explaining {explain_images} test images with {len(methods)} methods")
     _invoke_or_recompute(ctx, explain.command, model_path=model_path, data_dir=data_dir,
                          methods=",".join(methods), out=explain_dir, limit=explain_images,
-                         split="test")
+                         split="test", **_progress(explain.command, progress))
     commands.append(f"fetalhc explain --model {model_path} --data {data_dir} "
                     f"--methods {','.join(methods)} --out {explain_dir} "
                     f"--limit {explain_images} --split test")
@@ -108,7 +107,8 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
                   "(AOPC MoRF/LeRF/random, localisation)")
     _invoke_or_recompute(ctx, evaluate.command, model_path=model_path, data_dir=data_dir,
                          methods=",".join(methods), metrics="aopc,localisation",
-                         out=evaluate_dir, split="test", limit=evaluate_images)
+                         out=evaluate_dir, split="test", limit=evaluate_images,
+                         **_progress(evaluate.command, progress))
     commands.append(f"fetalhc evaluate --model {model_path} --data {data_dir} "
                     f"--methods {','.join(methods)} --metrics aopc,localisation "
                     f"--split test --limit {evaluate_images} --out {evaluate_dir}")
@@ -116,6 +116,14 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
 
     return write_demo_report(out, run_dir, predictions, explain_dir, evaluate_dir, commands,
                              timings, synthetic=(data_dir == out / "data"))
+
+
+def _progress(command: click.Command, progress: bool | None) -> dict:
+    """``{"progress": ...}`` for a step whose command has ``--progress/--no-progress``
+    (the demo's choice, or bars only on a terminal), else nothing."""
+    if any(param.name == "progress" for param in command.params):
+        return {"progress": show_progress(progress)}
+    return {}
 
 
 def _invoke_or_recompute(ctx, command, **options) -> None:
@@ -131,26 +139,35 @@ def _invoke_or_recompute(ctx, command, **options) -> None:
         ctx.invoke(command, overwrite=True, **options)
 
 
-@click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="Report folder (data, run, maps, tables, report.md).")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+@click.command("demo", cls=Command)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/demo"), show_default=True,
+              help="Report folder (data, run, maps, tables, report.md); a re-run resumes.")
+@click.option("--data", "data_dir", default=None,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Use this HC18-layout folder instead of synthetic phantoms.")
 @click.option("--n", type=click.IntRange(min=20), default=160, show_default=True,
-              help="Number of phantoms to synthesise.")
-@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True)
-@click.option("--image-size", type=click.IntRange(min=32), default=64, show_default=True)
-@click.option("--explain-images", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--evaluate-images", type=click.IntRange(min=2), default=24, show_default=True)
-@click.option("--methods", default=None, help="Comma-separated methods (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True)
+              help="Number of phantoms to synthesise (without --data).")
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Training epochs of the small CNN.")
+@click.option("--image-size", type=click.IntRange(min=32), default=64, show_default=True,
+              help="Network input size in px.")
+@click.option("--explain-images", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Test images explained with every method (maps and the grid).")
+@click.option("--evaluate-images", type=click.IntRange(min=2), default=24, show_default=True,
+              help="Test images the explanations are evaluated on (AOPC, localisation).")
+@click.option("--methods", default=None,
+              help="Comma-separated methods (default: all; see `fetalhc explain --list`).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the phantoms and of training.")
+@progress_option
 @click.pass_context
 def command(ctx, out, data_dir, n, epochs, image_size, explain_images, evaluate_images, methods,
-            seed):
+            seed, progress):
     """Phantoms → train → predict → explain → evaluate → report.md, in minutes on a CPU."""
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     report = run_demo(ctx, out, data_dir, n=n, epochs=epochs, image_size=image_size,
                       explain_images=explain_images, evaluate_images=evaluate_images,
-                      methods=names, seed=seed)
+                      methods=names, seed=seed, progress=progress)
     click.echo(f"report: {report}")
     click.echo(f"open it with any Markdown viewer; TensorBoard: tensorboard --logdir {Path(out) / 'run' / 'logs'}")

@@ -6,9 +6,17 @@ This module parses the options, resolves the model and the split (a run folder t
 writes the output folder (its docstring lists the files). A re-run into the same folder with
 the same model file contents, images, split and options resumes (finished methods are
 reused, new methods are added); anything else is refused naming the first differing field,
-unless ``--overwrite`` recomputes the folder. The options that set an
-``fetalhc.evaluate.EvaluationSettings`` field are generated from :data:`SETTINGS_OPTIONS`
-with the dataclass's defaults, so every default lives in one place.
+unless ``--overwrite`` recomputes the folder.
+
+The options that set an ``fetalhc.evaluate.EvaluationSettings`` field are generated from
+:data:`SETTINGS_OPTIONS`: the default from the dataclass, the choices and ranges from
+:mod:`fetalhc.evaluate.settings` (``CHOICES``, ``RANGES``), so each lives in one place.
+Every option is checked before the model or an image is loaded (the library's
+``check_evaluation_request``), and everything that depends on the images (the grid against
+the input size, maps from ``--maps``, the output folder) before anything is written.
+
+Only click, the standard library and TensorFlow-free modules are imported here; the work
+is imported inside the command.
 """
 
 from __future__ import annotations
@@ -17,39 +25,84 @@ from pathlib import Path
 
 import click
 
-from fetalhc.evaluate import EvaluationSettings
+from fetalhc.cli.options import Command, progress_option, show_progress
+from fetalhc.evaluate.settings import (
+    CHOICES,
+    METRICS,
+    RANGES,
+    EvaluationSettings,
+    Range,
+    check_error_split,
+    parse_metrics,
+    parse_numbers,
+    split_list,
+)
+from fetalhc.training.config import SPLITS
 
-# option flags -> (EvaluationSettings field, click type, help); defaults come from the field
-SETTINGS_OPTIONS: tuple[tuple[str, str, type | None, str | None], ...] = (
+# --split: a run's splits, or "all" (the whole training part of --data, e.g. for a bare
+# .keras file without a run folder)
+EVALUATE_SPLITS = (*SPLITS, "all")
+DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients"
+DEFAULT_METRICS = "aopc,deletion,insertion"
+
+# option flags -> (EvaluationSettings field, value type, help); the default comes from the
+# field, the choices / range from fetalhc.evaluate.settings (see _click_type)
+SETTINGS_OPTIONS: tuple[tuple[str, str, type | None, str], ...] = (
     ("--protocol", "protocol", str,
-     "'paper': 128 px, 4 x 4 grid, mean signed relevance, N(0, 0.3), 15 steps."),
-    ("--grid", "grid", int, "Regions per side."),
-    ("--steps", "steps", int, "Perturbation steps (default R - 1)."),
-    ("--regions-per-step", "regions_per_step", int, None),
-    ("--perturbation", "perturbation", str, "noise, mean, zeros or blur."),
-    ("--noise-sd", "noise_sd", float, None),
-    ("--blur-sigma", "blur_sigma", float, "Pixels."),
-    ("--aggregation", "aggregation", str, "Region ranking: mean (signed) or abs."),
+     "Fix the region-perturbation settings to a published protocol. 'paper': 128 px "
+     "inputs, 4 x 4 grid, mean signed relevance, N(0, 0.3) noise, 15 steps of one region, "
+     "maps once (--grid, --steps, --regions-per-step, --perturbation, --noise-sd, "
+     "--aggregation and --recompute are then ignored)."),
+    ("--grid", "grid", int, "Regions per side of the perturbation grid; must divide the "
+                            "input size."),
+    ("--steps", "steps", int, "Perturbation steps (default: the number of regions - 1)."),
+    ("--regions-per-step", "regions_per_step", int, "Regions replaced per perturbation step."),
+    ("--perturbation", "perturbation", str, "What replaces a removed region."),
+    ("--noise-sd", "noise_sd", float,
+     "SD of the 'noise' replacement (z-scored intensity units)."),
+    ("--blur-sigma", "blur_sigma", float, "Gaussian SD of the 'blur' replacement (pixels)."),
+    ("--aggregation", "aggregation", str,
+     "Ranking of regions and pixels: mean signed relevance (mean) or mean |relevance| (abs)."),
     ("--recompute/--once", "recompute", None,
      "Recompute maps on the perturbed image before every step."),
-    ("--deletion-unit", "deletion_unit", str, "pixels or regions."),
-    ("--deletion-steps", "deletion_steps", int, None),
+    ("--deletion-unit", "deletion_unit", str,
+     "Deletion / insertion removes single pixels or grid regions."),
+    ("--deletion-steps", "deletion_steps", int,
+     "Steps of the deletion / insertion curves (at most the number of pixels or regions)."),
     ("--baseline", "baseline", str,
-     "Deletion / insertion baseline: zeros, mean, blur or noise."),
-    ("--band-mm", "band_mm", float, "Half-width of the contour band (mm)."),
-    ("--relevance", "relevance", str, "positive or abs."),
-    ("--top-percent", "top_percent", float, None),
+     "What deleted pixels become (and insertion starts from)."),
+    ("--band-mm", "band_mm", float, "Localisation: half-width of the contour band (mm)."),
+    ("--relevance", "relevance", str,
+     "Localisation: count positive relevance only, or |relevance|."),
+    ("--top-percent", "top_percent", float,
+     "Localisation: the share of most relevant pixels scored (percent)."),
     ("--similarity", "similarity", str,
-     "Randomisation flag: spearman, spearman_abs or ssim."),
-    ("--similarity-threshold", "similarity_threshold", float, None),
-    ("--randomisation-images", "randomisation_images", int, None),
-    ("--target", "explain_target", str, "Explanation target."),
-    ("--n-boot", "n_boot", int, None),
-    ("--seed", "seed", int, None),
+     "Randomisation: similarity of the maps before and after randomising the weights."),
+    ("--similarity-threshold", "similarity_threshold", float,
+     "Randomisation: a method whose maps stay more similar than this at the last stage is "
+     "flagged."),
+    ("--randomisation-images", "randomisation_images", int,
+     "Randomisation: the first N images of the split."),
+    ("--target", "explain_target", str,
+     "Explanation target (what the maps explain); abs_error_mm needs reference HC."),
+    ("--n-boot", "n_boot", int, "Bootstrap resamples of the confidence intervals."),
+    ("--seed", "seed", int, "Seed of the noise, the random orders and the bootstrap."),
     ("--batch-size", "batch_size", int, "Images per forward pass (memory bound)."),
-    ("--precision", "precision", str,
-     "float32, mixed_float16 or mixed_bfloat16 forward passes."),
+    ("--precision", "precision", str, "Precision of the forward passes."),
 )
+
+
+def _click_type(name: str, kind: type | None):
+    """The click type of the settings field ``name``: its choices, its range, or ``kind``."""
+    if name in CHOICES:
+        return click.Choice(CHOICES[name])
+    allowed: Range | None = RANGES.get(name)
+    if allowed is None or kind is None:
+        return kind
+    bounds = dict(min=allowed.low, max=allowed.high)
+    if kind is int:
+        return click.IntRange(min_open=allowed.low_open, max_open=allowed.high_open, **bounds)
+    return click.FloatRange(min_open=allowed.low_open, max_open=allowed.high_open, **bounds)
 
 
 def settings_options(first: str, last: str | None = None):
@@ -62,6 +115,7 @@ def settings_options(first: str, last: str | None = None):
 
     def decorate(function):
         for flags, name, kind, help_text in reversed(rows):
+            kind = _click_type(name, kind)
             extra = {} if kind is None else {"type": kind}
             function = click.option(flags, name, default=getattr(defaults, name),
                                     show_default=True, help=help_text, **extra)(function)
@@ -76,19 +130,52 @@ def settings_from_options(values: dict) -> EvaluationSettings:
     return EvaluationSettings.with_protocol(**values)
 
 
-# ----------------------------------------------------------------------------- parsing
-def _split_list(text: str | None) -> list[str]:
-    return [item.strip() for item in (text or "").split(",") if item.strip()]
+# ----------------------------------------------------------------------------- types
+class CommaChoice(click.ParamType):
+    """A comma-separated list of some of ``choices``, checked by ``parse`` (the library's
+    parser, whose one-line message becomes click's usage error); the value is a tuple."""
+
+    name = "list"
+
+    def __init__(self, choices, parse):
+        self.choices = tuple(choices)
+        self.parse = parse
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"[{'|'.join(self.choices)}],..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.parse(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
-def _float_list(text: str | None, what: str) -> list[float] | None:
-    items = _split_list(text)
-    if not items:
-        return None
-    try:
-        return [float(item) for item in items]
-    except ValueError:
-        raise ValueError(f"{what} must be comma-separated numbers; got {text!r}") from None
+class NumberList(click.ParamType):
+    """Comma-separated numbers, each checked by ``check(values)`` (one-line ValueError)."""
+
+    name = "numbers"
+
+    def __init__(self, what: str, check):
+        self.what = what
+        self.check = check
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "X[,X...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            values = parse_numbers(value, self.what)
+            if values is None:
+                raise ValueError(f"{self.what}: no number given")
+            self.check(values)
+            return values
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -105,10 +192,28 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
     if model_path.is_dir():
         run = load_run(model_path)
         model_file = run.model_path
+        if not model_file.is_file():
+            raise FileNotFoundError(f"--model {model_path}: the run folder has no "
+                                    f"{model_file.name} (has its training saved a model?)")
     else:
         model_file = model_path
+        if not model_file.is_file():
+            raise FileNotFoundError(f"--model {model_path}: no such run folder or model file")
         if (model_path.parent / "config.toml").is_file():
             run = load_run(model_path.parent)
+    if run is None and (split or "all") not in ("all", "challenge"):
+        raise ValueError(
+            f"{model_file} has no run folder (config.toml beside it), so only --split all "
+            "(the whole training part of --data) or --split challenge is possible"
+        )
+    if run is not None:
+        split = split or "test"
+        index = load_index(data_dir, "training", validate=False) if split == "all" else \
+            run_split_index(run.config, data_dir, split)
+    else:
+        split = split or "all"
+        index = load_index(data_dir, "challenge" if split == "challenge" else "training",
+                           validate=False)
     if image_size is None:
         if run is not None:
             image_size = run.image_size
@@ -118,42 +223,42 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
             if side is None:
                 raise ValueError(f"{model_file} takes any input size; give --image-size")
             image_size = int(side)
-    if run is not None:
-        split = split or "test"
-        index = load_index(data_dir, "training", validate=False) if split == "all" else \
-            run_split_index(run.config, data_dir, split)
-    else:
-        split = split or "all"
-        if split not in ("all", "challenge"):
-            raise ValueError(
-                f"{model_file} has no run folder (config.toml beside it), so only --split all "
-                "(the whole training part of --data) or --split challenge is possible"
-            )
-        index = load_index(data_dir, "challenge" if split == "challenge" else "training",
-                           validate=False)
     return model_file, model, int(image_size), index.reset_index(drop=True), split
 
 
-@click.command("evaluate")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+@click.command("evaluate", cls=Command)
+@click.option("--model", "model_path", required=True,
+              type=click.Path(exists=True, path_type=Path),
               help="Run folder (or the model.keras inside one), or a bare .keras file.")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--data", "data_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="HC18-layout data folder (real or phantom).")
-@click.option("--methods", default="gradient,input_x_gradient,integrated_gradients",
-              show_default=True, help="Comma-separated explain methods.")
-@click.option("--metrics", default="aopc,deletion,insertion", show_default=True,
-              help="Comma-separated: aopc, deletion, insertion, localisation, randomisation.")
+@click.option("--methods", default=DEFAULT_METHODS, show_default=True,
+              help="Comma-separated registered explain methods (`fetalhc explain --list`); "
+                   "methods whose maps are in --maps may have other names.")
+@click.option("--metrics", type=CommaChoice(METRICS, parse_metrics), default=DEFAULT_METRICS,
+              show_default=True, help=f"Comma-separated, any of: {', '.join(METRICS)}.")
 @settings_options("protocol")
-@click.option("--split", default=None,
-              help="train/val/test/challenge of the run (default test), or all.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N images.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--image-size", type=int, default=None, help="Override the input size S.")
+@click.option("--split", type=click.Choice(EVALUATE_SPLITS), default=None,
+              help="A split of the run (default test), or all (the whole training part of "
+                   "--data; the default for a bare .keras file).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate the first N images of the split only.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output folder (created; a re-run resumes it).")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="Input size S (default: the run's, or the model's input).")
 @settings_options("grid", "explain_target")
-@click.option("--error-threshold-mm", default=None, help="Error split at these mm (a,b,...).")
-@click.option("--error-quantiles", default=None, help="Error split at quantiles (default 0.5).")
+@click.option("--error-threshold-mm", type=NumberList(
+    "--error-threshold-mm", lambda values: check_error_split(threshold_mm=values)),
+    default=None, help="Split the summaries by prediction error at these mm (e.g. 2,5).")
+@click.option("--error-quantiles", type=NumberList(
+    "--error-quantiles", lambda values: check_error_split(quantiles=values)), default=None,
+    help="Split the summaries at these quantiles of the error, each in (0, 1) (default "
+         "0.5).")
 @settings_options("n_boot", "precision")
-@click.option("--maps", "maps_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--maps", "maps_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None,
               help="Folder of precomputed maps <method>.npy, float (N, S, S), in the order "
                    "of the evaluated images, with the provenance.json of the explain folder "
                    "they come from (fetalhc.report.explanations.stack_maps writes both); "
@@ -164,27 +269,31 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
 @click.option("--overwrite", is_flag=True, default=False,
               help="Delete an earlier evaluate folder at --out and recompute it (needed when "
                    "it was made with another model, data, split or option).")
-@click.option("--figures/--no-figures", default=True, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--figures/--no-figures", default=True, show_default=True,
+              help="Draw the figures (figures/*.png).")
+@progress_option
 def command(model_path, data_dir, methods, metrics, out, split, limit, image_size,
             error_threshold_mm, error_quantiles, maps_dir, shard, overwrite, figures, progress,
             **settings_values):
-    """Evaluate explanation methods of a model on a data split (see docs/evaluate.md)."""
+    """Evaluate explanation methods of a model on a data split (see docs/evaluate.md).
+
+    Every option is checked before the model or an image is loaded, and everything that
+    depends on the images (the grid against the input size, --maps, --out) before anything
+    is written."""
     from fetalhc.report.evaluation import check_evaluation_request, write_evaluation
 
-    methods = _split_list(methods)
-    error_threshold_mm = _float_list(error_threshold_mm, "--error-threshold-mm")
-    error_quantiles = _float_list(error_quantiles, "--error-quantiles")
+    methods = split_list(methods)
     settings = settings_from_options(settings_values)
     metrics, _ = check_evaluation_request(methods, metrics, settings, maps_dir,
-                                          error_threshold_mm, error_quantiles)
+                                          error_threshold_mm, error_quantiles, limit=limit,
+                                          shard=shard)
     model_file, model, size, index, split = _resolve_inputs(model_path, data_dir, split,
                                                             image_size)
     result = write_evaluation(
         model if model is not None else model_file, index, methods, metrics, settings, out,
         image_size=size, split=split, source={"model": str(model_path), "data": str(data_dir)},
         limit=limit, maps_dir=maps_dir, shard=shard, error_threshold_mm=error_threshold_mm,
-        error_quantiles=error_quantiles, figures=figures, progress=progress,
+        error_quantiles=error_quantiles, figures=figures, progress=show_progress(progress),
         model_file=model_file, overwrite=overwrite)
     for name, path in result["written"].items():
         click.echo(f"{name}: {path}")

@@ -15,7 +15,30 @@ from pathlib import Path
 
 import click
 
+from fetalhc.cli.options import Command, progress_option, show_progress
+
+# TensorFlow-free names for --help: the run's splits, and the explain targets' names
+# (tests/test_cli_options_evaluate.py checks EXPLAIN_TARGETS against fetalhc.explain.TARGETS)
+from fetalhc.evaluate.settings import EXPLAIN_TARGETS as TARGETS
+from fetalhc.training.config import SPLITS
+
 DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
+
+
+def _model_file_and_run(model_path: Path, split: str | None):
+    """(the model file, its run folder or None) of ``--model`` (a run folder or a .keras
+    file); a bare .keras file only has the challenge split (checked before any loading)."""
+    model_path = Path(model_path)
+    run_dir = model_path if model_path.is_dir() else model_path.parent
+    model_file = model_path / "model.keras" if model_path.is_dir() else model_path
+    if (run_dir / "config.toml").is_file():
+        return model_file, run_dir
+    if (split or "challenge") != "challenge":
+        raise ValueError(
+            f"{model_file} has no run folder (config.toml beside it), so only "
+            "--split challenge is possible"
+        )
+    return model_file, None
 
 
 def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
@@ -24,25 +47,18 @@ def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
     import fetalhc
     from fetalhc.training import load_run, run_split_index
 
-    model_path = Path(model_path)
-    run_dir = model_path if model_path.is_dir() else model_path.parent
-    if model_path.is_dir():
-        model_path = model_path / "model.keras"
-    model = fetalhc.load_model(model_path)
-    if (run_dir / "config.toml").is_file():
+    model_path, run_dir = _model_file_and_run(model_path, split)
+    if run_dir is not None:
         run = load_run(run_dir)
         split = split or "test"
-        return (model, model_path, run.image_size, run_split_index(run.config, data_dir, split),
-                split)
-    if (split or "challenge") != "challenge":
-        raise ValueError(
-            f"{model_path} has no run folder (config.toml beside it), so only "
-            "--split challenge is possible"
-        )
+        index = run_split_index(run.config, data_dir, split)
+        return fetalhc.load_model(model_path), model_path, run.image_size, index, split
+    index = run_split_index({}, data_dir, "challenge")
+    model = fetalhc.load_model(model_path)
     shape = model.inputs[0].shape
     if shape[1] is None:
         raise ValueError(f"{model_path} has no fixed input size; explain needs a run folder")
-    return model, model_path, int(shape[1]), run_split_index({}, data_dir, "challenge"), "challenge"
+    return model, model_path, int(shape[1]), index, "challenge"
 
 
 def parse_options(texts, methods: list[str]) -> dict[str, dict]:
@@ -78,12 +94,13 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
                     limit: int | None = None, split: str | None = None, target: str = "hc_mm",
                     batch_size: int = 8, progress: bool = True, shard: str | None = None,
                     options: dict[str, dict] | None = None, overwrite: bool = False) -> dict:
-    """``fetalhc explain`` without click: check the request, load the model and the split,
-    write the folder (``overwrite``: recompute it from scratch); returns what it wrote and
-    skipped."""
+    """``fetalhc explain`` without click: check the request (before the model loads), load
+    the model and the split, write the folder (``overwrite``: recompute it from scratch);
+    returns what it wrote and skipped. Every check, including those against the model
+    (e.g. a Grad-CAM layer name), runs before anything is created at ``out``."""
     from fetalhc.report.explanations import check_request, write_explanations
 
-    check_request(methods, target, options, limit)
+    check_request(methods, target, options, limit, batch_size=batch_size, shard=shard)
     model, model_file, image_size, index, split_name = _load_model_and_split(
         model_path, data_dir, split)
     return write_explanations(
@@ -93,44 +110,68 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
         split=split_name, model_file=model_file, overwrite=overwrite)
 
 
-@click.command("explain")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="Run folder, or the model.keras inside one.")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
-              help="HC18-layout data folder the run was trained on.")
+def list_methods_text() -> str:
+    """``fetalhc explain --list``: one line per registered method, with its options."""
+    import fetalhc.explain as fe
+
+    lines = []
+    for name in fe.available_methods():
+        method = fe.get_method(name)
+        options = ", ".join(f"{key}={value!r}" for key, value in method.defaults.items())
+        lines.append(f"{name}: {method.description}" + (f" (options: {options})" if options else ""))
+    return "\n".join(lines)
+
+
+@click.command("explain", cls=Command)
+@click.option("--model", "model_path", default=None,
+              type=click.Path(exists=True, path_type=Path),
+              help="Run folder, or the model.keras inside one (a bare .keras file: "
+                   "challenge split only). Required unless --list.")
+@click.option("--data", "data_dir", default=None,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="HC18-layout data folder the run was trained on. Required unless --list.")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated registered methods (see `fetalhc explain --list`).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--limit", type=int, default=None, help="Explain only the first N images.")
-@click.option("--split", default=None, help="train, val, test (default) or challenge.")
-@click.option("--target", default="hc_mm", show_default=True,
-              help="hc_mm, hc_px_input or abs_error_mm (needs references).")
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per batch.")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (maps, overlays, grid.png, index.csv). Required unless "
+                   "--list.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Explain only the first N images of the split.")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Which images (default: the run's test split; challenge for a bare "
+                   ".keras file).")
+@click.option("--target", type=click.Choice(TARGETS), default="hc_mm", show_default=True,
+              help="What is explained: hc_mm (predicted HC in mm), hc_px_input (in input "
+                   "pixels) or abs_error_mm (the error, needs reference HCs).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Images per batch.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Explain only shard I of N (1-based, round robin over the split's order); "
                    "combine the shard folders with `fetalhc merge`.")
 @click.option("--option", "option_texts", multiple=True, metavar="METHOD.NAME=VALUE",
-              help="A method option, e.g. integrated_gradients.baseline=blur (repeatable).")
+              help="A method option, e.g. integrated_gradients.baseline=blur or "
+                   "gradcam.layer_name=conv2 (repeatable; see --list).")
 @click.option("--overwrite", is_flag=True,
               help="Delete an earlier explain folder at --out and recompute it (a re-run "
                    "with other settings is refused without it; with the same, it resumes).")
-@click.option("--list", "list_methods", is_flag=True, help="List the registered methods and exit.")
+@progress_option
+@click.option("--list", "list_methods", is_flag=True,
+              help="List the registered methods and their options, and exit.")
 def command(model_path, data_dir, methods, out, limit, split, target, batch_size, shard,
-            option_texts, overwrite, list_methods):
+            option_texts, overwrite, progress, list_methods):
     """Signed saliency maps (red raises HC, blue lowers it) for a split of a trained run."""
     if list_methods:
-        import fetalhc.explain as fe
-
-        for name in fe.available_methods():
-            click.echo(f"{name}: {fe.get_method(name).description}")
+        click.echo(list_methods_text())
         return
+    missing = [flag for flag, value in (("--model", model_path), ("--data", data_dir),
+                                        ("--out", out)) if value is None]
+    if missing:
+        raise click.UsageError(f"Missing option(s) {', '.join(missing)} (needed unless --list).")
     names = [name.strip() for name in methods.split(",") if name.strip()]
-    if not names:
-        raise ValueError("--methods is empty")
     options = parse_options(option_texts, names)
     summary = explain_command(model_path, data_dir, names, out, limit=limit, split=split,
                               target=target, batch_size=batch_size, shard=shard, options=options,
-                              overwrite=overwrite)
+                              overwrite=overwrite, progress=show_progress(progress))
     click.echo(
         f"{summary['images']} images x {len(names)} methods: wrote {summary['written']}, "
         f"skipped {summary['skipped']} already done; index {summary['index']}, grid {summary['grid']}"

@@ -13,17 +13,24 @@ from pathlib import Path
 
 import click
 
-from fetalhc.report.merge import KINDS, merge_shards
+from fetalhc.cli.options import Command
+
+# TensorFlow-free copy of fetalhc.report.merge.KINDS for --help (checked equal by
+# tests/test_cli_options_explain.py)
+KINDS = ("explain", "evaluate")
 
 
 def merge_command(shard_dirs, out, kind: str | None = None, overwrite: bool = False) -> dict:
     """Library side of ``fetalhc merge`` (:func:`fetalhc.report.merge.merge_shards`)."""
+    from fetalhc.report.merge import merge_shards
+
     return merge_shards(shard_dirs, out, kind=kind, overwrite=overwrite)
 
 
-@click.command("merge")
-@click.argument("shard_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.command("merge", cls=Command)
+@click.argument("shard_dirs", nargs=-1, required=True,
+                type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the merged results (as one unsharded run writes them).")
 @click.option("--kind", type=click.Choice(KINDS), default=None,
               help="explain or evaluate (default: read from the shards' shard.json).")
@@ -35,6 +42,6 @@ def command(shard_dirs, out, kind, overwrite):
 
     The shards must share their provenance.json but for the shard; the merged folder gets
     the provenance of an unsharded run."""
-    result = merge_shards(shard_dirs, out, kind=kind, overwrite=overwrite)
+    result = merge_command(shard_dirs, out, kind=kind, overwrite=overwrite)
     click.echo(f"merged {result['shards']} {result['kind']} shards ({result['images']} "
                f"images) into {out}")

@@ -1,7 +1,7 @@
 """``fetalhc predict``: HC (mm) for a split, in the HC18 challenge format.
 
 Pre-processing and the default split come from the model's run folder (the folder holding
-``model.keras`` and ``config.toml``), resolved through ``fetalhc.training`` helpers;
+``model.keras`` and ``config.toml``; ``--model`` is that folder or the file), resolved through ``fetalhc.training`` helpers;
 :func:`fetalhc.report.predictions.predict_to_files` writes ``--out`` and, with references
 (train/val/test splits), beside it ``<stem>_per_image.csv``, ``<stem>_metrics.json``,
 ``<stem>_bland_altman.png`` and ``<stem>_scatter.png``, and always
@@ -15,22 +15,36 @@ from pathlib import Path
 
 import click
 
+from fetalhc.cli.options import Command, progress_option, show_progress
+from fetalhc.training.config import SPLITS  # TensorFlow-free, for --help
+
 
 def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Path,
                     tta: bool = False, batch_size: int = 32,
-                    image_size: int | None = None) -> dict:
-    """``fetalhc predict`` without click: load the model and the split, predict, write;
-    returns what it wrote."""
+                    image_size: int | None = None, progress: bool = False) -> dict:
+    """``fetalhc predict`` without click: check the request, load the split and the model,
+    predict, write; returns what it wrote. ``model_path``: a run folder or a ``.keras``
+    file. Every check (``out``, split, sizes, the model's input size, the image files) runs
+    before anything is written."""
     import fetalhc
     from fetalhc.models import check_input_size
-    from fetalhc.report.predictions import predict_to_files, prediction_paths
+    from fetalhc.report.predictions import check_prediction_request, predict_to_files
     from fetalhc.training import load_run, run_split_index
 
-    prediction_paths(out)  # a bad --out fails before the model loads
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        model_path = model_path / "model.keras"
+    check_prediction_request(out, split, batch_size=batch_size, image_size=image_size)
+    split = split or "test"
+    has_run = (model_path.parent / "config.toml").is_file()
+    if not has_run and split != "challenge":
+        raise ValueError(
+            f"{model_path} has no run folder (config.toml beside it), so only "
+            "--split challenge is possible"
+        )
+    run = load_run(model_path.parent) if has_run else None
+    index = run_split_index(run.config if run is not None else {}, data_dir, split)
     model = fetalhc.load_model(model_path)
-    run = None
-    if (Path(model_path).parent / "config.toml").is_file():
-        run = load_run(Path(model_path).parent)
     if image_size is None:
         if run is None:
             shape = model.inputs[0].shape
@@ -38,39 +52,37 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
         else:
             image_size = run.image_size
     check_input_size(model, image_size)
-    split = split or "test"
-    if run is None:
-        if split != "challenge":
-            raise ValueError(
-                f"{model_path} has no run folder (config.toml beside it), so only "
-                "--split challenge is possible"
-            )
-        index = run_split_index({}, data_dir, "challenge")
-    else:
-        index = run_split_index(run.config, data_dir, split)
     return predict_to_files(model, index, image_size, out, split=split, tta=tta,
-                            batch_size=batch_size, model_file=Path(model_path),
-                            info={"model": str(model_path), "data": str(data_dir)})
+                            batch_size=batch_size, model_file=model_path,
+                            info={"model": str(model_path), "data": str(data_dir)},
+                            progress=progress)
 
 
-@click.command("predict")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="A fetalhc model.keras.")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+@click.command("predict", cls=Command)
+@click.option("--model", "model_path", required=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="A fetalhc model.keras, or the run folder holding it (its config.toml "
+                   "gives the pre-processing and the splits).")
+@click.option("--data", "data_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="HC18-layout data folder.")
-@click.option("--split", type=click.Choice(["challenge", "test", "val", "train"]), default=None,
-              help="Which images (default: the run's test split).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Prediction CSV (filename,head circumference (mm)).")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Which images (default: the run's test split; a model without its run "
+                   "folder: challenge only).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Prediction CSV (filename,head circumference (mm)); tables, plots and "
+                   "provenance go beside it.")
 @click.option("--tta", is_flag=True,
               help="Test-time augmentation: average over horizontal/vertical flips.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--image-size", type=int, default=None,
-              help="Input size (default: from the run folder or the model).")
-def command(model_path, data_dir, split, out, tta, batch_size, image_size):
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass.")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="Input size in px (default: from the run folder or the model).")
+@progress_option
+def command(model_path, data_dir, split, out, tta, batch_size, image_size, progress):
     """Predict HC (mm) with a trained model."""
     written = predict_command(model_path, data_dir, split, out, tta=tta, batch_size=batch_size,
-                              image_size=image_size)
+                              image_size=image_size, progress=show_progress(progress))
     click.echo(f"wrote {written['n']} predictions to {written['predictions']}")
     summary = written.get("summary")
     if summary:

@@ -1,10 +1,28 @@
-"""``fetalhc train``: train a regression CNN from a TOML config into a run folder."""
+"""``fetalhc train``: train a regression CNN from a TOML config into a run folder.
+
+Every option is checked before the run folder is created: the config with its overrides
+(``fetalhc.training.resolve_config``), ``--out``, the data folder and every image of the
+split (``fetalhc.training.check_training_request``), the ``--explain-methods`` (the explain
+registry) and the model the config describes (built by ``train`` before it creates the
+folder). Only click, the standard library and TensorFlow-free modules are imported here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from fetalhc.cli.options import Command, progress_option, show_progress
+from fetalhc.training.config import STRATEGIES
+
+
+def fit_verbosity(quiet: bool, progress: bool | None) -> int:
+    """Keras' ``fit`` verbosity: 0 with ``--quiet``, a progress bar (1) when progress is
+    shown (``--progress``, or stderr is a terminal), else one line per epoch (2)."""
+    if quiet:
+        return 0
+    return 1 if show_progress(progress) else 2
 
 
 def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_every: int = 0,
@@ -13,15 +31,26 @@ def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_
     """``fetalhc.training.train`` plus, when ``explain_every > 0``, a
     :class:`fetalhc.callbacks.SaliencyCallback` on the first ``explain_images`` images of the
     run's validation split, logging to ``<out>/logs/saliency``. The CLI builds the callback
-    and hands it over: ``fetalhc.training`` never imports ``fetalhc.callbacks``."""
-    from fetalhc.training import resolve_config, resolve_split, train
+    and hands it over: ``fetalhc.training`` never imports ``fetalhc.callbacks``.
 
+    The config, ``out_dir``, the data and the explain methods are checked before any image
+    is loaded for the callback, and ``train`` checks the model before it creates the run
+    folder: a mistake leaves nothing behind."""
+    from fetalhc.explain import get_method
+    from fetalhc.training import check_training_request, resolve_split, train
+
+    config = check_training_request(config_path, data_dir, out_dir, resume=resume,
+                                    overwrite=overwrite, overrides=overrides)
+    methods = list(explain_methods)
+    if not methods:
+        raise ValueError("--explain-methods is empty")
+    for name in methods:
+        get_method(name)  # a one-line ValueError listing the known methods
     extra_callbacks = []
     if explain_every:
         from fetalhc.callbacks import SaliencyCallback
         from fetalhc.data import load_arrays, load_index
 
-        config = resolve_config(config_path, overrides=overrides)
         names = resolve_split(config, data_dir)["val"][:explain_images]
         if not names:
             raise ValueError("--explain-every needs a validation split; set data.val_fraction > 0")
@@ -30,27 +59,32 @@ def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_
         arrays = load_arrays(subset, image_size=config["data"]["image_size"],
                              with_annotation=True)
         extra_callbacks.append(SaliencyCallback(
-            arrays, methods=list(explain_methods), every_n_epochs=explain_every,
+            arrays, methods=methods, every_n_epochs=explain_every,
             output_dir=Path(out_dir) / "logs" / "saliency", max_images=explain_images,
         ))
     return train(config_path, data_dir, out_dir, callbacks=extra_callbacks, resume=resume,
                  overwrite=overwrite, overrides=overrides, verbose=verbose)
 
 
-@click.command("train")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="TOML config (see configs/); defaults apply to missing keys.")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+@click.command("train", cls=Command)
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False,
+                                                        path_type=Path),
+              default=None, help="TOML config (see configs/); defaults apply to missing keys.")
+@click.option("--data", "data_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="HC18-layout data folder (training_set/ and its CSV).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder to write (config.toml, model.keras, history.csv, ...).")
-@click.option("--epochs", type=int, default=None, help="Override [train] epochs.")
-@click.option("--batch-size", type=int, default=None, help="Override [train] batch_size.")
-@click.option("--seed", type=int, default=None, help="Override [train] seed.")
-@click.option("--fold", type=int, default=None, help="Override [data] fold (with [data] k).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Override [train] epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Override [train] batch_size.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Override [train] seed.")
+@click.option("--fold", type=click.IntRange(min=0), default=None,
+              help="Override [data] fold (0-based, with [data] k >= 2).")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any config key, e.g. --set train.loss=mse (repeatable).")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+@click.option("--strategy", type=click.Choice(STRATEGIES),
               default=None, help="Override [train] strategy: default (one device), mirrored "
                                  "(all GPUs / logical CPUs of this machine) or multiworker "
                                  "(TF_CONFIG); see docs/scaling.md.")
@@ -58,17 +92,24 @@ def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_
               help="Override [train] scale_learning_rate (learning rate x replicas).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after a kill.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
-@click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
+@click.option("--quiet", is_flag=True, help="No progress output at all.")
+@progress_option
 @click.option("--explain-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Log saliency maps and explanation scores to TensorBoard every N epochs "
                    "(0 = off), on a fixed subset of the validation split.")
 @click.option("--explain-methods", default="gradient,integrated_gradients", show_default=True,
-              help="Comma-separated registered methods for --explain-every.")
+              help="Comma-separated registered methods for --explain-every "
+                   "(`fetalhc explain --list`).")
 @click.option("--explain-images", type=click.IntRange(min=1), default=8, show_default=True,
               help="Validation images in the --explain-every subset.")
 def command(config_path, data_dir, out_dir, epochs, batch_size, seed, fold, settings, strategy,
-            scale_lr, resume, overwrite, quiet, explain_every, explain_methods, explain_images):
-    """Train a model; writes the run folder --out."""
+            scale_lr, resume, overwrite, quiet, progress, explain_every, explain_methods,
+            explain_images):
+    """Train a model; writes the run folder --out.
+
+    Progress: a bar per epoch on a terminal (--progress), one line per epoch otherwise
+    (--no-progress), nothing with --quiet. Every option, the config, the data and the model
+    it describes are checked before the run folder is created."""
     from fetalhc.training import parse_set_option
 
     overrides = dict(parse_set_option(text) for text in settings)
@@ -81,7 +122,7 @@ def command(config_path, data_dir, out_dir, epochs, batch_size, seed, fold, sett
     result = train_with_saliency(config_path, data_dir, out_dir, overrides=overrides,
                                  explain_every=explain_every, explain_methods=methods,
                                  explain_images=explain_images, resume=resume,
-                                 overwrite=overwrite, verbose=0 if quiet else 2)
+                                 overwrite=overwrite, verbose=fit_verbosity(quiet, progress))
     click.echo(f"run folder: {result.run_dir}")
     for split in ("val", "test"):
         scores = result.metrics.get(split)

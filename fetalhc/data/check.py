@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def check_dataset(root, refit: bool = True, tolerance_mm: float = REFIT_TOLERANC
     is refitted and a CSV HC that differs from the refit by more than ``tolerance_mm`` is a
     problem. Folder- and CSV-level problems raise :class:`~fetalhc.data.DataError`.
     """
+    tolerance = float(tolerance_mm)
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"the refit tolerance must be a number of mm >= 0; got {tolerance_mm}")
     root = Path(root)
     training, problems = index_problems(root, "training", validate=not refit,
                                         progress=progress)

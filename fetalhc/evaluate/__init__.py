@@ -5,41 +5,38 @@ The core takes arrays — images ``(N, H, W, C)``, signed maps ``(N, H, W)``, pi
 (mm per input pixel) and reference HC (mm) — and a Keras model predicting ``hc_px_input``.
 Only recomputing maps during perturbation and the randomisation check (when given a method
 name) go through the ``fetalhc.explain`` registry. See docs/evaluate.md.
+
+The names below load on first use (PEP 562): ``from fetalhc.evaluate import
+EvaluationSettings`` imports only :mod:`fetalhc.evaluate.settings`, which needs neither
+TensorFlow nor numpy (the command line builds its options from it); the evaluators load
+TensorFlow when one of them is asked for.
 """
 
-from fetalhc.evaluate.deletion import DeletionCurves, deletion_insertion
-from fetalhc.evaluate.forward import BatchedForward, cast_model
-from fetalhc.evaluate.inputs import PERTURBATIONS, PRECISIONS
-from fetalhc.evaluate.localisation import contour_distance_mm, head_mask, localisation_scores
-from fetalhc.evaluate.perturbation import (
-    PAPER_PROTOCOL,
-    PerturbationCurves,
-    check_paper_input,
-    pixel_size_original,
-    region_perturbation,
-)
-from fetalhc.evaluate.randomisation import (
-    RandomisationResult,
-    cascading_randomisation,
-    layers_top_down,
-    randomised_models,
-    spearman_per_image,
-    ssim_per_image,
-)
-from fetalhc.evaluate.regions import ORDERS, make_grid, replacement_images
-from fetalhc.evaluate.stats import aopc, area_under_curve, bootstrap_ci, error_groups, summarise
-from fetalhc.evaluate.suite import (
-    METRICS,
-    EvaluationSettings,
-    MethodEvaluation,
-    evaluate_maps,
-    mean_curves,
-    metric_columns,
-    parse_metrics,
-    summary_table,
-    wide_table,
-)
-from fetalhc.files import markdown_frame as markdown_table  # the one Markdown table
+from __future__ import annotations
+
+import importlib
+
+# public name -> the submodule defining it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("METRICS", "ORDERS", "PAPER_PROTOCOL", "PERTURBATIONS", "PRECISIONS",
+                     "EvaluationSettings", "check_paper_input", "parse_metrics"), "settings"),
+    **dict.fromkeys(("DeletionCurves", "deletion_insertion"), "deletion"),
+    **dict.fromkeys(("BatchedForward", "cast_model"), "forward"),
+    **dict.fromkeys(("contour_distance_mm", "head_mask", "localisation_scores"),
+                    "localisation"),
+    **dict.fromkeys(("PerturbationCurves", "pixel_size_original", "region_perturbation"),
+                    "perturbation"),
+    **dict.fromkeys(("RandomisationResult", "cascading_randomisation", "layers_top_down",
+                     "randomised_models", "spearman_per_image", "ssim_per_image"),
+                    "randomisation"),
+    **dict.fromkeys(("make_grid", "replacement_images"), "regions"),
+    **dict.fromkeys(("aopc", "area_under_curve", "bootstrap_ci", "error_groups", "summarise"),
+                    "stats"),
+    **dict.fromkeys(("MethodEvaluation", "evaluate_maps", "mean_curves", "metric_columns",
+                     "summary_table", "wide_table"), "suite"),
+}
+_SUBMODULES = ("deletion", "forward", "inputs", "localisation", "perturbation",
+               "randomisation", "regions", "settings", "stats", "suite")
 
 __all__ = [
     "METRICS", "EvaluationSettings", "MethodEvaluation", "evaluate_maps", "markdown_table",
@@ -52,3 +49,22 @@ __all__ = [
     "randomised_models", "region_perturbation", "replacement_images", "spearman_per_image",
     "ssim_per_image", "summarise",
 ]
+
+
+def __getattr__(name: str):
+    if name == "markdown_table":  # the one Markdown table
+        from fetalhc.files import markdown_frame
+
+        value = markdown_frame
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -19,7 +19,7 @@ import pandas as pd
 
 from fetalhc.evaluate import stats
 from fetalhc.evaluate.forward import BatchedForward
-from fetalhc.evaluate.inputs import AGGREGATIONS, as_images, as_maps, as_vector, require_choice
+from fetalhc.evaluate.inputs import as_images, as_maps, as_vector
 from fetalhc.evaluate.regions import (
     make_grid,
     pixel_rank_map,
@@ -28,9 +28,9 @@ from fetalhc.evaluate.regions import (
     removal_order,
     replacement_images,
 )
+from fetalhc.evaluate.settings import AGGREGATIONS, DELETION_UNITS, require_choice
 
 KINDS = ("deletion", "insertion")
-UNITS = ("pixels", "regions")
 
 
 @dataclass
@@ -122,7 +122,7 @@ def deletion_insertion(
     kinds = tuple(kinds)
     for kind in kinds:
         require_choice(kind, KINDS, "curve kind")
-    require_choice(unit, UNITS, "unit")
+    require_choice(unit, DELETION_UNITS, "unit")
     require_choice(aggregation, AGGREGATIONS, "aggregation")
     steps = int(steps)
     if unit == "pixels":

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fetalhc.evaluate.inputs import PRECISIONS, require_choice
+from fetalhc.evaluate.settings import PRECISIONS, require_choice
 
 
 def cast_model(model: keras.Model, precision: str) -> keras.Model:

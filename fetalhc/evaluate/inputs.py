@@ -1,5 +1,6 @@
 """Checks of the evaluators' inputs: arrays into the shapes and dtypes they expect, and
-option values against their choices, with one-line ``ValueError`` messages.
+with one-line ``ValueError`` messages (option values are checked against their choices
+and ranges by :mod:`fetalhc.evaluate.settings`).
 
 Everything here takes plain arrays: images ``(N, H, W, C)`` (z-scored, padded with 0),
 maps ``(N, H, W)`` (signed relevance), pixel sizes in mm per input pixel ``(N,)`` and
@@ -10,10 +11,6 @@ pixels (output ``hc_px_input``); HC in mm is that times the image's pixel size.
 from __future__ import annotations
 
 import numpy as np
-
-PERTURBATIONS = ("noise", "mean", "zeros", "blur")
-AGGREGATIONS = ("mean", "abs")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def as_images(images) -> np.ndarray:
@@ -59,9 +56,3 @@ def as_vector(values, n: int, name: str, allow_none: bool = False) -> np.ndarray
         raise ValueError(f"{name} needs one value per image ({n}); got {array.size} values")
     return array
 
-
-def require_choice(value: str, choices, what: str) -> str:
-    """``value`` if it is one of ``choices``; else a ``ValueError`` naming ``what``."""
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
-    return value

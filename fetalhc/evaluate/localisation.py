@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from fetalhc.evaluate.inputs import as_vector, require_choice
-
-RELEVANCE = ("positive", "abs")
+from fetalhc.evaluate.inputs import as_vector
+from fetalhc.evaluate.settings import RELEVANCE_MODES, require_choice
 
 
 def _annotation_array(annotation) -> np.ndarray:
@@ -85,7 +84,7 @@ def localisation_scores(
     ``top_distance_mm``, ``top_distance_median_mm``. Images with no relevance mass or no
     annotation get NaN.
     """
-    require_choice(relevance, RELEVANCE, "relevance")
+    require_choice(relevance, RELEVANCE_MODES, "relevance")
     if band_mm <= 0:
         raise ValueError(f"band_mm must be positive; got {band_mm}")
     if not 0 < top_percent <= 100:

@@ -18,29 +18,17 @@ import pandas as pd
 
 from fetalhc.evaluate import stats
 from fetalhc.evaluate.forward import BatchedForward
-from fetalhc.evaluate.inputs import AGGREGATIONS, as_images, as_maps, as_vector, require_choice
+from fetalhc.evaluate.inputs import as_images, as_maps, as_vector
 from fetalhc.evaluate.regions import (
-    ORDERS,
     make_grid,
     region_rank_map,
     region_scores,
     removal_order,
     replacement_images,
 )
+from fetalhc.evaluate.settings import AGGREGATIONS, ORDERS, require_choice
 
 QUANTITIES = ("abs_error_mm", "shift_mm", "abs_error_px_original")
-
-# The settings of the seed paper (Zhang et al., iMIMIC 2020).
-PAPER_PROTOCOL = {
-    "image_size": 128,
-    "grid": 4,
-    "aggregation": "mean",
-    "perturbation": "noise",
-    "noise_sd": 0.3,
-    "steps": 15,
-    "regions_per_step": 1,
-    "recompute": None,
-}
 
 
 @dataclass
@@ -314,16 +302,3 @@ def pixel_size_original(pixel_size_input_mm, input_size: int, original_long_side
         raise ValueError("original_long_side must be positive (pixels of the original image)")
     return (size * float(input_size) / long_side).astype(np.float32)
 
-
-def check_paper_input(images) -> None:
-    """The paper protocol needs 128 x 128 inputs; say so otherwise.
-
-    ``images`` is the image array or its shape ``(N, H, W[, C])``.
-    """
-    shape = tuple(images) if isinstance(images, tuple | list) else np.shape(images)
-    size = PAPER_PROTOCOL["image_size"]
-    if len(shape) < 3 or tuple(shape[1:3]) != (size, size):
-        raise ValueError(
-            f"the paper protocol uses {size} x {size} inputs; got images of "
-            f"{shape[1]} x {shape[2]} px (load the data with image_size={size})"
-        )

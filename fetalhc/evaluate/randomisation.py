@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from fetalhc.evaluate.inputs import as_images, as_maps, as_vector, require_choice
-
-SIMILARITIES = ("spearman", "spearman_abs", "ssim")
+from fetalhc.evaluate.inputs import as_images, as_maps, as_vector
+from fetalhc.evaluate.settings import SIMILARITIES, require_choice
 
 ModelExplainer = Callable[[keras.Model, np.ndarray], np.ndarray]
 

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from fetalhc.evaluate.inputs import AGGREGATIONS, PERTURBATIONS, require_choice
-
-ORDERS = ("morf", "lerf", "random")
+from fetalhc.evaluate.settings import (
+    AGGREGATIONS,
+    ORDERS,
+    PERTURBATIONS,
+    grid_shape,
+    region_sizes,
+    require_choice,
+)
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,6 @@ class RegionGrid:
         return (row[:, None] * self.cols + col[None, :]).astype(np.int32)
 
 
-def _divisors(size: int) -> list[int]:
-    return [d for d in range(2, size + 1) if size % d == 0 and size // d >= 2]
-
-
 def make_grid(image_shape, grid=None, region_size=None) -> RegionGrid:
     """The region grid for images of ``(H, W)``: ``grid`` regions per side or ``region_size`` px.
 
@@ -52,29 +53,11 @@ def make_grid(image_shape, grid=None, region_size=None) -> RegionGrid:
     if (grid is None) == (region_size is None):
         raise ValueError("give exactly one of grid (regions per side) and region_size (pixels)")
     if grid is not None:
-        rows, cols = (grid, grid) if np.isscalar(grid) else grid
-        rows, cols = int(rows), int(cols)
-        if rows < 1 or cols < 1:
-            raise ValueError(f"grid must be positive; got {grid}")
-        for size, count, axis in ((height, rows, "height"), (width, cols, "width")):
-            if size % count:
-                options = ", ".join(str(size // d) for d in _divisors(size)[:8])
-                raise ValueError(
-                    f"a grid of {count} regions does not divide the image {axis} {size} px; "
-                    f"regions per side that do: {options}"
-                )
+        rows, cols = grid_shape((height, width), tuple(np.ravel(grid)) if np.ndim(grid)
+                                else grid)
         return RegionGrid(rows, cols, height // rows, width // cols)
-    rh, rw = (region_size, region_size) if np.isscalar(region_size) else region_size
-    rh, rw = int(rh), int(rw)
-    if rh < 1 or rw < 1:
-        raise ValueError(f"region_size must be positive; got {region_size}")
-    for size, count, axis in ((height, rh, "height"), (width, rw, "width")):
-        if size % count:
-            options = ", ".join(str(d) for d in _divisors(size)[:8])
-            raise ValueError(
-                f"regions of {count} px do not divide the image {axis} {size} px; "
-                f"region sizes that do: {options}"
-            )
+    rh, rw = region_sizes((height, width), tuple(np.ravel(region_size))
+                          if np.ndim(region_size) else region_size)
     return RegionGrid(height // rh, width // rw, rh, rw)
 
 

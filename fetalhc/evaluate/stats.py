@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from fetalhc.evaluate.settings import check_error_split
+
 
 def aopc(curves) -> np.ndarray:
     """Per-image AOPC for regression: ``e(0) - 1/(K+1) * sum_{k=0..K} e(k)``.
@@ -100,6 +102,7 @@ def error_groups(abs_error_mm, threshold_mm=None, quantiles=None) -> np.ndarray:
     errors = np.asarray(abs_error_mm, dtype=np.float64).reshape(-1)
     if (threshold_mm is None) == (quantiles is None):
         raise ValueError("give exactly one of threshold_mm and quantiles")
+    check_error_split(threshold_mm, quantiles)
     finite = np.isfinite(errors)
     if threshold_mm is not None:
         edges = np.atleast_1d(np.asarray(threshold_mm, dtype=np.float64))

@@ -1,4 +1,6 @@
-"""All metrics for one method's maps in one call, with settings checked up front.
+"""All metrics for one method's maps in one call, with settings checked up front
+(:class:`~fetalhc.evaluate.settings.EvaluationSettings`, the metric names and every choice
+live in the TensorFlow-free :mod:`fetalhc.evaluate.settings`).
 
 This is what ``fetalhc evaluate`` runs per method; it is also the easiest entry point from
 Python::
@@ -17,150 +19,20 @@ metric) and :func:`wide_table` (methods x metrics). Writing them to a folder is
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from fetalhc.evaluate import stats
-from fetalhc.evaluate.deletion import UNITS, deletion_insertion
+from fetalhc.evaluate.deletion import deletion_insertion
 from fetalhc.evaluate.forward import BatchedForward
-from fetalhc.evaluate.inputs import (
-    AGGREGATIONS,
-    PERTURBATIONS,
-    PRECISIONS,
-    as_images,
-    as_maps,
-    as_vector,
-    require_choice,
-)
-from fetalhc.evaluate.localisation import RELEVANCE, localisation_scores
-from fetalhc.evaluate.perturbation import (
-    PAPER_PROTOCOL,
-    check_paper_input,
-    region_perturbation,
-)
-from fetalhc.evaluate.randomisation import SIMILARITIES, cascading_randomisation
-from fetalhc.evaluate.regions import ORDERS, make_grid
-
-METRICS = ("aopc", "deletion", "insertion", "localisation", "randomisation")
-PROTOCOLS = ("paper",)
-# the region-perturbation settings the paper protocol fixes (see EvaluationSettings.paper)
-PAPER_FIXED = ("grid", "steps", "regions_per_step", "perturbation", "noise_sd", "aggregation",
-               "recompute")
-
-
-def parse_metrics(metrics) -> tuple[str, ...]:
-    """``"aopc,deletion"`` or a list → a tuple of known metric names (ValueError otherwise)."""
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",")]
-    names = tuple(dict.fromkeys(m for m in metrics if m))
-    if not names:
-        raise ValueError(f"no metric given; choose from: {', '.join(METRICS)}")
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from: "
-                         f"{', '.join(METRICS)}")
-    return names
-
-
-@dataclass
-class EvaluationSettings:
-    """Every knob of the evaluation; ``paper()`` gives the seed paper's protocol."""
-
-    # region perturbation / AOPC
-    grid: int = 4
-    steps: int | None = None
-    regions_per_step: int = 1
-    orders: tuple[str, ...] = ORDERS
-    perturbation: str = "noise"
-    noise_sd: float = 0.3
-    blur_sigma: float = 4.0
-    aggregation: str = "mean"
-    recompute: bool = False
-    # deletion / insertion
-    deletion_unit: str = "pixels"
-    deletion_steps: int = 20
-    baseline: str = "zeros"
-    # localisation
-    band_mm: float = 3.0
-    relevance: str = "positive"
-    top_percent: float = 5.0
-    # randomisation
-    similarity: str = "spearman_abs"
-    similarity_threshold: float = 0.5
-    randomisation_images: int = 8
-    # statistics and compute
-    confidence: float = 0.95
-    n_boot: int = 2000
-    seed: int = 0
-    batch_size: int = 256
-    precision: str = "float32"
-    protocol: str | None = None
-    explain_target: str = "hc_mm"
-    explain_options: dict = field(default_factory=dict)
-
-    @classmethod
-    def paper(cls, **overrides) -> EvaluationSettings:
-        """Zhang et al. 2020: 128 px input, 4 x 4 regions ranked by mean signed relevance,
-        N(0, 0.3) replacement, 15 steps of one region, maps computed once."""
-        values = {key: PAPER_PROTOCOL[key] for key in
-                  ("grid", "aggregation", "perturbation", "noise_sd", "steps",
-                   "regions_per_step")}
-        values.update(recompute=False, protocol="paper")
-        values.update(overrides)
-        return cls(**values)
-
-    @classmethod
-    def with_protocol(cls, protocol: str | None = None, **values) -> EvaluationSettings:
-        """Settings from option values under ``protocol``: ``None`` takes every value;
-        ``"paper"`` ignores the ones the paper fixes (:data:`PAPER_FIXED`) and applies the
-        others (deletion, localisation, ...). Any other protocol is a ``ValueError``."""
-        if protocol == "paper":
-            return cls.paper(**{k: v for k, v in values.items() if k not in PAPER_FIXED})
-        if protocol is not None:
-            raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-        return cls(**values)
-
-    def as_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["orders"] = list(self.orders)
-        return values
-
-    def validate(self, image_shape, metrics=METRICS) -> None:
-        """Check the settings against the images' shape ``(N, H, W[, C])``; one-line errors."""
-        metrics = parse_metrics(metrics)
-        require_choice(self.perturbation, PERTURBATIONS, "perturbation")
-        require_choice(self.baseline, PERTURBATIONS, "perturbation (deletion baseline)")
-        require_choice(self.aggregation, AGGREGATIONS, "aggregation")
-        require_choice(self.deletion_unit, UNITS, "deletion unit")
-        require_choice(self.relevance, RELEVANCE, "relevance")
-        require_choice(self.similarity, SIMILARITIES, "similarity")
-        require_choice(self.precision, PRECISIONS, "precision")
-        for order in self.orders:
-            require_choice(order, ORDERS, "order")
-        if self.protocol == "paper":
-            check_paper_input(image_shape)
-        height, width = int(image_shape[1]), int(image_shape[2])
-        curves = "deletion" in metrics or "insertion" in metrics
-        if "aopc" in metrics or (curves and self.deletion_unit == "regions"):
-            grid = make_grid((height, width), grid=self.grid)
-            n_regions = grid.n_regions
-            steps = self.steps if self.steps is not None else \
-                max(1, (n_regions - 1) // self.regions_per_step)
-            if "aopc" in metrics and (steps < 1 or steps * self.regions_per_step > n_regions):
-                raise ValueError(
-                    f"{steps} steps of {self.regions_per_step} region(s) need "
-                    f"{steps * self.regions_per_step} regions but the {self.grid} x {self.grid}"
-                    f" grid has only {n_regions}; use at most "
-                    f"{n_regions // self.regions_per_step} steps"
-                )
-        total = height * width if self.deletion_unit == "pixels" else self.grid ** 2
-        if curves and not 1 <= self.deletion_steps <= total:
-            raise ValueError(f"deletion steps must lie between 1 and the number of "
-                             f"{self.deletion_unit} ({total}); got {self.deletion_steps}")
+from fetalhc.evaluate.inputs import as_images, as_maps, as_vector
+from fetalhc.evaluate.localisation import localisation_scores
+from fetalhc.evaluate.perturbation import region_perturbation
+from fetalhc.evaluate.randomisation import cascading_randomisation
+from fetalhc.evaluate.settings import EvaluationSettings, parse_metrics
 
 
 @dataclass
@@ -216,6 +88,8 @@ def evaluate_maps(
     Per-image columns carry their unit (``_mm``, ``_px_original``, ratios are unitless).
     ``positions``: the images' positions in a larger set (a shard of it): random draws
     (noise, random orders) are then the whole set's, so shard results merge exactly.
+    ``progress(k)`` is told the images finished as the curves advance (per batch of images
+    through the model); over one call the counts add up to the number of images.
     """
     settings = settings or EvaluationSettings()
     metrics = parse_metrics(metrics)
@@ -234,7 +108,11 @@ def evaluate_maps(
     curve_rows: list[dict] = []
     curve_values: list = []
     steps_frame = None
-    common = dict(seed=settings.seed, forward=forward, progress=progress)
+    kinds = [k for k in ("deletion", "insertion") if k in metrics]
+    shares = _ImageShares(progress, n, n * (len(settings.orders) * ("aopc" in metrics)
+                                            + len(kinds)))
+    common = dict(seed=settings.seed, forward=forward,
+                  progress=None if progress is None else shares)
 
     unperturbed = forward.predict(images) * pixel_size
     columns["hc_pred_mm"] = unperturbed
@@ -263,7 +141,6 @@ def evaluate_maps(
                 curve_values.append((label, quantity, curves.regions_removed, values))
                 curve_rows += mean_curves(values, curves.regions_removed, label, quantity)
 
-    kinds = [k for k in ("deletion", "insertion") if k in metrics]
     if kinds:
         result = deletion_insertion(
             model, images, maps, pixel_size, reference, kinds=kinds,
@@ -301,8 +178,32 @@ def evaluate_maps(
         randomisation["similarity"] = settings.similarity
         randomisation["flagged"] = result.flagged
 
+    shares.finish()
     return MethodEvaluation(pd.DataFrame(columns), pd.DataFrame(curve_rows), randomisation,
                             steps_frame, curve_values)
+
+
+class _ImageShares:
+    """The evaluators' progress (images through one curve's forward passes, ``passes`` in
+    all) as whole images of one :func:`evaluate_maps` call (``n`` in all): each call of
+    ``report(k)`` says ``k`` more images are done; :meth:`finish` reports the rest."""
+
+    def __init__(self, report: Callable[[int], None] | None, n: int, passes: int):
+        self.report, self.n, self.passes = report, int(n), int(passes)
+        self.done = self.reported = 0
+
+    def __call__(self, count: int) -> None:
+        self.done += int(count)
+        if self.passes > 0:
+            self._advance(min(self.n, self.done * self.n // self.passes))
+
+    def finish(self) -> None:
+        self._advance(self.n)
+
+    def _advance(self, images: int) -> None:
+        if self.report is not None and images > self.reported:
+            self.report(images - self.reported)
+            self.reported = images
 
 
 # ----------------------------------------------------------------------------- tables

@@ -4,6 +4,7 @@
 maps = fetalhc.explain.explain(model, images, method="integrated_gradients",
                                target="hc_mm", pixel_size=mm_per_px)   # float32 (N, H, W)
 result = fetalhc.explain.explain_batch(...)   # Explanation: maps + per-image metadata
+fetalhc.explain.check_methods(model, ["gradcam"], options={"gradcam": {...}})  # no map run
 fetalhc.explain.available_methods(); fetalhc.explain.get_method(name)
 fetalhc.explain.hc_output_model(model, output=None)
 ```
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from fetalhc.explain.api import Explanation, explain, explain_batch
+from fetalhc.explain.api import Explanation, check_methods, explain, explain_batch
 from fetalhc.explain.inputs import normalise_inputs
 from fetalhc.explain.method import ExplainContext, Method
 from fetalhc.explain.registry import available_methods, get_method, register
@@ -64,6 +65,7 @@ __all__ = [
     "Method",
     "Target",
     "available_methods",
+    "check_methods",
     "clear_cache",
     "conv_layer_candidates",
     "default_conv_layer_name",

@@ -1,4 +1,5 @@
-"""The entry points: :func:`explain_batch` / :func:`explain` and their :class:`Explanation`.
+"""The entry points: :func:`explain_batch` / :func:`explain` and their :class:`Explanation`;
+:func:`check_methods` checks a request against a model without running it.
 
 They normalise the inputs, look the method up in the registry, run its traced function batch
 by batch, and assemble an :class:`Explanation`. Traced functions are cached per model (in
@@ -140,6 +141,76 @@ def _run(context, method, images, pixel_size, reference, extras):
             {name: np.concatenate(values) for name, values in reports.items()})
 
 
+def _check_target_inputs(target, inputs) -> None:
+    """One-line ValueErrors for a target without the pixel sizes / references it needs."""
+    if target.needs_pixel_size and inputs.pixel_size is None:
+        raise ValueError(
+            f"target {target.name!r} needs pixel_size (mm per input pixel); pass "
+            "pixel_size= or a dataset with 'pixel_size_mm', or use target='hc_px_input'"
+        )
+    if inputs.pixel_size is not None and not np.all(np.isfinite(inputs.pixel_size) & (inputs.pixel_size > 0)):
+        if target.needs_pixel_size:
+            raise ValueError("pixel_size must be finite and > 0 for every image")
+    if target.needs_reference:
+        if inputs.reference is None:
+            raise ValueError(f"target {target.name!r} needs reference= (reference HC in mm)")
+        if not np.all(np.isfinite(inputs.reference)):
+            raise ValueError(f"target {target.name!r} needs a finite reference HC for every image")
+
+
+def check_methods(model, methods, target: str = "hc_mm", options: Mapping[str, Mapping] | None = None,
+                  *, images=None, pixel_size=None, reference=None, input_shape=None,
+                  output: str | int | None = None, batch_size: int | None = None,
+                  chunk_size: int | None = None) -> dict[str, Method]:
+    """Everything :func:`explain_batch` would refuse about ``methods`` on ``model``, checked
+    without computing a map, so a caller can refuse a request before it writes anything.
+
+    ``options``: method name -> its options (a name not in ``methods`` is refused). Checks
+    each method's options, the target, the sizes, the model's HC output and input, and
+    each method against the model (:meth:`Method.setup`: e.g. Grad-CAM's ``layer_name``
+    must name a 4-D layer, an occlusion patch must fit the input, relevance methods need
+    layers they cover). Given ``images`` (and the ``pixel_size`` / ``reference`` the target
+    needs) also the per-image preparation (:meth:`Method.prepare`: e.g. LRP input bounds
+    holding every pixel) and the target's inputs; else the input shape is ``input_shape``
+    ``(H, W, C)`` or the model's declared one. Raises one-line ValueErrors prefixed with
+    the method's name; returns the set-up methods by name. Cheap: views and relevance plans
+    are cached per model and reused by the runs that follow."""
+    options = dict(options or {})
+    methods = list(methods)
+    stray = sorted(set(options) - set(methods))
+    if stray:
+        raise ValueError(f"options given for {', '.join(map(repr, stray))}, which is not among "
+                         f"the methods ({', '.join(methods) or 'none'})")
+    instances = {name: get_method(name)(**dict(options.get(name, {}))) for name in methods}
+    target_object = get_target(target)
+    batch_size, chunk_size = _resolve_sizes(batch_size, chunk_size)
+    hc_model = hc_output_model(model, output)
+    declared = model_input_shape(hc_model)
+    inputs = None
+    if images is not None:
+        inputs = normalise_inputs(images, pixel_size, reference, declared)
+        _check_target_inputs(target_object, inputs)
+        shape = tuple(int(d) for d in inputs.images.shape[1:])
+    else:
+        shape = tuple(input_shape) if input_shape is not None else tuple(declared or ())
+        if len(shape) != 3 or any(d is None for d in shape):
+            raise ValueError(f"the model {model.name!r} has no fixed input size; pass "
+                             "input_shape=(H, W, C) or images=")
+        if declared is not None and any(expected is not None and expected != got
+                                        for expected, got in zip(declared, shape, strict=True)):
+            raise ValueError(f"images of shape {shape} do not fit the model input {declared}")
+        shape = tuple(int(d) for d in shape)
+    context = ExplainContext(model=model, hc_model=hc_model, target=target_object,
+                             input_shape=shape, batch_size=batch_size, chunk_size=chunk_size,
+                             output=output)
+    for name, method in instances.items():
+        with _named_errors(name):
+            method.setup(context)
+            if inputs is not None:
+                method.prepare(context, inputs.images)
+    return instances
+
+
 def explain_batch(
     model,
     images,
@@ -166,19 +237,7 @@ def explain_batch(
     declared_shape = model_input_shape(hc_model)
     inputs = normalise_inputs(images, pixel_size, reference, declared_shape)
     n = len(inputs.images)
-    if target_object.needs_pixel_size and inputs.pixel_size is None:
-        raise ValueError(
-            f"target {target_object.name!r} needs pixel_size (mm per input pixel); pass "
-            "pixel_size= or a dataset with 'pixel_size_mm', or use target='hc_px_input'"
-        )
-    if inputs.pixel_size is not None and not np.all(np.isfinite(inputs.pixel_size) & (inputs.pixel_size > 0)):
-        if target_object.needs_pixel_size:
-            raise ValueError("pixel_size must be finite and > 0 for every image")
-    if target_object.needs_reference:
-        if inputs.reference is None:
-            raise ValueError(f"target {target_object.name!r} needs reference= (reference HC in mm)")
-        if not np.all(np.isfinite(inputs.reference)):
-            raise ValueError(f"target {target_object.name!r} needs a finite reference HC for every image")
+    _check_target_inputs(target_object, inputs)
     context = ExplainContext(
         model=model, hc_model=hc_model, target=target_object,
         input_shape=tuple(int(d) for d in inputs.images.shape[1:]),

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
-from fetalhc.explain.views import conv_layer, default_conv_layer_name, layer_view
+from fetalhc.explain.views import check_conv_layer, default_conv_layer_name, layer_view
 
 
 class _CamMethod(Method):
@@ -32,7 +32,9 @@ class _CamMethod(Method):
         layer_name = self.options["layer_name"]
         if layer_name is None:
             layer_name = default_conv_layer_name(context.model, context.hc_model)
-        conv_layer(context.hc_model, layer_name)  # ValueError listing candidates
+        # a one-line ValueError naming the option, the user's model and the 4-D layers
+        check_conv_layer(context.hc_model, layer_name, what=f"{self.name}: layer_name",
+                         model_name=context.model.name)
         self.resolved_layer = layer_name
 
     def cache_key(self):

@@ -51,7 +51,7 @@ class ModifiedGradientMethod(Method):
 
     def setup(self, context) -> None:
         self.plan = get_plan(context.hc_model)
-        self.plan.check_swappable_relus(self.name)
+        self.plan.check_swappable_relus(self.name, context.model.name)
 
     def attribute(self, context, images, pixel_size, reference):
         def target(output):

@@ -79,7 +79,7 @@ class RelevanceMethod(Method):
 
     def setup(self, context) -> None:
         self.plan = get_plan(context.hc_model)
-        self.plan.check_relevance_support(self.name)
+        self.plan.check_relevance_support(self.name, context.model.name)
 
     def prepare(self, context, images: np.ndarray) -> dict[str, np.ndarray]:
         if not self.uses_bounds:

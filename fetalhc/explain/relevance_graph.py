@@ -56,24 +56,27 @@ class Plan:
     def unsupported(self) -> list[Step]:
         return [step for step in self.steps if step.kind == OPAQUE]
 
-    def check_swappable_relus(self, method: str) -> None:
-        """Raise a ``ValueError`` when a layer applies a ReLU the plan cannot replace."""
+    def check_swappable_relus(self, method: str, model_name: str | None = None) -> None:
+        """Raise a ``ValueError`` when a layer applies a ReLU the plan cannot replace
+        (``model_name``: the model to name, e.g. the user's model rather than its HC view)."""
         for step in self.steps:
             if step.hidden_relu:
                 raise ValueError(
                     f"{method}: layer {step.name!r} ({step.layer_class}) applies a ReLU "
                     f"that cannot be replaced ({step.note or 'unsupported layer'}) "
-                    f"in model {self.model_name!r}"
+                    f"in model {model_name or self.model_name!r}"
                 )
 
-    def check_relevance_support(self, method: str = "relevance propagation") -> None:
-        """Raise a one-line ``ValueError`` naming the first layer no relevance rule covers."""
+    def check_relevance_support(self, method: str = "relevance propagation",
+                                model_name: str | None = None) -> None:
+        """Raise a one-line ``ValueError`` naming the first layer no relevance rule covers
+        (``model_name`` as in :meth:`check_swappable_relus`)."""
         for step in self.steps:
             if step.kind == OPAQUE:
                 raise ValueError(
                     f"{method}: no relevance rule for layer {step.name!r} ({step.layer_class})"
                     + (f": {step.note}" if step.note else "")
-                    + f" in model {self.model_name!r}"
+                    + f" in model {model_name or self.model_name!r}"
                 )
 
 

@@ -4,7 +4,8 @@
   HC output rule and the view itself come from :mod:`fetalhc.models.graph`); a
   mixed-precision model is viewed through a float32 copy that follows its weights.
 - :func:`layer_view`, :func:`conv_layer_candidates`, :func:`conv_layer`,
-  :func:`default_conv_layer_name`: the 4-D layers Grad-CAM can use.
+  :func:`check_conv_layer`, :func:`default_conv_layer_name`: the 4-D layers Grad-CAM can
+  use.
 - :func:`model_cache`: the per-model cache of those views and of the traced functions
   (weak, so a deleted model frees its cache); :func:`clear_cache`, :func:`tracing_counts`.
 """
@@ -144,18 +145,30 @@ def conv_layer_candidates(model) -> list[str]:
     ]
 
 
+SHOWN_LAYERS = 12  # 4-D layers an error lists (the last ones: Grad-CAM's usual choices)
+
+
+def check_conv_layer(model, layer_name, what: str = "layer", model_name: str | None = None) -> None:
+    """A one-line ValueError unless ``model`` has a layer ``layer_name`` with a 4-D output;
+    the message says ``what`` was wrong (e.g. ``"layer_name"``, the option), names the model
+    as ``model_name`` (default ``model.name``; the user's model rather than its HC view)
+    and lists the 4-D layers to choose from."""
+    candidates = conv_layer_candidates(model)
+    if layer_name in candidates:
+        return
+    names = {layer.name for layer in model.layers}
+    problem = "is not 4-D" if layer_name in names else "does not exist"
+    shown = candidates[-SHOWN_LAYERS:]
+    more = f" (the last {len(shown)} of {len(candidates)})" if len(candidates) > len(shown) else ""
+    raise ValueError(
+        f"{what} {layer_name!r} {problem} in model {model_name or model.name!r}; choose one "
+        f"of its 4-D layers{more}: {', '.join(shown) or 'none'}"
+    )
+
+
 def conv_layer(model, layer_name: str):
     """The layer named ``layer_name`` of ``model`` if its output is 4-D, else a ValueError."""
-    candidates = conv_layer_candidates(model)
-    if layer_name not in candidates:
-        names = {layer.name for layer in model.layers}
-        problem = "is not 4-D" if layer_name in names else "does not exist"
-        shown = candidates[-12:]
-        more = f" (last {len(shown)} of {len(candidates)})" if len(candidates) > len(shown) else ""
-        raise ValueError(
-            f"layer {layer_name!r} {problem} in model {model.name!r}; 4-D layers{more}: "
-            f"{', '.join(shown) or 'none'}"
-        )
+    check_conv_layer(model, layer_name)
     return model.get_layer(layer_name)
 
 

@@ -18,8 +18,10 @@ from fetalhc.models.io import check_input_size
 
 
 def predict_hc_mm(model, index: pd.DataFrame, image_size: int, batch_size: int = 32,
-                  tta: bool = False) -> pd.DataFrame:
+                  tta: bool = False, on_batch=None) -> pd.DataFrame:
     """Predict HC (mm) for the rows of ``index``; uses only images and pixel sizes.
+    ``on_batch(n)`` (optional) is called after each batch with its number of images (e.g. a
+    progress bar's ``update``).
 
     Returns a DataFrame with ``filename``, ``pixel size (mm)`` (of the original image),
     ``input pixel size (mm)``, ``prediction (px)`` (input px) and ``prediction (mm)``.
@@ -48,6 +50,8 @@ def predict_hc_mm(model, index: pd.DataFrame, image_size: int, batch_size: int =
         predictions.append(np.mean(outputs, axis=0))
         pixel_sizes.append(batch["pixel_size_mm"].numpy().astype(np.float64))
         names.extend(name.decode() for name in batch["filename"].numpy())
+        if on_batch is not None:
+            on_batch(int(images.shape[0]))
     prediction_px = np.concatenate(predictions)
     pixel_size_input = np.concatenate(pixel_sizes)
     return pd.DataFrame({

@@ -1,5 +1,6 @@
 """The ``demo`` page: ``report.md`` from the files the demo's steps wrote (accuracy, the
-saliency grid, explanation quality, time per step and the commands that reproduce it)."""
+saliency grid, explanation quality, time per step and the commands that reproduce it), and
+:func:`check_demo_request`, the demo's checks before it creates anything."""
 
 from __future__ import annotations
 
@@ -25,6 +26,30 @@ def _relative(path: Path, root: Path) -> str:
 
 def _table_lines(header, rows) -> list[str]:
     return markdown_table(header, rows).removesuffix("\n").split("\n")
+
+
+def check_demo_request(out: Path, data_dir: Path | None = None,
+                       methods: list[str] | None = None) -> list[str]:
+    """Check what the demo is asked before it creates anything; returns the methods
+    (default: every registered one). One-line errors: ``out`` exists and is not a folder,
+    an unknown or repeated method, ``data_dir`` not an HC18-layout folder (its CSV and files,
+    headers only: :func:`fetalhc.data.load_index`)."""
+    import fetalhc.explain as fe
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    methods = list(methods) if methods else fe.available_methods()
+    for method in methods:
+        fe.get_method(method)  # unknown: a one-line ValueError listing the known methods
+    repeated = sorted({method for method in methods if methods.count(method) > 1})
+    if repeated:
+        raise ValueError(f"--methods names {', '.join(repeated)} more than once")
+    if data_dir is not None:
+        from fetalhc.data import load_index
+
+        load_index(data_dir, validate=False)
+    return methods
 
 
 def write_demo_report(out: Path, run_dir: Path, predictions: Path, explain_dir: Path,

@@ -1,5 +1,10 @@
 """The ``evaluate`` output folder: explanation methods scored on a split, written to disk.
 
+One job — one request turned into its folder: the request checks, the per-method resume
+and the writing share the request's record and order (everything checked before anything
+exists), so they stay together; summaries, provenance and figures live in the sibling
+``evaluation_*`` modules.
+
 :func:`write_evaluation` explains (or loads) every method's maps, scores them with
 ``fetalhc.evaluate.evaluate_maps`` and writes into ``out``::
 
@@ -72,10 +77,12 @@ MARKERS = ("settings.json", "summary.csv")
 
 
 # ----------------------------------------------------------------------------- checks
-def check_methods(methods: Sequence[str], external: bool = False) -> None:
+def check_methods(methods: Sequence[str], external: bool = False,
+                  options: dict | None = None) -> None:
     """Every method is a registered explain method (none needed when ``external`` maps
-    are given); else a one-line ``ValueError`` listing the available ones."""
-    from fetalhc.explain import available_methods
+    are given) that accepts the explain ``options``; else a one-line ``ValueError`` listing
+    the available methods (or naming the option)."""
+    from fetalhc.explain import available_methods, get_method
 
     known = available_methods()
     if not methods and not external:
@@ -84,16 +91,39 @@ def check_methods(methods: Sequence[str], external: bool = False) -> None:
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: "
                          f"{', '.join(known)}")
+    for method in methods:  # the method's own option checks, without a model
+        get_method(method)(**dict(options or {}))
 
 
 def check_evaluation_request(methods: Sequence[str], metrics, settings, maps_dir=None,
-                             error_threshold_mm=None, error_quantiles=None
+                             error_threshold_mm=None, error_quantiles=None, *,
+                             limit: int | None = None, shard: str | None = None
                              ) -> tuple[tuple[str, ...], set[str]]:
-    """Check what is asked before any model or image is loaded; returns the parsed metrics
-    and the methods whose maps come from ``maps_dir`` (``<method>.npy``)."""
-    from fetalhc.evaluate import parse_metrics
+    """Check what is asked before any model or image is loaded: the metrics, every
+    setting against its choices and range, the error split, ``limit``, the ``shard``
+    spec, the methods (registered, their options) and ``maps_dir``. Returns the parsed
+    metrics and the methods whose maps come from ``maps_dir`` (``<method>.npy``). What
+    depends on the images (the grid against the input size, the maps' shapes) is checked
+    by :func:`write_evaluation` before it writes anything."""
+    from fetalhc.evaluate.settings import (
+        POSITIVE_INT,
+        check_error_split,
+        parse_metrics,
+        require_range,
+    )
 
     metrics = parse_metrics(metrics)
+    settings.check()
+    check_error_split(error_threshold_mm, error_quantiles)
+    if limit is not None:
+        require_range(limit, POSITIVE_INT, "limit")
+    if shard is not None:
+        from fetalhc.data.shards import parse_shard
+
+        parse_shard(shard)
+        if "randomisation" in metrics:
+            raise ValueError("randomisation is a whole-set metric and cannot be sharded; run "
+                             "it without --shard")
     external = set()
     if maps_dir is not None:
         if not Path(maps_dir).is_dir():
@@ -103,7 +133,8 @@ def check_evaluation_request(methods: Sequence[str], metrics, settings, maps_dir
             raise ProvenanceError(
                 f"the maps in {maps_dir} have no provenance.json, so nothing says which "
                 f"model, images, target and pre-processing made them; {MAKE_MAPS}")
-    check_methods([m for m in methods if m not in external], bool(external))
+    check_methods([m for m in methods if m not in external], bool(external),
+                  settings.explain_options)
     if external and ("randomisation" in metrics or settings.recompute):
         from fetalhc.explain import available_methods
 
@@ -113,8 +144,6 @@ def check_evaluation_request(methods: Sequence[str], metrics, settings, maps_dir
                 f"maps of {', '.join(foreign)} come from --maps and cannot be recomputed for "
                 "randomisation or --recompute; drop those or use an explain method"
             )
-    if error_threshold_mm is not None and error_quantiles is not None:
-        raise ValueError("give either --error-threshold-mm or --error-quantiles, not both")
     return metrics, external
 
 
@@ -189,32 +218,38 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     per-image numbers and ``shard.json``, from which ``fetalhc merge`` rebuilds what one
     unsharded run writes. ``randomisation`` (a whole-set metric) is refused with a shard.
 
-    Before anything is loaded or created: bad image files, maps from ``maps_dir`` made for
-    something else, or an ``out`` folder holding results of something else
+    Before anything is created: a bad request (:func:`check_evaluation_request`), settings
+    that do not fit the images (the grid against ``image_size``, ...), bad image files,
+    maps from ``maps_dir`` made for something else or of the wrong count, shape or values,
+    an ``out`` folder holding results of something else
     (:class:`~fetalhc.report.provenance.ProvenanceError` naming the first differing field)
-    raise a one-line ``ValueError``; ``overwrite`` deletes an earlier evaluate folder
-    first. The same provenance resumes: finished methods are reused."""
+    or a model that does not take ``image_size`` raise a one-line ``ValueError``;
+    ``overwrite`` deletes an earlier evaluate folder once all of these have passed. The
+    same provenance resumes: finished methods are reused. ``progress`` draws a bar over
+    images x methods, advanced per batch of images."""
     from tqdm.auto import tqdm
 
     from fetalhc.data import check_images, load_arrays
     from fetalhc.evaluate import evaluate_maps
+    from fetalhc.evaluate.settings import POSITIVE_INT, require_range
     from fetalhc.explain import explain
+    from fetalhc.explain import check_methods as check_explain_methods
     from fetalhc.models import check_input_size, load_model
 
     methods = list(methods)
     metrics, external = check_evaluation_request(methods, metrics, settings, maps_dir,
-                                                 error_threshold_mm, error_quantiles)
-    size = int(image_size)
+                                                 error_threshold_mm, error_quantiles,
+                                                 limit=limit, shard=shard)
+    size = int(require_range(image_size, POSITIVE_INT, "image_size"))
     if limit is not None:
         index = index.head(int(limit))
     index = index.reset_index(drop=True)
+    if len(index) == 0:
+        raise ValueError(f"the {split!r} split has no images to evaluate")
     total, selected, positions = len(index), index, None
     if shard is not None:
         from fetalhc.data.shards import select_shard
 
-        if "randomisation" in metrics:
-            raise ValueError("randomisation is a whole-set metric and cannot be sharded; run "
-                             "it without --shard")
         selected, positions = select_shard(index, shard)
     settings.validate((len(selected), size, size, 1), metrics)
     localisation = "localisation" in metrics
@@ -229,16 +264,35 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     maps_keys = check_maps(maps_dir, record, sorted(external), total,
                            selected if shard is not None else None) if external else {}
     out = Path(out)
+
+    computed = [method for method in methods if method not in maps_keys]
+
+    def checked_model(model):
+        """The model, loaded, with its input size and every computed method checked against
+        it (e.g. Grad-CAM's layer, an occlusion patch that must fit the input)."""
+        if isinstance(model, str | Path):
+            model = load_model(model)
+        check_input_size(model, size)
+        check_explain_methods(model, computed, settings.explain_target,
+                              {method: settings.explain_options for method in computed},
+                              input_shape=(size, size, int(model.inputs[0].shape[-1])))
+        return model
+
+    if overwrite:  # the earlier folder is deleted only once the model has passed too
+        model = checked_model(model)
     resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, overwrite=overwrite,
                                           markers=MARKERS)
-    if isinstance(model, str | Path):
-        model = load_model(model)
-    check_input_size(model, size)
+    if not overwrite:
+        model = checked_model(model)
 
     arrays = load_arrays(selected, image_size=size, with_annotation=localisation)
     images, pixel_size, reference = arrays["image"], arrays["pixel_size_mm"], arrays["hc_mm"]
     pixel_size_original = selected["pixel_size_mm"].to_numpy(np.float32)
     filenames = arrays["filename"]
+    # the per-image preparation too (e.g. LRP input bounds holding every pixel)
+    check_explain_methods(model, computed, settings.explain_target,
+                          {method: settings.explain_options for method in computed},
+                          images=images, pixel_size=pixel_size, reference=reference)
 
     out.mkdir(parents=True, exist_ok=True)
     if not resumed:  # a resume keeps the record (and its info) of the run it continues
@@ -249,9 +303,12 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     write_json(out / "settings.json", {**run_settings, "methods": methods})
 
     per_image, curves, randomisation = [], [], []
-    bar = tqdm(methods, desc="evaluate", unit="method", disable=not progress, leave=False)
-    for method in bar:
+    # the unit of work: one image of one method (the bar advances per batch of images)
+    bar = tqdm(total=len(selected) * len(methods), desc="evaluate", unit="image",
+               disable=not progress, leave=False)
+    for method in methods:
         bar.set_postfix_str(method)
+        start = bar.n
         folder = out / "methods" / method
         key = method_record(record, method, maps_keys.get(method),
                             info={"maps": str(maps_dir)} if method in maps_keys else None)
@@ -270,7 +327,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
                 model, images, maps, pixel_size, reference, metrics=metrics,
                 settings=settings, annotation=arrays.get("annotation"),
                 pixel_size_original_mm=pixel_size_original, method=method,
-                positions=positions)
+                positions=positions, progress=bar.update)
             tables = {"per_image.csv": result.per_image.assign(filename=filenames),
                       "curves.csv": result.curves}
             if result.randomisation is not None:
@@ -281,11 +338,14 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
             if shard is not None:
                 write_shard_tables(folder, result, filenames, positions)
             write_method_folder(folder, tables, run_settings, steps, provenance=key)
+        if start + len(selected) > bar.n:  # a reused method counts whole
+            bar.update(start + len(selected) - bar.n)
         per_image.append(tables["per_image.csv"].assign(method=method))
         curves.append(tables["curves.csv"].assign(method=method))
         if "randomisation.csv" in tables:
             randomisation.append(tables["randomisation.csv"].assign(method=method))
 
+    bar.close()
     if shard is not None:
         from fetalhc.data.shards import format_shard, parse_shard
 

@@ -94,6 +94,28 @@ def write_maps_provenance(maps_dir, model, index: pd.DataFrame, *, image_size: i
     return write_provenance(maps_dir, make_provenance("explain", result, info))
 
 
+def check_maps_file(path: Path, need: tuple[int, int, int]) -> None:
+    """``path`` is a numpy file of real-valued, finite maps of shape ``need`` ``(N, S, S)``
+    (or ``(N, S, S, 1)``); else a one-line ``ValueError`` naming the file. Read in blocks,
+    memory-mapped."""
+    try:
+        maps = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a numpy array file: {error}") from None
+    shape = tuple(maps.shape)
+    if shape not in (need, (*need, 1)):
+        raise ValueError(f"{path}: maps have shape {shape} but the images need {need}"
+                         + (f" ({need[0]} images)" if shape[:1] != need[:1] else ""))
+    if not (np.issubdtype(maps.dtype, np.floating) or np.issubdtype(maps.dtype, np.integer)):
+        raise ValueError(f"{path}: maps must be real numbers; got dtype {maps.dtype}")
+    for start in range(0, len(maps), 64):
+        block = np.asarray(maps[start:start + 64]).reshape(len(maps[start:start + 64]), -1)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"{path}: the map of image {start + int(np.argmin(finite))} "
+                             "contains NaN or infinite values")
+
+
 def check_maps(maps_dir, record: dict, methods: Sequence[str], total: int,
                shard_rows: pd.DataFrame | None = None) -> dict[str, dict]:
     """Check that the maps of ``methods`` in ``maps_dir`` were made for this evaluation
@@ -133,13 +155,7 @@ def check_maps(maps_dir, record: dict, methods: Sequence[str], total: int,
                 "evaluate what they were made for")
     need = (counts[theirs["index"]], *[int(ours["preprocessing"]["image_size"])] * 2)
     for method in methods:
-        path = maps_dir / f"{method}.npy"
-        try:
-            shape = tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
-        except ValueError as error:
-            raise ValueError(f"{path} is not a numpy array file: {error}") from None
-        if shape not in (need, (*need, 1)):
-            raise ValueError(f"{path}: maps have shape {shape} but the images need {need}")
+        check_maps_file(maps_dir / f"{method}.npy", need)
     options = theirs.get("methods") if isinstance(theirs.get("methods"), dict) else {}
     return {method: {"sha256": file_sha256(maps_dir / f"{method}.npy"),
                      "options": options.get(method)} for method in methods}

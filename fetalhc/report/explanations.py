@@ -21,6 +21,11 @@ expected set, file name and method key; any other batch is recomputed whole, so 
 folder equals an uninterrupted run's. :func:`stack_maps` stacks the maps of a folder into
 ``<method>.npy`` files for ``fetalhc evaluate --maps``, with the folder's provenance.
 Every file goes through :mod:`fetalhc.files`, so an interrupted run leaves no partial files.
+
+Before anything is created, :func:`check_request` (cheap, before a model is loaded),
+:func:`check_references` and :func:`check_model` refuse a request that would fail later.
+The module is one job, the explain folder: the checks, writing, resuming, indexing and
+reading it back (``stack_maps``) all follow its layout, kept in one place.
 """
 
 from __future__ import annotations
@@ -59,17 +64,65 @@ DERIVED_FIELDS = ("index", "image_keys")
 
 
 def check_request(methods: Sequence[str], target: str = "hc_mm",
-                  options: dict[str, dict] | None = None, limit: int | None = None) -> None:
-    """Raise a one-line ``ValueError`` for an unknown method, method option or target, or a
-    ``limit`` below 1; cheap, so callers check before loading a model."""
+                  options: dict[str, dict] | None = None, limit: int | None = None,
+                  batch_size: int = 8, shard: str | None = None) -> None:
+    """Raise a one-line ``ValueError`` for an empty or repeated method list, an unknown
+    method, method option or target, options of a method not asked for, a ``limit`` or
+    ``batch_size`` below 1, or a bad ``shard`` spec; cheap, so callers check before
+    loading a model. What depends on the model is :func:`check_model`."""
     import fetalhc.explain as fe
+    from fetalhc.data.shards import parse_shard
 
+    methods = list(methods)
     options = options or {}
+    if not methods:
+        raise ValueError("no methods to explain (--methods is empty)")
+    repeated = sorted({method for method in methods if methods.count(method) > 1})
+    if repeated:
+        raise ValueError(f"--methods names {', '.join(repeated)} more than once")
+    stray = sorted(set(options) - set(methods))
+    if stray:
+        raise ValueError(f"--option for {', '.join(stray)}, which is not in --methods "
+                         f"({', '.join(methods)})")
     for method in methods:
         fe.get_method(method)(**options.get(method, {}))  # one-line ValueErrors: name, options
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1; got {limit}")
+    for name, value in (("--limit", limit), ("--batch-size", batch_size)):
+        if value is None and name == "--limit":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
     fe.get_target(target)
+    if shard is not None:
+        parse_shard(shard)
+
+
+def check_references(target: str, index, split: str | None = None) -> None:
+    """A one-line ``ValueError`` when ``target`` needs a reference HC (``abs_error_mm``) and
+    an image of ``index`` has none (the challenge split has none)."""
+    import fetalhc.explain as fe
+
+    if not fe.get_target(target).needs_reference:
+        return
+    missing = int(index["hc_mm"].isna().sum()) if "hc_mm" in index else len(index)
+    if missing:
+        where = f" of the {split} split" if split else ""
+        raise ValueError(f"--target {target} needs the reference HC of every image, but "
+                         f"{missing} of the {len(index)} images{where} have none (challenge "
+                         "images never do); use --target hc_mm or a split with references")
+
+
+def check_model(model, image_size: int, methods: Sequence[str], target: str = "hc_mm",
+                options: dict[str, dict] | None = None, batch_size: int = 8) -> None:
+    """A one-line ``ValueError`` when ``model`` cannot take ``image_size`` px inputs or a
+    method cannot run on it as asked (e.g. ``gradcam.layer_name`` naming no 4-D layer of
+    the model, listing those there are; an occlusion patch larger than the input; a layer
+    no relevance rule covers): :func:`fetalhc.explain.check_methods`, without images."""
+    import fetalhc.explain as fe
+    from fetalhc.models import check_input_size
+
+    check_input_size(model, image_size)
+    fe.check_methods(model, methods, target, options,
+                     input_shape=(int(image_size), int(image_size), 1), batch_size=batch_size)
 
 
 def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
@@ -138,9 +191,13 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     one run writes. ``split`` (its name) and ``model_file`` (the file ``model`` was loaded
     from, else the in-memory weights are digested) go into ``provenance.json`` with the
     rest (:func:`explain_provenance`; ``source`` as its ``info``). Before anything is
-    created: a bad image file, or a folder made by something else
+    created (or deleted): a bad request (:func:`check_request`), a target without the
+    references it needs (:func:`check_references`), a method that cannot run on this model
+    as asked (:func:`check_model`, then :func:`fetalhc.explain.check_methods` on the
+    images), a bad image file, or a folder made by something else
     (:class:`~fetalhc.report.provenance.ProvenanceError` naming the first differing field)
     raise a one-line ``ValueError``; ``overwrite`` deletes an earlier explain folder first.
+    ``progress``: a bar over images x methods.
     """
     from tqdm import tqdm
 
@@ -149,11 +206,8 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
 
     methods = list(methods)
     options = options or {}
-    check_request(methods, target, options, limit)
-    if not methods:
-        raise ValueError("no methods to explain")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"--batch-size must be an integer >= 1; got {batch_size!r}")
+    # every check before anything is created (and before --overwrite deletes anything)
+    check_request(methods, target, options, limit, batch_size=batch_size, shard=shard)
     batch_size = int(batch_size)
     known = fe.available_methods()
     if limit is not None:
@@ -165,18 +219,27 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
         from fetalhc.data.shards import select_shard
 
         selected, positions = select_shard(index, shard)
+    check_references(target, selected, split)
     check_images(selected)
     record = explain_provenance(model, index, image_size, methods, target=target,
                                 options=options, limit=limit, shard=shard,
                                 batch_size=batch_size, split=split, model_file=model_file,
                                 info=source)
     out = Path(out)
-    resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, overwrite=overwrite,
-                                          markers=MARKERS)
+    if not overwrite:  # only compares: a folder of other settings is named first
+        resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, markers=MARKERS)
+    check_model(model, image_size, methods, target, options, batch_size)
 
     index = selected
     with_annotation = bool(index["annotation_path"].notna().all()) if "annotation_path" in index else False
     arrays = load_arrays(index, image_size=image_size, with_annotation=with_annotation)
+    # what the methods check per image (e.g. LRP input bounds holding every pixel)
+    fe.check_methods(model, methods, target, options, images=arrays["image"],
+                     pixel_size=arrays["pixel_size_mm"], reference=arrays["hc_mm"],
+                     batch_size=batch_size)
+    if overwrite:  # deletes the earlier folder: only once every check has passed
+        resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, overwrite=True,
+                                              markers=MARKERS)
     filenames = [str(name) for name in arrays["filename"]]
     sets = [image_set(path) for path in index["image_path"]]
     stems = [Path(name).stem for name in filenames]

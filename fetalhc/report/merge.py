@@ -124,19 +124,51 @@ def merged_provenance(first: dict, infos) -> dict:
     })
 
 
+# what every shard.json holds, and what each kind adds
+SHARD_KEYS = ("kind", "shard", "total", "positions", "methods")
+KIND_KEYS = {"explain": ("filenames",),
+             "evaluate": ("error_threshold_mm", "error_quantiles", "figures")}
+
+
+def read_shard_info(folder) -> dict:
+    """The ``shard.json`` of ``folder``; a one-line ``FileNotFoundError`` when there is none,
+    ``ValueError`` when it is unreadable or lacks what a merge needs."""
+    path = Path(folder) / "shard.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a shard folder (no shard.json); run "
+                                "explain / evaluate with --shard i/n")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is unreadable ({error}); run that shard again") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a fetalhc shard record; run that shard again")
+    if info.get("kind") not in KINDS:
+        raise ValueError(f"{path} records kind {info.get('kind')!r}, not one of "
+                         f"{', '.join(KINDS)}; run that shard again")
+    lacking = [key for key in (*SHARD_KEYS, *KIND_KEYS[info["kind"]]) if key not in info]
+    if lacking:
+        raise ValueError(f"{path} lacks {', '.join(lacking)} (an older or damaged shard "
+                         "record); run that shard again")
+    return info
+
+
 def read_shards(shard_dirs: Sequence, kind: str | None = None):
     """(kind, [(folder, shard.json content)], the order that restores the split from the
     shards' concatenated images, the methods) of shard folders of one run; a one-line
     ``ValueError`` / ``FileNotFoundError`` for anything that does not merge."""
     if not shard_dirs:
         raise ValueError("give at least one shard folder")
-    infos = []
-    for folder in map(Path, shard_dirs):
-        path = folder / "shard.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a shard folder (no shard.json); run "
-                                    "explain / evaluate with --shard i/n")
-        infos.append((folder, json.loads(path.read_text())))
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown --kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    folders = [Path(folder) for folder in shard_dirs]
+    missing = [str(folder) for folder in folders if not folder.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such folder: {', '.join(missing)}")
+    for folder in folders:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder (give the shard folders)")
+    infos = [(folder, read_shard_info(folder)) for folder in folders]
     kinds = {info["kind"] for _, info in infos}
     if len(kinds) > 1:
         raise ValueError(f"the shard folders mix kinds ({', '.join(sorted(kinds))})")

@@ -14,6 +14,7 @@ nothing beside ``<out>`` describes other predictions than ``<out>``'s.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 from fetalhc.files import write_csv, write_json
@@ -44,6 +45,23 @@ def prediction_paths(out: Path) -> dict[str, Path]:
     }
 
 
+def check_prediction_request(out: Path, split: str | None = None, batch_size: int = 32,
+                             image_size: int | None = None) -> None:
+    """A one-line ``ValueError`` for an ``out`` that is not a ``.csv`` file path (or is a
+    folder), a ``batch_size`` below 1 or an ``image_size`` below 1; cheap, so callers check
+    before loading a model (the split is checked where it is read)."""
+    paths = prediction_paths(out)
+    if paths["predictions"].is_dir():
+        raise ValueError(f"--out {out} is a folder; give the path of a .csv file")
+    for name, value in (("--batch-size", batch_size), ("--image-size", image_size)):
+        if value is None and name == "--image-size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    if split is not None and not isinstance(split, str):
+        raise ValueError(f"--split must be a split name; got {split!r}")
+
+
 # the files only a split with reference HC gets
 REFERENCE_ROLES = ("per_image", "metrics", "bland_altman", "scatter")
 
@@ -68,20 +86,26 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
 
 def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
                      tta: bool = False, batch_size: int = 32, model_file=None,
-                     info: dict | None = None) -> dict:
+                     info: dict | None = None, progress: bool = False) -> dict:
     """Predict HC (mm) for the ``index`` rows and write ``out`` and the files beside it
     (:func:`write_predictions`, with the provenance of :func:`prediction_provenance`).
 
     Checks ``out`` and every image file (``fetalhc.data.check_images``, a one-line error
-    naming a missing or truncated image) before anything is computed or written."""
+    naming a missing or truncated image) before anything is computed or written.
+    ``progress``: a bar counting images."""
+    from tqdm.auto import tqdm
+
     from fetalhc.data import check_images
     from fetalhc.models import predict_hc_mm, prediction_table
 
-    prediction_paths(out)
+    check_prediction_request(out, split, batch_size=batch_size)
     check_images(index, annotations=False)
     record = prediction_provenance(model, index, image_size, split=split, tta=tta,
                                    batch_size=batch_size, model_file=model_file, info=info)
-    predictions = predict_hc_mm(model, index, image_size, batch_size=batch_size, tta=tta)
+    with tqdm(total=len(index), desc="predict", unit="image", disable=not progress,
+              leave=False) as bar:
+        predictions = predict_hc_mm(model, index, image_size, batch_size=batch_size, tta=tta,
+                                    on_batch=bar.update)
     table = prediction_table(predictions, index) if index["hc_mm"].notna().all() else None
     model_name = model_file if model_file is not None else (info or {}).get("model", "")
     return write_predictions(out, predictions, table, split=split, model=str(model_name),

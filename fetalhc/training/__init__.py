@@ -10,32 +10,39 @@ epoch backup of ``fit``, committed so that a kill at any moment resumes) and ``m
 
 ``fetalhc.training`` imports ``data``, ``models``, ``losses`` and ``metrics``; callbacks come
 from its caller (it never imports ``fetalhc.callbacks``).
+
+The names below load on first use (PEP 562), so ``fetalhc.training.config`` (TOML and the
+config checks, no TensorFlow) can be imported by the command line before any work.
 """
 
-from fetalhc.models.prediction import predict_and_score, predict_hc_mm, prediction_table
-from fetalhc.training.config import (
-    DEFAULTS,
-    parse_set_option,
-    read_toml,
-    resolve_config,
-    write_config,
-)
-from fetalhc.training.fit import train
-from fetalhc.training.run_folder import (
-    Run,
-    TrainResult,
-    load_run,
-    resolve_split,
-    run_split_index,
-)
-from fetalhc.training.setup import standardise_ellipse
+from __future__ import annotations
 
-evaluate_split = predict_and_score  # the former name, kept for the public API
+import importlib
+
+# public name -> (submodule, its name there)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    **{name: ("fetalhc.models.prediction", name)
+       for name in ("predict_and_score", "predict_hc_mm", "prediction_table")},
+    "evaluate_split": ("fetalhc.models.prediction", "predict_and_score"),  # the former name
+    **{name: ("fetalhc.training.config", name)
+       for name in ("DEFAULTS", "SPLITS", "STRATEGIES", "parse_set_option", "read_toml",
+                    "resolve_config", "write_config")},
+    **{name: ("fetalhc.training.fit", name) for name in ("check_training_request", "train")},
+    **{name: ("fetalhc.training.run_folder", name)
+       for name in ("Run", "TrainResult", "check_training_data", "load_run", "resolve_split",
+                    "run_split_index")},
+    "standardise_ellipse": ("fetalhc.training.setup", "standardise_ellipse"),
+}
+_SUBMODULES = ("backup", "config", "fit", "multiworker", "run_folder", "setup", "strategy")
 
 __all__ = [
     "DEFAULTS",
+    "SPLITS",
+    "STRATEGIES",
     "Run",
     "TrainResult",
+    "check_training_data",
+    "check_training_request",
     "evaluate_split",
     "load_run",
     "parse_set_option",
@@ -50,3 +57,19 @@ __all__ = [
     "train",
     "write_config",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attribute)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -69,6 +69,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # bf16; mixed_float16 suits GPUs and gets a loss-scale optimizer from Keras).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULES = ("plateau", "cosine")
+# [train] strategy: one device, all devices of this machine, or the workers of TF_CONFIG
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 def cosine_learning_rate(epoch: int, epochs: int, learning_rate: float, minimum: float) -> float:
@@ -79,6 +81,8 @@ def cosine_learning_rate(epoch: int, epochs: int, learning_rate: float, minimum:
 
 # Sections written by `train` into the resolved config; accepted when reading a run back.
 RESOLVED_SECTIONS = ("preprocessing", "run", "split")
+# The splits of a run: train / val / test recorded in its [split], challenge = HC18 test_set.
+SPLITS = ("train", "val", "test", "challenge")
 
 _OVERRIDE_ALIASES = {
     "epochs": "train.epochs",
@@ -136,6 +140,8 @@ def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
         (0.0 <= data["val_fraction"] < 1.0, "[data] val_fraction must be in [0, 1)"),
         (0.0 <= data["test_fraction"] < 1.0, "[data] test_fraction must be in [0, 1)"),
         (data["k"] == 0 or data["k"] >= 2, "[data] k must be 0 (no k-fold) or >= 2"),
+        (data["fold"] >= 0, "[data] fold must be >= 0"),
+        (data["split_seed"] >= 0, "[data] split_seed must be >= 0"),
         (data["k"] < 2 or 0 <= data["fold"] < data["k"], "[data] fold must be in [0, k - 1]"),
         (0.0 <= model["dropout"] < 1.0, "[model] dropout must be in [0, 1)"),
         (all(units > 0 for units in model["dense_units"]), "[model] dense_units must be > 0"),
@@ -157,9 +163,11 @@ def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
         (train["patience"] >= 1, "[train] patience must be >= 1"),
         (train["reduce_lr_patience"] >= 1, "[train] reduce_lr_patience must be >= 1"),
         (0 < train["reduce_lr_factor"] < 1, "[train] reduce_lr_factor must be in (0, 1)"),
+        (train["seed"] >= 0, "[train] seed must be >= 0"),
+        (train["min_learning_rate"] >= 0, "[train] min_learning_rate must be >= 0"),
         (train["steps_per_epoch"] >= 0, "[train] steps_per_epoch must be >= 0"),
-        (train["strategy"] in ("default", "mirrored", "multiworker"),
-         "[train] strategy must be default, mirrored or multiworker"),
+        (train["strategy"] in STRATEGIES,
+         f"[train] strategy must be one of {', '.join(STRATEGIES)}"),
     ]
     for ok, message in checks:
         if not ok:

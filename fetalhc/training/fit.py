@@ -33,19 +33,19 @@ from fetalhc.training.config import cosine_learning_rate, resolve_config
 from fetalhc.training.multiworker import train_multiworker
 from fetalhc.training.run_folder import (
     BACKUP_DIR,
-    CONFIG_FILE,
     HISTORY_FILE,
     LOGS_DIR,
     MODEL_FILE,
     TrainResult,
     check_out_dir,
+    check_training_data,
     discard_backup,
     history_summary,
-    prepare_run,
+    plan_run,
     read_history,
-    resolve_split,
     run_split_index,
     save_model_atomically,
+    start_run,
     write_metrics,
 )
 from fetalhc.training.setup import build_and_compile, fit_dataset
@@ -132,21 +132,21 @@ def _own_callbacks(train_cfg: dict[str, Any], out_dir: Path, monitor: str, learn
     return callbacks
 
 
-def _check_split_images(config: dict[str, Any], data_dir: Path, out_dir: Path,
-                        resume: bool) -> None:
-    """Decode every image of the run's train / val / test rows (``fetalhc.data.check_images``)
-    before the run folder is touched: a missing or truncated file is a one-line error."""
-    from fetalhc.data import check_images, load_index
-
-    if resume and (out_dir / CONFIG_FILE).is_file():
-        split = resolve_config(out_dir / CONFIG_FILE, allow_resolved=True).get("split", {})
-    else:
-        split = resolve_split(config, data_dir)
-    names = {name for part in ("train", "val", "test") for name in split.get(part, [])}
-    index = load_index(data_dir, "training", validate=False)
-    # annotations are read only for the ellipse output (as the input pipeline checks them)
-    check_images(index[index["filename"].isin(names)],
-                 annotations=bool(config["model"]["aux_ellipse"]))
+def check_training_request(config: dict[str, Any] | str | os.PathLike | None, data_dir,
+                           out_dir, resume: bool = False, overwrite: bool = False,
+                           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything :func:`train` checks before it creates the run folder, without writing
+    anything: the config (resolved and validated, returned), ``out_dir`` (a new or empty
+    folder, a run to ``resume`` or ``overwrite``) and the data folder
+    (:func:`~fetalhc.training.run_folder.check_training_data`). One-line errors."""
+    config = resolve_config(config, overrides=overrides)
+    if resume and overwrite:
+        raise ValueError("choose either resume or overwrite, not both")
+    out_dir = Path(out_dir)
+    if config["train"]["strategy"] != "multiworker":  # workers share --out: no check here
+        check_out_dir(out_dir, resume, overwrite)  # refuse a wrong --out before decoding
+    check_training_data(config, data_dir, out_dir, resume)
+    return config
 
 
 def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.PathLike,
@@ -159,19 +159,20 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     epoch timer, learning-rate schedule, EarlyStopping, TensorBoard, the epoch backup with
     ``history.csv``, best checkpoint). ``resume`` continues a run killed in ``out_dir`` at
     any moment (same config; the epoch count may change) from its last committed epoch;
-    ``overwrite`` replaces the run in ``out_dir``. Every train / val / test image is decoded
-    before the run folder is touched.
+    ``overwrite`` replaces the run in ``out_dir``. Nothing is created before the config,
+    ``out_dir``, every train / val / test image (:func:`check_training_request`) and the
+    model the config describes (built first) have passed their checks.
+
+    ``verbose``: Keras' ``fit`` verbosity (0 silent, 1 a progress bar, 2 one line per
+    epoch).
     """
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
-    config = resolve_config(config, overrides=overrides)
-    if config["train"]["strategy"] != "multiworker":  # workers share --out: no check here
-        check_out_dir(out_dir, resume, overwrite)  # refuse a wrong --out before decoding
-    _check_split_images(config, data_dir, out_dir, resume)
+    config = check_training_request(config, data_dir, out_dir, resume, overwrite, overrides)
     if config["train"]["strategy"] == "multiworker":  # keras fit cannot (keras#20585)
         return train_multiworker(config, data_dir, out_dir, callbacks=callbacks, resume=resume,
                                  overwrite=overwrite, verbose=verbose)
-    config, resuming = prepare_run(config, data_dir, out_dir, resume, overwrite)
+    config, resuming = plan_run(config, data_dir, out_dir, resume, overwrite)
     train_cfg = config["train"]
     strategy = make_strategy(train_cfg["strategy"])
     global_batch, learning_rate = scaled_batch_and_learning_rate(
@@ -183,10 +184,11 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     val_index = run_split_index(config, data_dir, "val") if has_val else None
 
     keras.utils.set_random_seed(train_cfg["seed"])
-    with strategy.scope():
+    with strategy.scope():  # the model first: a config it cannot build creates no folder
         model, _, _ = build_and_compile(config, learning_rate)
         if strategy.num_replicas_in_sync > 1:
             synchronise_batch_norm(model)
+    start_run(config, out_dir, resuming, overwrite)
 
     history_path, model_path = out_dir / HISTORY_FILE, out_dir / MODEL_FILE
     backup_dir = out_dir / BACKUP_DIR

@@ -29,7 +29,14 @@ import pandas as pd
 
 from fetalhc.data.pipeline import PREPROCESSING
 from fetalhc.files import atomic_path, write_csv, write_json
-from fetalhc.training.config import DEFAULTS, resolve_config, user_sections, write_config
+from fetalhc.training.config import (
+    DEFAULTS,
+    RESOLVED_SECTIONS,
+    SPLITS,
+    resolve_config,
+    user_sections,
+    write_config,
+)
 from fetalhc.training.setup import hc_statistics, monitor_name
 
 CONFIG_FILE = "config.toml"
@@ -41,7 +48,6 @@ BACKUP_DIR = "backup"
 DISCARDED_BACKUP = ".backup.discarded"  # backup/ renamed away, then deleted
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, LOGS_DIR, BACKUP_DIR,
              DISCARDED_BACKUP)
-SPLITS = ("train", "val", "test", "challenge")
 
 
 @dataclass
@@ -176,19 +182,53 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     return resuming
 
 
-def prepare_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,
-                overwrite: bool) -> tuple[dict[str, Any], bool]:
-    """Check ``out_dir``; on a new run resolve the split and the HC statistics and write
-    ``config.toml``; on resume read the stored config back. Returns (config, resuming)."""
+def check_training_data(config: dict[str, Any], data_dir, out_dir=None,
+                        resume: bool = False) -> None:
+    """The data folder holds what the run needs: the HC18 layout whose index loads, a
+    non-empty training part, the split of ``config`` (or, on ``resume``, the split recorded
+    in ``out_dir``'s ``config.toml``), and every train / val / test image (and annotation,
+    for the ellipse output) decodes in full (``fetalhc.data.check_images``). One-line
+    errors; nothing is written."""
+    from fetalhc.data import check_images, load_index
+
+    data_dir = Path(data_dir)
+    config_path = None if out_dir is None else Path(out_dir) / CONFIG_FILE
+    if resume and config_path is not None and config_path.is_file():
+        split = resolve_config(config_path, allow_resolved=True).get("split", {})
+    else:
+        split = resolve_split(config, data_dir)
+    names = {name for part in ("train", "val", "test") for name in split.get(part, [])}
+    index = load_index(data_dir, "training", validate=False)
+    missing = sorted(names - set(index["filename"]))
+    if missing:
+        raise ValueError(
+            f"{data_dir} lacks {len(missing)} file(s) of the run's split, e.g. {missing[0]}: "
+            "is it the data folder the run was trained on?")
+    # annotations are read only for the ellipse output (as the input pipeline checks them)
+    check_images(index[index["filename"].isin(names)],
+                 annotations=bool(config["model"]["aux_ellipse"]))
+
+
+def plan_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,
+             overwrite: bool) -> tuple[dict[str, Any], bool]:
+    """What :func:`start_run` writes, decided without writing anything: on a new run the
+    config with its ``[preprocessing]``, ``[run]`` (HC statistics, versions) and ``[split]``
+    sections; on resume the stored config (refused when it is another run, an incomplete
+    one or a finished one). Returns (config, resuming)."""
     import keras
 
     import fetalhc
     from fetalhc.data import load_index
 
-    resuming = prepare_out_dir(out_dir, resume, overwrite)
+    resuming = check_out_dir(out_dir, resume, overwrite)
     config_path = out_dir / CONFIG_FILE
     if resuming:
         stored = resolve_config(config_path, allow_resolved=True)
+        absent = [f"[{name}]" for name in RESOLVED_SECTIONS if name not in stored]
+        if absent or not {"monitor", "hc_mean_px", "hc_std_px"} <= set(stored["run"]):
+            raise ValueError(
+                f"--out {out_dir} holds no complete run ({CONFIG_FILE} lacks "
+                f"{', '.join(absent) or 'keys of [run]'}); use another --out or --overwrite")
         wanted, had = user_sections(config), user_sections(stored)
         wanted["train"]["epochs"] = had["train"]["epochs"]
         if wanted != had:
@@ -200,41 +240,59 @@ def prepare_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: b
             )
         if (out_dir / METRICS_FILE).is_file() and not (out_dir / BACKUP_DIR).exists():
             raise ValueError(f"nothing to resume: the run in {out_dir} has finished")
-        if stored["train"]["epochs"] != config["train"]["epochs"]:
-            stored["train"]["epochs"] = config["train"]["epochs"]
-            write_config(stored, config_path)
-        config = stored
+        stored["train"]["epochs"] = config["train"]["epochs"]
+        return stored, True
+    config = dict(config)
     data, model_cfg, train_cfg = config["data"], config["model"], config["train"]
     size = data["image_size"]
+    split = resolve_split(config, data_dir)
+    index = load_index(data_dir, "training", validate=False)
+    train_index = index[index["filename"].isin(set(split["train"]))]
+    hc_mean, hc_std = hc_statistics(train_index, size)
+    if not model_cfg["standardise_output"]:
+        hc_mean, hc_std = 0.0, 1.0
+    config["preprocessing"] = {"image_size": size, **PREPROCESSING}
+    config["run"] = {
+        "fetalhc_version": fetalhc.__version__,
+        "keras_version": keras.__version__,
+        "data_dir": str(data_dir.resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seed": train_cfg["seed"],
+        "fold": data["fold"] if data["k"] >= 2 else -1,
+        "hc_mean_px": hc_mean,
+        "hc_std_px": hc_std,
+        "monitor": monitor_name(model_cfg["aux_ellipse"], bool(split["val"])),
+    }
+    if data["augment"]:
+        from fetalhc.data.pipeline import augmentation_config
 
-    if not resuming:
-        split = resolve_split(config, data_dir)
-        index = load_index(data_dir, "training", validate=False)
-        train_index = index[index["filename"].isin(set(split["train"]))]
-        hc_mean, hc_std = hc_statistics(train_index, size)
-        if not model_cfg["standardise_output"]:
-            hc_mean, hc_std = 0.0, 1.0
-        config["preprocessing"] = {"image_size": size, **PREPROCESSING}
-        config["run"] = {
-            "fetalhc_version": fetalhc.__version__,
-            "keras_version": keras.__version__,
-            "data_dir": str(data_dir.resolve()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "seed": train_cfg["seed"],
-            "fold": data["fold"] if data["k"] >= 2 else -1,
-            "hc_mean_px": hc_mean,
-            "hc_std_px": hc_std,
-            "monitor": monitor_name(model_cfg["aux_ellipse"], bool(split["val"])),
+        config["run"]["augmentation"] = {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in augmentation_config(True).items()
         }
-        if data["augment"]:
-            from fetalhc.data.pipeline import augmentation_config
+    config["split"] = split
+    return config, False
 
-            config["run"]["augmentation"] = {
-                key: list(value) if isinstance(value, tuple) else value
-                for key, value in augmentation_config(True).items()
-            }
-        config["split"] = split
+
+def start_run(config: dict[str, Any], out_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Create (or clean, for ``overwrite``) the run folder and write the ``config`` of
+    :func:`plan_run` into it; on resume only a changed epoch count is written."""
+    prepare_out_dir(out_dir, resuming, overwrite and not resuming)
+    config_path = out_dir / CONFIG_FILE
+    if not resuming:
         write_config(config, config_path)
+    elif resolve_config(config_path, allow_resolved=True)["train"]["epochs"] != \
+            config["train"]["epochs"]:
+        write_config(config, config_path)
+
+
+def prepare_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,
+                overwrite: bool) -> tuple[dict[str, Any], bool]:
+    """Check ``out_dir``; on a new run resolve the split and the HC statistics and write
+    ``config.toml``; on resume read the stored config back (:func:`plan_run`, then
+    :func:`start_run`). Returns (config, resuming)."""
+    config, resuming = plan_run(config, data_dir, out_dir, resume, overwrite)
+    start_run(config, out_dir, resuming, overwrite)
     return config, resuming
 
 
