@@ -155,9 +155,11 @@ def test_non_fetalhc_and_unsafe_model_files_are_refused(data, tmp_path):
     (tmp_path / "t.keras").write_text("hello")
     _assert_one_line_error(_predict("--model", tmp_path / "t.keras", "--data", data, "--out",
                                     out, "--split", "challenge"), "not a Keras v3", out)
-    # without a run folder only the challenge split exists: said before the model loads
+    # without a run folder only the challenge split exists (the default then): said before
+    # the model loads
     _assert_one_line_error(_predict("--model", tmp_path / "t.keras", "--data", data, "--out",
-                                    out), "only --split challenge is possible", out)
+                                    out, "--split", "test"), "only --split challenge is possible",
+                           out)
 
 
 def test_wrong_image_size_empty_split_and_missing_run_folder(run_dir, data, tmp_path):
@@ -182,7 +184,8 @@ def test_wrong_image_size_empty_split_and_missing_run_folder(run_dir, data, tmp_
     alone.mkdir()
     shutil.copy(run_dir / "model.keras", alone / "model.keras")
     _assert_one_line_error(
-        _predict("--model", alone / "model.keras", "--data", data, "--out", out),
+        _predict("--model", alone / "model.keras", "--data", data, "--out", out,
+                 "--split", "test"),
         "only --split challenge is possible", out)
     result = _predict("--model", alone / "model.keras", "--data", data, "--out", out,
                       "--split", "challenge")

@@ -181,49 +181,19 @@ class NumberList(click.ParamType):
 # ----------------------------------------------------------------------------- inputs
 def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
                     image_size: int | None):
-    """Model file, input size, index rows and split name, loading the model only if the
-    input size is not known from a run folder (so bad options fail fast)."""
+    """Model file, the model if it had to be loaded, input size, index rows and split name
+    (:func:`fetalhc.training.resolve_model_split`, ``all`` allowed); the model is loaded
+    here only when neither ``--image-size`` nor a run folder gives the input size."""
     import fetalhc
-    from fetalhc.data import load_index
-    from fetalhc.training import load_run, run_split_index
+    from fetalhc.training import model_input_size, resolve_model_split
 
-    model_path = Path(model_path)
-    run, model = None, None
-    if model_path.is_dir():
-        run = load_run(model_path)
-        model_file = run.model_path
-        if not model_file.is_file():
-            raise FileNotFoundError(f"--model {model_path}: the run folder has no "
-                                    f"{model_file.name} (has its training saved a model?)")
-    else:
-        model_file = model_path
-        if not model_file.is_file():
-            raise FileNotFoundError(f"--model {model_path}: no such run folder or model file")
-        if (model_path.parent / "config.toml").is_file():
-            run = load_run(model_path.parent)
-    if run is None and (split or "all") not in ("all", "challenge"):
-        raise ValueError(
-            f"{model_file} has no run folder (config.toml beside it), so only --split all "
-            "(the whole training part of --data) or --split challenge is possible"
-        )
-    if run is not None:
-        split = split or "test"
-        index = load_index(data_dir, "training", validate=False) if split == "all" else \
-            run_split_index(run.config, data_dir, split)
-    else:
-        split = split or "all"
-        index = load_index(data_dir, "challenge" if split == "challenge" else "training",
-                           validate=False)
-    if image_size is None:
-        if run is not None:
-            image_size = run.image_size
-        else:
-            model = fetalhc.load_model(model_file)
-            side = model.inputs[0].shape[1]
-            if side is None:
-                raise ValueError(f"{model_file} takes any input size; give --image-size")
-            image_size = int(side)
-    return model_file, model, int(image_size), index.reset_index(drop=True), split
+    resolved = resolve_model_split(model_path, data_dir, split, whole_set=True)
+    model = None
+    size = image_size or resolved.image_size
+    if size is None:
+        model = fetalhc.load_model(resolved.model_file)
+        size = model_input_size(model, resolved.model_file)
+    return resolved.model_file, model, int(size), resolved.index, resolved.split
 
 
 @click.command("evaluate", cls=Command)

@@ -25,40 +25,16 @@ from fetalhc.training.config import SPLITS
 DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
 
 
-def _model_file_and_run(model_path: Path, split: str | None):
-    """(the model file, its run folder or None) of ``--model`` (a run folder or a .keras
-    file); a bare .keras file only has the challenge split (checked before any loading)."""
-    model_path = Path(model_path)
-    run_dir = model_path if model_path.is_dir() else model_path.parent
-    model_file = model_path / "model.keras" if model_path.is_dir() else model_path
-    if (run_dir / "config.toml").is_file():
-        return model_file, run_dir
-    if (split or "challenge") != "challenge":
-        raise ValueError(
-            f"{model_file} has no run folder (config.toml beside it), so only "
-            "--split challenge is possible"
-        )
-    return model_file, None
-
-
 def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
     """(model, its file, image size, index of the split, the split's name) from a run
-    folder or a bare .keras file."""
+    folder or a bare .keras file (:func:`fetalhc.training.resolve_model_split`)."""
     import fetalhc
-    from fetalhc.training import load_run, run_split_index
+    from fetalhc.training import model_input_size, resolve_model_split
 
-    model_path, run_dir = _model_file_and_run(model_path, split)
-    if run_dir is not None:
-        run = load_run(run_dir)
-        split = split or "test"
-        index = run_split_index(run.config, data_dir, split)
-        return fetalhc.load_model(model_path), model_path, run.image_size, index, split
-    index = run_split_index({}, data_dir, "challenge")
-    model = fetalhc.load_model(model_path)
-    shape = model.inputs[0].shape
-    if shape[1] is None:
-        raise ValueError(f"{model_path} has no fixed input size; explain needs a run folder")
-    return model, model_path, int(shape[1]), index, "challenge"
+    resolved = resolve_model_split(model_path, data_dir, split)
+    model = fetalhc.load_model(resolved.model_file)
+    size = resolved.image_size or model_input_size(model, resolved.model_file)
+    return model, resolved.model_file, size, resolved.index, resolved.split
 
 
 def parse_options(texts, methods: list[str]) -> dict[str, dict]:

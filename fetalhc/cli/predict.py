@@ -29,28 +29,13 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     import fetalhc
     from fetalhc.models import check_input_size
     from fetalhc.report.predictions import check_prediction_request, predict_to_files
-    from fetalhc.training import load_run, run_split_index
+    from fetalhc.training import model_input_size, resolve_model_split
 
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        model_path = model_path / "model.keras"
     check_prediction_request(out, split, batch_size=batch_size, image_size=image_size)
-    split = split or "test"
-    has_run = (model_path.parent / "config.toml").is_file()
-    if not has_run and split != "challenge":
-        raise ValueError(
-            f"{model_path} has no run folder (config.toml beside it), so only "
-            "--split challenge is possible"
-        )
-    run = load_run(model_path.parent) if has_run else None
-    index = run_split_index(run.config if run is not None else {}, data_dir, split)
+    resolved = resolve_model_split(model_path, data_dir, split)
+    model_path, index, split = resolved.model_file, resolved.index, resolved.split
     model = fetalhc.load_model(model_path)
-    if image_size is None:
-        if run is None:
-            shape = model.inputs[0].shape
-            image_size = int(shape[1]) if shape[1] is not None else 0
-        else:
-            image_size = run.image_size
+    image_size = image_size or resolved.image_size or model_input_size(model, model_path)
     check_input_size(model, image_size)
     return predict_to_files(model, index, image_size, out, split=split, tta=tta,
                             batch_size=batch_size, model_file=model_path,

@@ -232,8 +232,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     from fetalhc.data import check_images, load_arrays
     from fetalhc.evaluate import evaluate_maps
     from fetalhc.evaluate.settings import POSITIVE_INT, require_range
-    from fetalhc.explain import explain
     from fetalhc.explain import check_methods as check_explain_methods
+    from fetalhc.explain import explain
     from fetalhc.models import check_input_size, load_model
 
     methods = list(methods)

@@ -29,7 +29,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
                     "resolve_config", "write_config")},
     **{name: ("fetalhc.training.fit", name) for name in ("check_training_request", "train")},
     **{name: ("fetalhc.training.run_folder", name)
-       for name in ("Run", "TrainResult", "check_training_data", "load_run", "resolve_split",
+       for name in ("ModelSplit", "Run", "TrainResult", "check_training_data", "load_run",
+                    "model_input_size", "resolve_model_split", "resolve_split",
                     "run_split_index")},
     "standardise_ellipse": ("fetalhc.training.setup", "standardise_ellipse"),
 }
@@ -37,6 +38,7 @@ _SUBMODULES = ("backup", "config", "fit", "multiworker", "run_folder", "setup", 
 
 __all__ = [
     "DEFAULTS",
+    "ModelSplit",
     "SPLITS",
     "STRATEGIES",
     "Run",
@@ -45,10 +47,12 @@ __all__ = [
     "check_training_request",
     "evaluate_split",
     "load_run",
+    "model_input_size",
     "parse_set_option",
     "predict_and_score",
     "predict_hc_mm",
     "prediction_table",
+    "resolve_model_split",
     "resolve_split",
     "read_toml",
     "resolve_config",
