@@ -1,7 +1,8 @@
 """Training: TOML config → ``model.fit`` → run folder, and helpers that read runs back.
 
 One job per module: ``config`` (TOML, defaults, validation), ``run_folder`` (the run
-folder: reading runs back, starting or resuming one, writing its results), ``setup``
+folder: reading runs back, starting or resuming one, writing its results), ``sources``
+(what a command's ``--model`` and ``--split`` resolve to), ``setup``
 (model, optimizer, loss and datasets of a config), ``strategy`` (``tf.distribute``
 strategies and what they scale), ``fit`` (``train`` with ``model.fit``), ``backup`` (the
 epoch backup of ``fit``, committed so that a kill at any moment resumes) and ``multiworker``
@@ -29,12 +30,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
                     "resolve_config", "write_config")},
     **{name: ("fetalhc.training.fit", name) for name in ("check_training_request", "train")},
     **{name: ("fetalhc.training.run_folder", name)
-       for name in ("ModelSplit", "Run", "TrainResult", "check_training_data", "load_run",
-                    "model_input_size", "resolve_model_split", "resolve_split",
+       for name in ("Run", "TrainResult", "check_training_data", "load_run", "resolve_split",
                     "run_split_index")},
+    **{name: ("fetalhc.training.sources", name)
+       for name in ("ModelSplit", "model_input_size", "resolve_model_split")},
     "standardise_ellipse": ("fetalhc.training.setup", "standardise_ellipse"),
 }
-_SUBMODULES = ("backup", "config", "fit", "multiworker", "run_folder", "setup", "strategy")
+_SUBMODULES = ("backup", "config", "fit", "multiworker", "run_folder", "setup", "sources",
+               "strategy")
 
 __all__ = [
     "DEFAULTS",

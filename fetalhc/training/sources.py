@@ -1,0 +1,82 @@
+"""What a command's ``--model`` and ``--split`` name: a run folder's split, or what a bare
+``.keras`` file allows (:func:`resolve_model_split`), and the input size of a loaded model
+(:func:`model_input_size`). The one place for that decision: ``predict``, ``explain`` and
+``evaluate`` all resolve their inputs here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from fetalhc.training.run_folder import CONFIG_FILE, MODEL_FILE, Run, load_run, run_split_index
+
+
+@dataclass(frozen=True)
+class ModelSplit:
+    """What a command's ``--model`` and ``--split`` resolve to (:func:`resolve_model_split`).
+
+    ``image_size``: the run's input size, or ``None`` for a bare model file (read it from
+    the loaded model with :func:`model_input_size`)."""
+
+    model_file: Path
+    run: Run | None
+    split: str
+    index: pd.DataFrame = field(repr=False)
+    image_size: int | None
+
+
+def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLike,
+                        split: str | None = None, *, whole_set: bool = False) -> ModelSplit:
+    """``--model`` (a run folder, the ``model.keras`` inside one, or a bare ``.keras`` file)
+    and ``--split`` → the model file and the index rows to work on, without loading the
+    model (so a bad split fails at once).
+
+    With a run folder: ``train`` / ``val`` / ``test`` (the default) from the run's record,
+    or ``challenge``. A bare model file has no record of what it trained on, so only
+    ``challenge`` (the default). ``whole_set`` also allows ``all``, the whole training part
+    of ``data_dir``, and makes it a bare file's default. One-line errors otherwise."""
+    from fetalhc.data import load_index
+
+    path = Path(model_path)
+    if path.is_dir():
+        model_file = path / MODEL_FILE
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"--model {path}: not a run folder (no {CONFIG_FILE})")
+        if not model_file.is_file():
+            raise FileNotFoundError(f"--model {path}: the run folder has no {MODEL_FILE} "
+                                    "(has its training saved a model?)")
+    else:
+        model_file = path
+        if not model_file.is_file():
+            raise FileNotFoundError(f"--model {path}: no such run folder or model file")
+    run = load_run(model_file.parent) if (model_file.parent / CONFIG_FILE).is_file() else None
+    bare_splits = ("all", "challenge") if whole_set else ("challenge",)
+    if run is None:
+        split = split or bare_splits[0]
+        if split not in bare_splits:
+            raise ValueError(
+                f"{model_file} has no run folder ({CONFIG_FILE} beside it), so only "
+                + " or ".join(f"--split {name}" for name in bare_splits) + " is possible")
+    else:
+        split = split or "test"
+    if split == "all" and whole_set:
+        index = load_index(data_dir, "training", validate=False)
+    else:
+        index = run_split_index(run.config if run is not None else {}, data_dir, split)
+    return ModelSplit(model_file=model_file, run=run, split=split,
+                      index=index.reset_index(drop=True),
+                      image_size=run.image_size if run is not None else None)
+
+
+def model_input_size(model, model_file=None) -> int:
+    """The square input size a loaded model declares; a one-line error for a model that
+    takes any size (give the size then, or use its run folder)."""
+    side = model.inputs[0].shape[1]
+    if side is None:
+        raise ValueError(f"{model_file or model.name} takes any input size; use its run "
+                         "folder (or give the size, e.g. evaluate --image-size)")
+    return int(side)
