@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     from fetalhc.data import load_arrays
     from fetalhc.files import write_text
     from fetalhc.training import resolve_config, run_split_index, train
-    from fetalhc.training.run_folder import resolve_split
+    from fetalhc.training.run_folder import plan_run
     from fetalhc.training.setup import build_and_compile, fit_dataset, standardise_ellipse
 
-    config = resolve_config(args.config, overrides={"train.epochs": args.epochs})
-    config["split"] = resolve_split(config, args.data)
+    base = resolve_config(args.config, overrides={"train.epochs": args.epochs})
+    # with the [run] and [split] sections train() would write (plan_run writes nothing)
+    config, _ = plan_run(base, args.data, Path(tempfile.mkdtemp()) / "planned", False, False)
     train_index = run_split_index(config, args.data, "train")
     val_index = run_split_index(config, args.data, "val")
     n_train, batch = len(train_index), config["train"]["batch_size"]
@@ -126,21 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         variant = {**config, "data": {**config["data"], "augment": augment}}
         clock = EpochClock()
         fresh_model().fit(fit_dataset(train_index, variant, training=True), epochs=args.epochs,
-                          verbose=0, callbacks=[clock])
+                          verbose=0, callbacks=[clock], shuffle=False)
         record(label, clock.seconds)
 
     # 3. + validation
     clock = EpochClock()
     fresh_model().fit(fit_dataset(train_index, config, training=True),
                       validation_data=fit_dataset(val_index, config, training=False),
-                      epochs=args.epochs, verbose=0, callbacks=[clock])
+                      epochs=args.epochs, verbose=0, callbacks=[clock], shuffle=False)
     record("tf.data (the recipe) + validation every epoch", clock.seconds)
 
     # 4. the whole of fetalhc.train
     for label, tensorboard in (("fetalhc.train (the recipe, all callbacks)", True),
                                ("fetalhc.train without TensorBoard", False)):
         with tempfile.TemporaryDirectory() as scratch:
-            variant = {**config, "train": {**config["train"], "tensorboard": tensorboard}}
+            variant = {**base, "train": {**base["train"], "tensorboard": tensorboard}}
             result = train(variant, args.data, Path(scratch) / "run")
             record(label, [float(s) for s in result.history["epoch_seconds"]])
 
