@@ -1,5 +1,6 @@
-"""``fetalhc predict``: challenge-format CSV, per-image table, metrics and plots in mm;
-never reads the reference; TTA; one-line errors and nothing written on bad input."""
+"""``fetalhc predict``: challenge-format CSV, per-image table (with the reliability flags of
+#19, tests/test_reliability.py), metrics and plots in mm; never reads the reference; TTA
+(the image and its horizontal flip); one-line errors and nothing written on bad input."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from fetalhc.cli.main import cli
+from fetalhc.models.reliability import RELIABILITY_COLUMNS
 from fetalhc.training import load_run, read_toml, run_split_index, train, write_config
 
 CONFIG = {
@@ -50,7 +52,8 @@ def test_predict_test_split_writes_challenge_csv_table_metrics_and_plots(run_dir
 
     table = pd.read_csv(tmp_path / "predictions_per_image.csv")
     assert list(table.columns) == ["filename", "pixel size (mm)", "reference (mm)",
-                                   "prediction (mm)", "error (mm)", "abs error (mm)"]
+                                   "prediction (mm)", "error (mm)", "abs error (mm)",
+                                   *RELIABILITY_COLUMNS]
     np.testing.assert_allclose(table["prediction (mm)"], predictions["head circumference (mm)"],
                                atol=1e-3)
     np.testing.assert_allclose(table["error (mm)"],
@@ -106,7 +109,11 @@ def test_predict_records_its_provenance_beside_its_files(run_dir, data, tmp_path
     record = json.loads((tmp_path / "p_provenance.json").read_text())
     assert record["result"]["split"] == "challenge" and record["result"]["tta"] is True
     assert record["result"]["image_keys"][0] == ["test_set", "000_HC.png"]
-    assert sorted(p.name for p in tmp_path.glob("p*")) == ["p.csv", "p_provenance.json"]
+    assert record["result"]["reliability"]["flip_threshold_mm"] == 5.0
+    # the challenge split has no references: no plots, but its flags
+    assert sorted(p.name for p in tmp_path.glob("p*")) == ["p.csv", "p_metrics.json",
+                                                           "p_per_image.csv",
+                                                           "p_provenance.json"]
 
 
 def test_challenge_split_and_tta(run_dir, data, tmp_path):
@@ -119,14 +126,16 @@ def test_challenge_split_and_tta(run_dir, data, tmp_path):
     assert result.exit_code == 0, result.output
     predictions = pd.read_csv(out)
     assert len(predictions) == 4
-    assert not (tmp_path / "challenge_per_image.csv").exists()  # no references
-    assert not (tmp_path / "challenge_metrics.json").exists()
+    table = pd.read_csv(tmp_path / "challenge_per_image.csv")  # no references: flags only
+    assert "reference (mm)" not in table and "flagged" in table
+    assert "mae_mm" not in json.loads((tmp_path / "challenge_metrics.json").read_text())
+    assert not (tmp_path / "challenge_bland_altman.png").exists()
 
-    # TTA = mean over the identity and the three flips, in input px, times the pixel size
+    # TTA = mean over the identity and the horizontal flip, in input px, times the pixel size
     model = load_model(run_dir / "model.keras")
     arrays = load_arrays(run_split_index({}, data, "challenge"), image_size=32)
     images = arrays["image"]
-    views = [images, images[:, :, ::-1], images[:, ::-1, :], images[:, ::-1, ::-1]]
+    views = [images, images[:, :, ::-1]]
     mean_px = np.mean([model.predict(v, verbose=0)[:, 0] for v in views], axis=0)
     np.testing.assert_allclose(predictions["head circumference (mm)"],
                                mean_px * arrays["pixel_size_mm"], rtol=1e-4, atol=1e-3)

@@ -92,7 +92,7 @@ def test_bad_config_file_is_a_one_line_error(data, tmp_path):
         "Error: unknown config key [train] batchsize; known keys: epochs, batch_size, "
         "learning_rate, loss, huber_delta_mm, aux_weight, patience, schedule, "
         "reduce_lr_patience, reduce_lr_factor, min_learning_rate, seed, steps_per_epoch, "
-        "tensorboard, strategy, scale_learning_rate, precision")
+        "tensorboard, strategy, scale_learning_rate, precision, ema_momentum")
     path.write_text("[train]\nlearning_rate = \"fast\"\n")
     result = _train("--config", path, "--data", data, "--out", tmp_path / "run")
     assert result.exit_code == 1

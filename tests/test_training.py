@@ -367,3 +367,18 @@ def test_training_modules_have_no_import_cycle_and_share_no_private_names():
         if not state.get(module):
             visit(module, [module])
     assert "fetalhc.training.fit" not in edges["fetalhc.training.multiworker"]
+
+
+def test_augmentation_shift_and_zoom_come_from_the_config():
+    from fetalhc.training.setup import augmentation_of
+
+    assert augmentation_of(resolve_config({"data": {"augment": False}})) is None
+    default = augmentation_of(resolve_config({"data": {"augment": True}}))
+    assert default.max_translation == 0.05 and default.scale_range == (0.9, 1.1)
+    wide = augmentation_of(resolve_config(
+        {"data": {"augment": True, "augment_translation": 0.12, "augment_zoom": 0.15}}))
+    assert wide.max_translation == 0.12 and wide.scale_range == (0.85, 1.15)
+    with pytest.raises(ValueError, match=r"\[data\] augment_zoom must be in \[0, 1\)"):
+        resolve_config({"data": {"augment_zoom": 1.0}})
+    with pytest.raises(ValueError, match=r"\[data\] augment_translation must be in"):
+        resolve_config({"data": {"augment_translation": -0.1}})

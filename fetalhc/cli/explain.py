@@ -26,15 +26,17 @@ DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
 
 
 def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
-    """(model, its file, image size, index of the split, the split's name) from a run
-    folder or a bare .keras file (:func:`fetalhc.training.resolve_model_split`)."""
+    """(model, its file, image size, index of the split, the split's name, the training HC
+    range in mm or None) from a run folder or a bare .keras file
+    (:func:`fetalhc.training.resolve_model_split`)."""
     import fetalhc
     from fetalhc.training import model_input_size, resolve_model_split
 
     resolved = resolve_model_split(model_path, data_dir, split)
     model = fetalhc.load_model(resolved.model_file)
     size = resolved.image_size or model_input_size(model, resolved.model_file)
-    return model, resolved.model_file, size, resolved.index, resolved.split
+    return (model, resolved.model_file, size, resolved.index, resolved.split,
+            resolved.hc_range_mm)
 
 
 def parse_options(texts, methods: list[str]) -> dict[str, dict]:
@@ -77,13 +79,13 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
     from fetalhc.report.explanations import check_request, write_explanations
 
     check_request(methods, target, options, limit, batch_size=batch_size, shard=shard)
-    model, model_file, image_size, index, split_name = _load_model_and_split(
+    model, model_file, image_size, index, split_name, hc_range = _load_model_and_split(
         model_path, data_dir, split)
     return write_explanations(
         model, index, image_size, methods, out, limit=limit, target=target,
         batch_size=batch_size, progress=progress, shard=shard, options=options,
         source={"model": str(model_path), "data": str(data_dir), "split": split},
-        split=split_name, model_file=model_file, overwrite=overwrite)
+        split=split_name, model_file=model_file, overwrite=overwrite, hc_range_mm=hc_range)
 
 
 def list_methods_text() -> str:

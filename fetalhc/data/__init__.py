@@ -7,6 +7,17 @@ when a pipeline function is called.
 
 from __future__ import annotations
 
+from fetalhc.data.crop import (
+    CROP_PREPROCESSING,
+    REGION_COLUMNS,
+    CropGeometry,
+    clamp_regions,
+    crop_geometry,
+    ellipse_regions,
+    index_regions,
+    input_pixel_size_mm,
+    with_regions,
+)
 from fetalhc.data.ellipse import (
     Ellipse,
     annotation_ellipse,
@@ -26,28 +37,39 @@ from fetalhc.data.pipeline import (
     load_arrays,
     make_dataset,
     rasterise_outline,
+    reference_regions,
 )
 from fetalhc.data.splits import kfold_split, split_index
 
 __all__ = [
+    "CROP_PREPROCESSING",
     "PREPROCESSING",
+    "REGION_COLUMNS",
     "Augmentation",
+    "CropGeometry",
     "DataError",
     "Ellipse",
     "annotation_ellipse",
     "annotation_ellipses",
     "check_images",
+    "clamp_regions",
+    "crop_geometry",
+    "ellipse_regions",
     "ellipse_perimeter",
     "fit_ellipse",
     "group_id_of",
     "hc_from_annotation",
     "index_problems",
+    "index_regions",
     "input_geometry",
+    "input_pixel_size_mm",
     "kfold_split",
     "load_arrays",
     "load_index",
     "make_dataset",
     "rasterise_outline",
+    "reference_regions",
     "split_index",
+    "with_regions",
     "write_phantom_dataset",
 ]

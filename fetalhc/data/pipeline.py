@@ -12,6 +12,13 @@ pixel_size_mm; ``filename`` string (B,); optional ``annotation`` float32 (B,S,S,
 outline of the reference ellipse rasterised at input resolution; optional ``ellipse``
 float32 (B,6) = cx, cy, a (semi-major), b (semi-minor) in input px, sin 2θ, cos 2θ.
 
+Crops (``fetalhc.data.crop``): when the index has the region columns ``region_cx_px``,
+``region_cy_px``, ``region_side_px`` (original px), each image is z-scored over the whole
+original image, the square region is taken (0 outside the image) and resized to ``S``; the
+input pixel size is ``pixel_size_original * side / S``, the ``box`` (content mask of the
+brightness jitter) is the part of the crop inside the image, and the ``ellipse`` and
+``annotation`` targets are in the crop's input px. The cache then holds the crops.
+
 One job, the batches the networks see: augmentation and outline rasterisation live here
 because they transform those batches inside the pipeline, in step with its geometry.
 """
@@ -27,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fetalhc.data.crop import crop_columns, crop_image, ellipse_regions, index_regions, with_regions
 from fetalhc.data.errors import DataError
 from fetalhc.data.images import check_images, image_byte_sizes
 
@@ -132,6 +140,14 @@ def annotation_ellipses(index: pd.DataFrame) -> np.ndarray:
     return ellipses
 
 
+def reference_regions(index: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """``index`` with the region columns of a crop around each reference (annotation)
+    ellipse: side ``round(2 × margin × semi-major)``, see
+    :func:`fetalhc.data.crop.ellipse_regions`. For training and for scoring on reference
+    crops; a prediction takes its regions from a localiser (``fetalhc.models.localise``)."""
+    return with_regions(index, ellipse_regions(annotation_ellipses(index), margin))
+
+
 def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
     required = ["filename", "image_path", "pixel_size_mm", "hc_mm", "width_px", "height_px"]
     missing = [column for column in required if column not in index.columns]
@@ -139,9 +155,20 @@ def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
         raise ValueError(f"the index lacks column(s) {missing}; use fetalhc.data.load_index")
     if len(index) == 0:
         raise ValueError("the index is empty")
+    regions = index_regions(index)  # checked before any file is read
     # decode every file now (memoised), so no bad file ever reaches tf.data; the byte sizes
     # let the graph name a file that changed after this check (see _load_element)
     file_sizes = image_byte_sizes(index, annotations=need_ellipse)
+    if regions is not None:
+        columns = {
+            "image_path": index["image_path"].astype(str).to_numpy(),
+            "filename": index["filename"].astype(str).to_numpy(),
+            "hc_mm": index["hc_mm"].to_numpy(np.float64).astype(np.float32),
+            "file_size": np.asarray(file_sizes, dtype=np.int64),
+        }
+        columns.update(crop_columns(index, regions, image_size,
+                                    annotation_ellipses(index) if need_ellipse else None))
+        return columns
     geometries = [input_geometry(int(w), int(h), image_size)
                   for w, h in zip(index["width_px"], index["height_px"], strict=True)]
     pixel_size = index["pixel_size_mm"].to_numpy(np.float64)
@@ -171,7 +198,8 @@ def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
 
 
 def _load_element(row, image_size: int):
-    """Deterministic part: decode, resize, z-score, pad (cacheable)."""
+    """Deterministic part: decode, resize, z-score, pad, or decode, z-score, crop, resize
+    for rows with a ``region`` (cacheable)."""
     import tensorflow as tf
 
     raw = tf.io.read_file(row["image_path"])
@@ -185,16 +213,19 @@ def _load_element(row, image_size: int):
     with tf.control_dependencies([unchanged]):
         raw = tf.identity(raw)
     image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.float32)
-    box = row["box"]
-    image = tf.image.resize(image, tf.stack([box[0], box[1]]), method="bilinear",
-                            antialias=True)
-    mean = tf.reduce_mean(image)
-    std = tf.math.reduce_std(image)
-    image = (image - mean) / tf.maximum(std, 1e-6)
-    image = tf.pad(image, [[box[2], image_size - box[0] - box[2]],
-                           [box[3], image_size - box[1] - box[3]], [0, 0]])
-    image = tf.ensure_shape(image, (image_size, image_size, 1))
     element = dict(row)
+    if "region" in row:
+        image = crop_image(image, element.pop("region"), image_size)
+    else:
+        box = row["box"]
+        image = tf.image.resize(image, tf.stack([box[0], box[1]]), method="bilinear",
+                                antialias=True)
+        mean = tf.reduce_mean(image)
+        std = tf.math.reduce_std(image)
+        image = (image - mean) / tf.maximum(std, 1e-6)
+        image = tf.pad(image, [[box[2], image_size - box[0] - box[2]],
+                               [box[3], image_size - box[1] - box[3]], [0, 0]])
+        image = tf.ensure_shape(image, (image_size, image_size, 1))
     del element["image_path"]
     del element["file_size"]
     element["image"] = image
@@ -342,6 +373,8 @@ def _cache_file(cache, columns: dict, image_size: int, need_ellipse: bool) -> st
         digest.update("\n".join(columns[name].tolist()).encode())
     digest.update(columns["pixel_size_mm"].tobytes())
     digest.update(columns["hc_mm"].tobytes())
+    if "region" in columns:  # crops: the regions too (whole images hash as they always did)
+        digest.update(columns["region"].tobytes())
     path = Path(cache)
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"{path}_{digest.hexdigest()[:16]}"
@@ -357,10 +390,15 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
     of its fields (e.g. from a run config).
     ``cache``: False, True (in memory) or a path prefix for a file cache (a digest of the
     rows and settings is appended, so different inputs never share a cache file). The cache
-    holds the deterministic part (decode, resize, z-score, pad); shuffling and augmentation
-    come after it. ``seed`` fixes the shuffle order and the augmentation draws (both change
+    holds the deterministic part (decode, resize, z-score, pad; or the crop at ``S`` px);
+    shuffling and augmentation come after it. ``seed`` fixes the shuffle order and the augmentation draws (both change
     from epoch to epoch, deterministically). Without shuffle/augment the order is the
     index order.
+
+    An index with the region columns (``fetalhc.data.crop.REGION_COLUMNS``, integer
+    original px) gives crops around the regions instead of whole letterboxed images (see
+    the module docstring); add them with :func:`reference_regions`,
+    :func:`fetalhc.data.crop.with_regions` or ``fetalhc.models.localise.localised_index``.
 
     Every image of ``index`` (and its annotation, with ``with_annotation`` /
     ``with_ellipse``) is decoded by :func:`~fetalhc.data.check_images` before the dataset

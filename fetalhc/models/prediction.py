@@ -2,19 +2,141 @@
 
 ``predict_hc_mm`` runs the model on the images and pixel sizes only (the reference HC never
 reaches it); ``prediction_table`` joins the predictions with the reference HC;
-``predict_and_score`` does both and summarises the errors in mm. This is prediction, not
-the explanation evaluation of ``fetalhc.evaluate``.
+``predict_and_score`` does both and summarises the errors in mm. ``forward_pass`` (index
+rows) and ``forward_images`` (pre-processed arrays) are the one forward loop under them: the
+HC output of the image and, on request, of its horizontal flip and the auxiliary ``ellipse``
+output, which ``fetalhc.models.reliability`` turns into per-image flags. This is prediction,
+not the explanation evaluation of ``fetalhc.evaluate``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fetalhc.models.graph import hc_output_value
+from fetalhc.models.graph import hc_output_value, output_names
 from fetalhc.models.io import check_input_size
+
+# --tta: the views averaged (training augmentation flips horizontally, never vertically)
+TTA_VIEWS = ("identity", "horizontal flip")
+
+
+@dataclass(frozen=True)
+class ForwardPass:
+    """What one pass of a model over images gave, per image in their order (float64).
+
+    ``hc_px`` / ``hc_px_flipped``: the HC output (input px) of the image / of its horizontal
+    flip (``None`` unless asked for); ``ellipse``: the ``(N, 6)`` standardised auxiliary
+    ``ellipse`` output of the image (``None`` unless asked for)."""
+
+    filenames: list[str]
+    input_pixel_size_mm: np.ndarray = field(repr=False)
+    hc_px: np.ndarray = field(repr=False)
+    hc_px_flipped: np.ndarray | None = field(default=None, repr=False)
+    ellipse: np.ndarray | None = field(default=None, repr=False)
+
+
+def _forward_batch(model, images, flipped: bool, ellipse: bool):
+    """(HC px, HC px of the flip or None, standardised ellipse or None) of one batch."""
+    from fetalhc.models.build import ELLIPSE_OUTPUT
+
+    outputs = model(images, training=False)
+    hc = np.asarray(hc_output_value(outputs, model), dtype=np.float64).reshape(-1)
+    ellipse_values = np.asarray(hc_output_value(outputs, model, ELLIPSE_OUTPUT),
+                                dtype=np.float64).reshape(-1, 6) if ellipse else None
+    hc_flipped = None
+    if flipped:
+        output = hc_output_value(model(images[:, :, ::-1], training=False), model)
+        hc_flipped = np.asarray(output, dtype=np.float64).reshape(-1)
+    return hc, hc_flipped, ellipse_values
+
+
+def _check_ellipse(model, ellipse: bool) -> None:
+    from fetalhc.models.build import ELLIPSE_OUTPUT
+
+    if ellipse and ELLIPSE_OUTPUT not in output_names(model):
+        raise ValueError(f"the model has no {ELLIPSE_OUTPUT!r} output (its outputs: "
+                         f"{', '.join(output_names(model))})")
+
+
+def _collect(parts, filenames, pixel_sizes, flipped: bool, ellipse: bool) -> ForwardPass:
+    hc, hc_flipped, shapes = zip(*parts, strict=True) if parts else ((), (), ())
+    return ForwardPass(
+        filenames=list(filenames), input_pixel_size_mm=np.asarray(pixel_sizes, np.float64),
+        hc_px=np.concatenate(hc),
+        hc_px_flipped=np.concatenate(hc_flipped) if flipped else None,
+        ellipse=np.concatenate(shapes) if ellipse else None)
+
+
+def forward_pass(model, index: pd.DataFrame, image_size: int, batch_size: int = 32, *,
+                 flipped: bool = False, ellipse: bool = False, on_batch=None) -> ForwardPass:
+    """Run ``model`` over the ``index`` rows (images and pixel sizes only: the reference HC
+    is blanked before the pipeline), ``batch_size`` images at a time. ``flipped``: also the
+    horizontally flipped images; ``ellipse``: also the ``ellipse`` output (a ``ValueError``
+    when the model has none). ``on_batch(n)``: called after each batch."""
+    from fetalhc.data import make_dataset
+
+    check_input_size(model, image_size)
+    _check_ellipse(model, ellipse)
+    if len(index) == 0:
+        raise ValueError("nothing to predict: the split is empty")
+    # hc_mm is replaced so the reference can never reach the computation.
+    blind = index.assign(hc_mm=np.nan)
+    dataset = make_dataset(blind, image_size=image_size, batch_size=batch_size, shuffle=False,
+                           augment=False, cache=False)
+    parts, names, pixel_sizes = [], [], []
+    for batch in dataset:
+        parts.append(_forward_batch(model, batch["image"], flipped, ellipse))
+        pixel_sizes.extend(batch["pixel_size_mm"].numpy().astype(np.float64))
+        names.extend(name.decode() for name in batch["filename"].numpy())
+        if on_batch is not None:
+            on_batch(int(batch["image"].shape[0]))
+    return _collect(parts, names, pixel_sizes, flipped, ellipse)
+
+
+def forward_images(model, images, index: pd.DataFrame, image_size: int, batch_size: int = 32,
+                   *, flipped: bool = False, ellipse: bool = False,
+                   on_batch=None) -> ForwardPass:
+    """:func:`forward_pass` on pre-processed ``images`` ``(N, S, S, 1)`` of the ``index``
+    rows (e.g. ``fetalhc.data.load_arrays(index, image_size)["image"]``); the input pixel
+    sizes follow from the index (``fetalhc.data.input_pixel_size_mm``: letterbox or crop)."""
+    from fetalhc.data import input_pixel_size_mm
+
+    check_input_size(model, image_size)
+    _check_ellipse(model, ellipse)
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[0] != len(index) or len(index) == 0:
+        raise ValueError(f"images must be (N, S, S, C) with N = {len(index)} index rows > 0; "
+                         f"got shape {images.shape}")
+    pixel_sizes = input_pixel_size_mm(index, image_size)
+    parts = []
+    for start in range(0, len(images), int(batch_size)):
+        chunk = images[start:start + int(batch_size)]
+        parts.append(_forward_batch(model, chunk, flipped, ellipse))
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return _collect(parts, index["filename"].astype(str), pixel_sizes, flipped, ellipse)
+
+
+def prediction_frame(forward: ForwardPass, index: pd.DataFrame, tta: bool = False
+                     ) -> pd.DataFrame:
+    """The table of :func:`predict_hc_mm` from a forward pass of the ``index`` rows; ``tta``
+    averages the image and its horizontal flip (in input px; the pass needs ``flipped``)."""
+    prediction_px = forward.hc_px
+    if tta:
+        if forward.hc_px_flipped is None:
+            raise ValueError("tta needs the flipped view; run the forward pass with flipped=True")
+        prediction_px = (forward.hc_px + forward.hc_px_flipped) / 2
+    return pd.DataFrame({
+        "filename": list(forward.filenames),
+        "pixel size (mm)": index["pixel_size_mm"].to_numpy(np.float64),
+        "input pixel size (mm)": forward.input_pixel_size_mm,
+        "prediction (px)": prediction_px,
+        "prediction (mm)": prediction_px * forward.input_pixel_size_mm,
+    })
 
 
 def predict_hc_mm(model, index: pd.DataFrame, image_size: int, batch_size: int = 32,
@@ -25,42 +147,14 @@ def predict_hc_mm(model, index: pd.DataFrame, image_size: int, batch_size: int =
 
     Returns a DataFrame with ``filename``, ``pixel size (mm)`` (of the original image),
     ``input pixel size (mm)``, ``prediction (px)`` (input px) and ``prediction (mm)``.
-    ``tta`` averages the predictions (in input px) over the identity and the horizontal,
-    vertical and double flips, which all keep the HC of an ellipse.
+    ``tta`` (test-time augmentation) averages the predictions (in input px) of the image and
+    of its horizontal flip (:data:`TTA_VIEWS`), which keeps the HC of an ellipse; vertical
+    flips are left out: training augmentation never shows them, and they made
+    predictions worse.
     """
-    from fetalhc.data import make_dataset
-
-    check_input_size(model, image_size)
-    if len(index) == 0:
-        raise ValueError("nothing to predict: the split is empty")
-    # hc_mm is replaced so the reference can never reach the computation.
-    blind = index.assign(hc_mm=np.nan)
-    dataset = make_dataset(blind, image_size=image_size, batch_size=batch_size, shuffle=False,
-                           augment=False, cache=False)
-    names, pixel_sizes, predictions = [], [], []
-    for batch in dataset:
-        images = batch["image"]
-        views = [images]
-        if tta:
-            views += [images[:, :, ::-1], images[:, ::-1, :], images[:, ::-1, ::-1]]
-        outputs = []
-        for view in views:
-            output = hc_output_value(model(view, training=False), model)
-            outputs.append(np.asarray(output, dtype=np.float64).reshape(-1))
-        predictions.append(np.mean(outputs, axis=0))
-        pixel_sizes.append(batch["pixel_size_mm"].numpy().astype(np.float64))
-        names.extend(name.decode() for name in batch["filename"].numpy())
-        if on_batch is not None:
-            on_batch(int(images.shape[0]))
-    prediction_px = np.concatenate(predictions)
-    pixel_size_input = np.concatenate(pixel_sizes)
-    return pd.DataFrame({
-        "filename": names,
-        "pixel size (mm)": index["pixel_size_mm"].to_numpy(np.float64),
-        "input pixel size (mm)": pixel_size_input,
-        "prediction (px)": prediction_px,
-        "prediction (mm)": prediction_px * pixel_size_input,
-    })
+    forward = forward_pass(model, index, image_size, batch_size, flipped=tta,
+                           on_batch=on_batch)
+    return prediction_frame(forward, index, tta=tta)
 
 
 def prediction_table(predictions: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:

@@ -6,13 +6,18 @@ target, units, baseline, prediction, reference, pixel size, per-image reports su
 completeness gap, and the image's key: ``set`` (``training_set`` / ``test_set``),
 ``filename`` and ``method_key``, the method, its options and the target) and
 ``<out>/<method>/<stem>.png`` (overlay: red raises HC, blue lowers it, the annotated skull
-outline as a thin line). Then :func:`write_index_and_grid` writes ``<out>/grid.png``
+outline as a thin line). Each ``.npz`` also holds the image's reliability flags
+(:mod:`fetalhc.models.reliability`, computed once per batch of images from the model and
+the images only: the flipped prediction, the flip disagreement, the outside-training-range,
+ellipse-at-border and flip-disagreement flags and ``flagged``; a flag is 1.0, 0.0 or NaN =
+unknown), which ``index.csv`` shows as the columns of :data:`RELIABILITY_KEYS`. Then :func:`write_index_and_grid` writes ``<out>/grid.png``
 (methods x the first images) and ``<out>/index.csv`` (one row per image and method),
 rebuilt from all ``.npz`` on disk; ``fetalhc merge`` calls it on the merged shards.
 
 Re-runs (``fetalhc.report.provenance``): ``<out>/provenance.json`` records what made the
 folder (model digest, index digest and image keys, split, limit, shard, target, every
-method's options after defaults, pre-processing, batch size). Before any work a re-run
+method's options after defaults, pre-processing, batch size, the reliability settings:
+flip threshold, training HC range, border tolerance). Before any work a re-run
 compares it: another value refuses with one line naming the field and ``--overwrite``
 (which deletes the folder and recomputes); the same value resumes. A resume keeps the
 batches of a clean run (images ``[0, b)``, ``[b, 2b)``, ... of the whole list) and reuses a
@@ -52,10 +57,19 @@ from fetalhc.report.provenance import (
 )
 
 GRID_IMAGES = 6
+# index.csv column -> the .npz key of an image's reliability flags (fetalhc.models.reliability)
+RELIABILITY_KEYS = {
+    "flipped prediction (mm)": "flipped_prediction_mm",
+    "flip disagreement (mm)": "flip_disagreement_mm",
+    "flag: outside training range": "flag_outside_training_range",
+    "flag: ellipse at border": "flag_ellipse_at_border",
+    "flag: flip disagreement": "flag_flip_disagreement",
+    "flagged": "flagged",
+}
 INDEX_COLUMNS = (
     "filename", "method", "target", "units", "prediction (mm)", "reference (mm)",
-    "pixel size (mm)", "target value", "target units", "completeness gap", "conservation gap",
-    "map sum", "map path", "overlay path",
+    "pixel size (mm)", *RELIABILITY_KEYS, "target value", "target units",
+    "completeness gap", "conservation gap", "map sum", "map path", "overlay path",
 )
 # files that make a folder an explain folder (besides provenance.json), for --overwrite
 MARKERS = ("index.csv", "grid.png")
@@ -129,8 +143,10 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
                        target: str = "hc_mm", options: dict[str, dict] | None = None,
                        limit: int | None = None, shard: str | None = None,
                        batch_size: int = 8, split: str | None = None,
-                       model_file=None, info: dict | None = None) -> dict:
-    """The provenance record of an explain folder.
+                       model_file=None, info: dict | None = None, hc_range_mm=None,
+                       flip_threshold_mm: float | None = None) -> dict:
+    """The provenance record of an explain folder (``reliability``: what the flags depend
+    on; ``flip_threshold_mm=None`` is the library default).
 
     ``index``: the rows explained by the run and its sibling shards, i.e. after ``limit``
     and before ``shard`` (a shard's rows follow from them and ``shard``). The model digest
@@ -138,8 +154,11 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
     in-memory model's architecture and weights."""
     from fetalhc.data import PREPROCESSING
     from fetalhc.data.shards import format_shard, parse_shard
+    from fetalhc.models.reliability import DEFAULT_FLIP_THRESHOLD_MM, reliability_settings
 
     options = options or {}
+    if flip_threshold_mm is None:
+        flip_threshold_mm = DEFAULT_FLIP_THRESHOLD_MM
     result = {
         "model": model_digest(model_file if model_file is not None else model),
         "split": split,
@@ -152,6 +171,7 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
                     for method in methods},
         "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
         "batch_size": int(batch_size),
+        "reliability": reliability_settings(hc_range_mm, flip_threshold_mm),
     }
     return make_provenance("explain", result, info)
 
@@ -180,7 +200,8 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
                        progress: bool = True, shard: str | None = None,
                        options: dict[str, dict] | None = None,
                        source: dict | None = None, split: str | None = None,
-                       model_file=None, overwrite: bool = False) -> dict:
+                       model_file=None, overwrite: bool = False, hc_range_mm=None,
+                       flip_threshold_mm: float | None = None) -> dict:
     """Explain the images of ``index`` (a ``fetalhc.data`` index) into the folder ``out``;
     returns what it wrote and reused (``written``, ``skipped`` maps).
 
@@ -197,17 +218,27 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     images), a bad image file, or a folder made by something else
     (:class:`~fetalhc.report.provenance.ProvenanceError` naming the first differing field)
     raise a one-line ``ValueError``; ``overwrite`` deletes an earlier explain folder first.
-    ``progress``: a bar over images x methods.
+    ``progress``: a bar over images x methods. ``hc_range_mm`` (the training split's
+    reference HC range, ``None`` = unknown) and ``flip_threshold_mm`` (``None``: 5 mm, the
+    library default) set the reliability flags stored with each map.
     """
     from tqdm import tqdm
 
     import fetalhc.explain as fe
     from fetalhc.data import check_images, load_arrays
+    from fetalhc.models.reliability import (
+        DEFAULT_FLIP_THRESHOLD_MM,
+        check_flip_threshold,
+        check_hc_range,
+    )
 
     methods = list(methods)
     options = options or {}
     # every check before anything is created (and before --overwrite deletes anything)
     check_request(methods, target, options, limit, batch_size=batch_size, shard=shard)
+    threshold = DEFAULT_FLIP_THRESHOLD_MM if flip_threshold_mm is None else \
+        check_flip_threshold(flip_threshold_mm)
+    hc_range = check_hc_range(hc_range_mm)
     batch_size = int(batch_size)
     known = fe.available_methods()
     if limit is not None:
@@ -224,7 +255,7 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     record = explain_provenance(model, index, image_size, methods, target=target,
                                 options=options, limit=limit, shard=shard,
                                 batch_size=batch_size, split=split, model_file=model_file,
-                                info=source)
+                                info=source, hc_range_mm=hc_range, flip_threshold_mm=threshold)
     out = Path(out)
     if not overwrite:  # only compares: a folder of other settings is named first
         resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, markers=MARKERS)
@@ -249,6 +280,7 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     n = len(stems)
     batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
     written, skipped = 0, 0
+    flags: dict[int, list[dict]] = {}  # per batch, once for all its methods
     bar = tqdm(total=n * len(methods), desc="explain", unit="map", disable=not progress)
     for method in methods:
         folder = out / method
@@ -265,6 +297,9 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
                 pixel_size=arrays["pixel_size_mm"][chunk], reference=arrays["hc_mm"][chunk],
                 batch_size=batch_size, **options.get(method, {}),
             )
+            if chunk[0] not in flags:
+                flags[chunk[0]] = batch_flags(model, index.iloc[chunk], arrays["image"][chunk],
+                                              image_size, hc_range, threshold)
             for position, row in enumerate(chunk):
                 stored = {
                     "map": result.maps[position],
@@ -280,6 +315,7 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
                     "info": json.dumps(result.info, default=str),
                     **{name: value[position] for name, value in result.metadata.items()
                        if name != "filename"},
+                    **flags[chunk[0]][position],
                 }
                 if with_annotation:
                     stored["annotation"] = arrays["annotation"][row][..., 0]
@@ -307,6 +343,37 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     return {"written": written, "skipped": skipped, "index": index_path, "grid": grid_path,
             "methods": methods, "images": len(stems), "known": known, "resumed": resumed,
             "provenance": record}
+
+
+def batch_flags(model, index, images, image_size: int, hc_range_mm,
+                flip_threshold_mm: float) -> list[dict]:
+    """The reliability flags of one batch (``index`` rows and their pre-processed
+    ``images``), computed on the batch alone as ``explain_batch`` sees it: per image a dict
+    of the ``.npz`` keys of :data:`RELIABILITY_KEYS` (floats; a flag is 1.0, 0.0 or NaN =
+    unknown)."""
+    from fetalhc.models.reliability import reliability_flags
+
+    frame = reliability_flags(model, index.reset_index(drop=True), image_size, hc_range_mm,
+                              flip_threshold_mm, batch_size=len(index), images=images)
+    values = {key: frame[column].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+              for column, key in RELIABILITY_KEYS.items()}
+    return [{key: np.float64(column[i]) for key, column in values.items()}
+            for i in range(len(frame))]
+
+
+def _reliability_columns(get: dict) -> dict:
+    """The index.csv reliability columns of one ``.npz``'s scalars (``<NA>`` where unknown
+    or where an older ``.npz`` has none)."""
+    import pandas as pd
+
+    row = {}
+    for column, npz_key in RELIABILITY_KEYS.items():
+        value = float(get.get(npz_key, np.nan))
+        if column.startswith("flag"):
+            row[column] = pd.NA if np.isnan(value) else bool(value)
+        else:
+            row[column] = value
+    return row
 
 
 def stack_maps(explain_dir, maps_dir, methods: Sequence[str],
@@ -432,6 +499,7 @@ def index_frame(out: Path, methods: Sequence[str], stems: Sequence[str],
                     "units": get["units"], "prediction (mm)": get.get("prediction_mm"),
                     "reference (mm)": get.get("reference_mm"),
                     "pixel size (mm)": get.get("pixel_size_mm"),
+                    **_reliability_columns(get),
                     "target value": get.get("target_value"), "target units": get.get("target_units"),
                     "completeness gap": get.get("completeness_gap", np.nan),
                     "conservation gap": get.get("conservation_gap", np.nan),
@@ -442,4 +510,8 @@ def index_frame(out: Path, methods: Sequence[str], stems: Sequence[str],
                 if i in grid_rows:
                     grid_maps.setdefault(method, []).append(stored["map"])
                     units[method] = str(get["units"])
-    return pd.DataFrame(records, columns=list(INDEX_COLUMNS)), grid_maps, units
+    frame = pd.DataFrame(records, columns=list(INDEX_COLUMNS))
+    for column in RELIABILITY_KEYS:
+        if column.startswith("flag"):
+            frame[column] = frame[column].astype("boolean")
+    return frame, grid_maps, units

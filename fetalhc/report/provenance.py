@@ -8,7 +8,10 @@ beside its CSV):
   of an in-memory model's architecture and weights), the digest of the index rows used
   (set, file name, pixel size, reference HC and the content hash of each image file), the
   split, the target, the pre-processing, and the command's options (method options,
-  evaluation settings, limit, shard). Per method, the method's name and options.
+  evaluation settings, limit, shard; for ``predict`` the TTA views, and for ``predict`` and
+  ``explain`` the ``reliability`` settings of their per-image flags: flip threshold, training
+  HC range, border tolerance, so a re-run with another threshold is another result). Per
+  method, the method's name and options.
 - ``info``: what cannot change the numbers: the fetalhc / TensorFlow / Keras versions, the
   command line, the paths as the command spelled them, the time.
 

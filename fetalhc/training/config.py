@@ -29,7 +29,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fold": 0,  # which fold is validation (0-based) when k >= 2
         "split_seed": 0,  # seed of the grouped split (independent of train.seed)
         "augment": False,  # random augmentation of training images (fetalhc.data)
+        "augment_translation": 0.05,  # with augment: largest shift, share of the input side
+        "augment_zoom": 0.1,  # with augment: zoom factor drawn in [1 - z, 1 + z]
         "cache": True,  # cache decoded images in memory
+        # crop stage (docs/training.md "Crop stage"): 0 = the whole letterboxed image; > 0 =
+        # a square crop of side 2 x crop_margin x semi-major axis around the head (reference
+        # ellipse in training, the localiser's at prediction time), resized to image_size
+        "crop_margin": 0.0,
+        # a stage-1 run folder or model file with an `ellipse` output that places the crops
+        # at prediction time ("" = none; a crop run then trains, scored on reference crops)
+        "localiser": "",
     },
     "model": {
         "backbone": "small_cnn",
@@ -62,6 +71,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "strategy": "default",  # "default", "mirrored" (one machine) or "multiworker" (TF_CONFIG)
         "scale_learning_rate": False,  # multiply learning_rate by the number of replicas
         "precision": "float32",  # Keras dtype policy: float32, mixed_float16, mixed_bfloat16
+        "ema_momentum": 0.0,  # 0 = off; else validate and keep an EMA of the weights (averaging)
     },
 }
 
@@ -71,6 +81,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULES = ("plateau", "cosine")
 # [train] strategy: one device, all devices of this machine, or the workers of TF_CONFIG
 STRATEGIES = ("default", "mirrored", "multiworker")
+# [data] crop_margin: 0 (off) or within these bounds; below 1 the square cuts the head
+CROP_MARGIN_RANGE = (1.0, 4.0)
 
 
 def cosine_learning_rate(epoch: int, epochs: int, learning_rate: float, minimum: float) -> float:
@@ -142,7 +154,23 @@ def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
         (data["k"] == 0 or data["k"] >= 2, "[data] k must be 0 (no k-fold) or >= 2"),
         (data["fold"] >= 0, "[data] fold must be >= 0"),
         (data["split_seed"] >= 0, "[data] split_seed must be >= 0"),
+        (0.0 <= data["augment_translation"] <= 0.5, "[data] augment_translation must be in [0, 0.5]"),
+        (0.0 <= data["augment_zoom"] < 1.0, "[data] augment_zoom must be in [0, 1)"),
         (data["k"] < 2 or 0 <= data["fold"] < data["k"], "[data] fold must be in [0, k - 1]"),
+        (math.isfinite(data["crop_margin"]) and (
+            data["crop_margin"] == 0.0
+            or CROP_MARGIN_RANGE[0] <= data["crop_margin"] <= CROP_MARGIN_RANGE[1]),
+         f"[data] crop_margin must be 0 (no crop: the whole image) or in "
+         f"[{CROP_MARGIN_RANGE[0]:g}, {CROP_MARGIN_RANGE[1]:g}] (the crop's side is "
+         f"2 x crop_margin x the head's semi-major axis; below 1 it cuts the head); "
+         f"got {data['crop_margin']}"),
+        (data["localiser"] == data["localiser"].strip(),
+         "[data] localiser must not start or end with spaces"),
+        (not data["localiser"] or data["crop_margin"] > 0,
+         "[data] localiser places crops: it needs [data] crop_margin > 0"),
+        (data["crop_margin"] == 0.0 or train["strategy"] != "multiworker",
+         "[data] crop_margin > 0 is not supported with [train] strategy = \"multiworker\" "
+         "(its validation pass does not crop yet); use \"default\" or \"mirrored\""),
         (0.0 <= model["dropout"] < 1.0, "[model] dropout must be in [0, 1)"),
         (all(units > 0 for units in model["dense_units"]), "[model] dense_units must be > 0"),
         (0.0 < model["bn_momentum"] < 1.0, "[model] bn_momentum must be in (0, 1)"),
@@ -165,6 +193,7 @@ def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
         (0 < train["reduce_lr_factor"] < 1, "[train] reduce_lr_factor must be in (0, 1)"),
         (train["seed"] >= 0, "[train] seed must be >= 0"),
         (train["min_learning_rate"] >= 0, "[train] min_learning_rate must be >= 0"),
+        (0.0 <= train["ema_momentum"] < 1.0, "[train] ema_momentum must be in [0, 1)"),
         (train["steps_per_epoch"] >= 0, "[train] steps_per_epoch must be >= 0"),
         (train["strategy"] in STRATEGIES,
          f"[train] strategy must be one of {', '.join(STRATEGIES)}"),

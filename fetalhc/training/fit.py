@@ -28,6 +28,7 @@ from typing import Any
 
 import keras
 
+from fetalhc.training.averaging import WeightAverage
 from fetalhc.training.backup import Committed, EpochBackup, mark_stopped, recover_backup
 from fetalhc.training.config import cosine_learning_rate, resolve_config
 from fetalhc.training.multiworker import train_multiworker
@@ -76,11 +77,13 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
     ``save_on_begin``: save once at the start of training too (on resume, when the last
     committed epoch was the best: a kill may have come before its save). List it after the
     epoch backup, which restores the weights at the start and commits each epoch before
-    this saves it."""
+    this saves it. With ``averaging`` (:class:`~fetalhc.training.averaging.WeightAverage`)
+    the saved model holds the averaged weights."""
 
     def __init__(self, model_path: Path, monitor: str, best: float = math.inf,
-                 save_on_begin: bool = False):
+                 save_on_begin: bool = False, averaging: WeightAverage | None = None):
         super().__init__()
+        self.averaging = averaging
         self.model_path = Path(model_path)
         self.monitor = monitor
         self.best = best
@@ -95,7 +98,11 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         if value is None or not math.isfinite(float(value)) or float(value) >= self.best:
             return
         self.best = float(value)
-        save_model_atomically(self.model, self.model_path)
+        if self.averaging is None:
+            save_model_atomically(self.model, self.model_path)
+            return
+        with self.averaging.averaged():
+            save_model_atomically(self.model, self.model_path)
 
 
 def _own_callbacks(train_cfg: dict[str, Any], out_dir: Path, monitor: str, learning_rate: float,
@@ -116,6 +123,8 @@ def _own_callbacks(train_cfg: dict[str, Any], out_dir: Path, monitor: str, learn
     save_on_begin = resuming and best_epoch >= 0 and best_epoch == committed.epoch - 1
     if not (save_on_begin or model_path.is_file()):
         best = math.inf  # no checkpoint to beat
+    averaging = (WeightAverage(train_cfg["ema_momentum"])
+                 if train_cfg.get("ema_momentum", 0.0) > 0 else None)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         EpochTimer(),  # before the backup, which then records epoch_seconds
@@ -127,8 +136,10 @@ def _own_callbacks(train_cfg: dict[str, Any], out_dir: Path, monitor: str, learn
             log_dir=str(out_dir / LOGS_DIR), write_graph=False, profile_batch=0))
     callbacks += [
         EpochBackup(out_dir / BACKUP_DIR, out_dir / HISTORY_FILE, committed),  # + history.csv
-        AtomicBestCheckpoint(model_path, monitor, best, save_on_begin),
     ]
+    if averaging is not None:  # after the backup, which restores the weights it starts from
+        callbacks.append(averaging)  # swapped in for validation (Keras' on_test_begin)
+    callbacks.append(AtomicBestCheckpoint(model_path, monitor, best, save_on_begin, averaging))
     return callbacks
 
 

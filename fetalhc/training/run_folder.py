@@ -14,6 +14,10 @@ Run folder (docs/architecture.md)::
 
 Every file here is written through :mod:`fetalhc.files` (``model.keras`` by
 :func:`save_model_atomically`, the one place that saves it).
+
+A crop run (``[data] crop_margin > 0``) records the crop pre-processing and its HC
+statistics in crop input px, and is scored on its localiser's crops (else on reference
+crops, optimistic; see ``fetalhc.training.setup.prediction_index``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from fetalhc.data.crop import CROP_PREPROCESSING
 from fetalhc.data.pipeline import PREPROCESSING
 from fetalhc.files import atomic_path, write_csv, write_json
 from fetalhc.training.config import (
@@ -37,7 +42,13 @@ from fetalhc.training.config import (
     user_sections,
     write_config,
 )
-from fetalhc.training.setup import hc_statistics, monitor_name
+from fetalhc.training.setup import (
+    augmentation_of,
+    crop_margin_of,
+    hc_statistics,
+    localiser_file,
+    monitor_name,
+)
 
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.keras"
@@ -204,9 +215,14 @@ def check_training_data(config: dict[str, Any], data_dir, out_dir=None,
         raise ValueError(
             f"{data_dir} lacks {len(missing)} file(s) of the run's split, e.g. {missing[0]}: "
             "is it the data folder the run was trained on?")
-    # annotations are read only for the ellipse output (as the input pipeline checks them)
+    # annotations are read only for the ellipse output and the reference crops (as the
+    # input pipeline checks them)
     check_images(index[index["filename"].isin(names)],
-                 annotations=bool(config["model"]["aux_ellipse"]))
+                 annotations=bool(config["model"]["aux_ellipse"]) or crop_margin_of(config) > 0)
+    if config["data"].get("localiser"):
+        from fetalhc.models import check_localiser, load_model
+
+        check_localiser(load_model(localiser_file(config)))
 
 
 def plan_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,
@@ -248,10 +264,12 @@ def plan_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool
     split = resolve_split(config, data_dir)
     index = load_index(data_dir, "training", validate=False)
     train_index = index[index["filename"].isin(set(split["train"]))]
-    hc_mean, hc_std = hc_statistics(train_index, size)
+    margin = crop_margin_of(config)
+    hc_mean, hc_std = hc_statistics(train_index, size, margin)
     if not model_cfg["standardise_output"]:
         hc_mean, hc_std = 0.0, 1.0
-    config["preprocessing"] = {"image_size": size, **PREPROCESSING}
+    config["preprocessing"] = {"image_size": size, **(
+        {**CROP_PREPROCESSING, "crop_margin": margin} if margin > 0 else PREPROCESSING)}
     config["run"] = {
         "fetalhc_version": fetalhc.__version__,
         "keras_version": keras.__version__,
@@ -261,14 +279,19 @@ def plan_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool
         "fold": data["fold"] if data["k"] >= 2 else -1,
         "hc_mean_px": hc_mean,
         "hc_std_px": hc_std,
+        # the training split's reference HC range (mm): predict's outside-range flag (#19)
+        "hc_min_mm": float(train_index["hc_mm"].min()),
+        "hc_max_mm": float(train_index["hc_mm"].max()),
         "monitor": monitor_name(model_cfg["aux_ellipse"], bool(split["val"])),
     }
+    if data.get("localiser"):
+        config["run"]["localiser_file"] = str(localiser_file(config))
     if data["augment"]:
         from fetalhc.data.pipeline import augmentation_config
 
         config["run"]["augmentation"] = {
             key: list(value) if isinstance(value, tuple) else value
-            for key, value in augmentation_config(True).items()
+            for key, value in augmentation_config(augmentation_of(config)).items()
         }
     config["split"] = split
     return config, False
@@ -346,14 +369,27 @@ def history_summary(history: pd.DataFrame, monitor: str) -> dict[str, int]:
 def write_metrics(out_dir: Path, metrics: dict[str, Any], config: dict[str, Any],
                   data_dir: Path) -> dict[str, Any]:
     """Score the best checkpoint ``model.keras`` on the run's val and test splits, add the
-    scores to ``metrics`` and write ``metrics.json``; returns ``metrics``."""
+    scores to ``metrics`` and write ``metrics.json``; returns ``metrics``.
+
+    A crop run is scored on the crops of its localiser when it has one, else on reference
+    crops (perfect localisation: optimistic); ``metrics["crop"]`` says which."""
     from fetalhc.models import load_model, predict_and_score
+    from fetalhc.training.setup import prediction_index, training_index
 
     best_model = load_model(out_dir / MODEL_FILE)
+    margin = crop_margin_of(config)
+    localiser = localiser_file(config) if margin > 0 else None
+    localiser_model = load_model(localiser) if localiser is not None else None
+    if margin > 0:
+        metrics["crop"] = {"crop_margin": margin, "regions": f"localiser {localiser}" if
+                           localiser else "reference ellipse (perfect localisation: optimistic)"}
+    batch_size = config["train"]["batch_size"]
     for name in ("val", "test"):
         if config["split"].get(name):
+            index = run_split_index(config, data_dir, name)
+            index = (training_index(index, margin) if localiser_model is None else
+                     prediction_index(config, index, localiser_model, batch_size))
             _, metrics[name] = predict_and_score(
-                best_model, run_split_index(config, data_dir, name),
-                config["data"]["image_size"], batch_size=config["train"]["batch_size"])
+                best_model, index, config["data"]["image_size"], batch_size=batch_size)
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics

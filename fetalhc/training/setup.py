@@ -5,22 +5,95 @@
 consume (targets packed by ``fetalhc.losses.pack_targets``, plus the standardised ellipse
 when the model has the auxiliary output); ``hc_statistics`` and ``monitor_name`` give the
 values a new run records in its config. Nothing here reads or writes the run folder.
+
+A crop run (``[data] crop_margin > 0``) trains and validates on crops around the
+REFERENCE ellipse (:func:`training_index`), so its validation MAE during training is that
+of perfect localisation (optimistic); a prediction places the crops with a localiser
+(``fetalhc.models.localise``): :func:`prediction_index` gives the rows a run's model
+predicts, :func:`localiser_file` where its localiser is.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fetalhc.data.crop import REGION_COLUMNS, input_pixel_size_mm
 from fetalhc.models import ELLIPSE_OUTPUT, HC_OUTPUT
+from fetalhc.models.ellipse_head import standardise_ellipse
+
+__all__ = ["build_and_compile", "crop_margin_of", "fit_dataset", "hc_statistics",
+           "localiser_file", "monitor_name", "prediction_index", "standardise_ellipse",
+           "training_index"]
+
+RUN_MODEL_FILE = "model.keras"  # the model of a run folder (run_folder.MODEL_FILE)
 
 
-def hc_statistics(index: pd.DataFrame, image_size: int) -> tuple[float, float]:
-    """Mean and SD of HC in input pixels over ``index`` (for output standardisation)."""
-    long_side = np.maximum(index["width_px"].to_numpy(float), index["height_px"].to_numpy(float))
-    pixel_size_input = index["pixel_size_mm"].to_numpy(float) * long_side / image_size
+def crop_margin_of(config: dict[str, Any]) -> float:
+    """``[data] crop_margin`` of a config (0.0, no crop, for a config without it)."""
+    return float(config.get("data", {}).get("crop_margin", 0.0))
+
+
+def training_index(index: pd.DataFrame, crop_margin: float) -> pd.DataFrame:
+    """The rows as a run with ``crop_margin`` trains on them: unchanged for 0 (whole
+    images) or when they already carry regions; else with the regions of crops around the
+    reference (annotation) ellipses (``fetalhc.data.reference_regions``)."""
+    from fetalhc.data import reference_regions
+
+    if crop_margin <= 0 or all(column in index.columns for column in REGION_COLUMNS):
+        return index
+    return reference_regions(index, crop_margin)
+
+
+def localiser_file(config: dict[str, Any]) -> Path | None:
+    """The model file of a crop run's localiser (``[data] localiser``: a run folder or a
+    ``.keras`` file; a relative path is taken from the working directory, and a run's
+    ``[run] localiser_file`` records it absolute), or ``None`` when there is none.
+    ``FileNotFoundError`` naming the key when it is missing."""
+    recorded = config.get("run", {}).get("localiser_file")
+    given = recorded or config.get("data", {}).get("localiser", "")
+    if not given:
+        return None
+    path = Path(given)
+    if path.is_dir():
+        path = path / RUN_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"[data] localiser {given}: no such run folder (with a "
+                                f"{RUN_MODEL_FILE}) or model file")
+    return path.resolve()
+
+
+def prediction_index(config: dict[str, Any], index: pd.DataFrame, localiser=None,
+                     batch_size: int = 32) -> pd.DataFrame:
+    """The rows a run's model predicts: ``index`` unchanged for a whole-image run; for a
+    crop run (``[data] crop_margin > 0``) with the region columns of crops around the
+    localiser's ellipses (``fetalhc.models.localise.localised_index``), never from the
+    reference. ``localiser``: a loaded localiser model, or ``None`` for the run's
+    ``[data] localiser``; ``ValueError`` when a crop run has neither."""
+    margin = crop_margin_of(config)
+    if margin <= 0:
+        return index
+    from fetalhc.models import load_model, localised_index
+
+    if localiser is None:
+        path = localiser_file(config)
+        if path is None:
+            raise ValueError("this crop run ([data] crop_margin > 0) has no [data] localiser: "
+                             "give a stage-1 model with an 'ellipse' output to place its crops")
+        localiser = load_model(path)
+    return localised_index(localiser, index, None, margin, batch_size=batch_size)
+
+
+def hc_statistics(index: pd.DataFrame, image_size: int,
+                  crop_margin: float = 0.0) -> tuple[float, float]:
+    """Mean and SD of HC in input pixels over ``index`` (for output standardisation): of the
+    letterboxed image, or with ``crop_margin > 0`` (or region columns) of the crop, whose
+    pixel size is ``pixel_size_mm × side / S``."""
+    index = training_index(index, crop_margin)
+    pixel_size_input = input_pixel_size_mm(index, image_size)
     hc_px = index["hc_mm"].to_numpy(float) / pixel_size_input
     std = float(np.std(hc_px)) if len(hc_px) > 1 else 0.0
     return float(np.mean(hc_px)), std if std > 1e-6 else max(1.0, 0.1 * float(np.mean(hc_px)))
@@ -33,24 +106,23 @@ def monitor_name(aux: bool, has_val: bool) -> str:
     return f"val_{metric}" if has_val else metric
 
 
-def standardise_ellipse(ellipse, image_size: int):
-    """Dataset ``ellipse`` (cx, cy, a, b in input px, sin 2θ, cos 2θ) → the 6 standardised
-    values of the auxiliary output: centre ``(c - S/2) / (S/4)``, semi-axes
-    ``(a - S/4) / (S/8)``, sin and cos unchanged. Works on numpy arrays and tensors."""
-    size = float(image_size)
-    centre = (ellipse[..., 0:2] - size / 2) / (size / 4)
-    axes = (ellipse[..., 2:4] - size / 4) / (size / 8)
-    angle = ellipse[..., 4:6]
-    if isinstance(ellipse, np.ndarray):
-        return np.concatenate([centre, axes, angle], axis=-1)
-    import tensorflow as tf
+def augmentation_of(config: dict[str, Any]):
+    """The training augmentation of a config: ``None`` without ``[data] augment``, else
+    :class:`fetalhc.data.Augmentation` with the config's shift and zoom (defaults otherwise)."""
+    from fetalhc.data.pipeline import Augmentation
 
-    return tf.concat([centre, axes, angle], axis=-1)
+    data = config["data"]
+    if not data["augment"]:
+        return None
+    zoom = data.get("augment_zoom", 0.1)
+    return Augmentation(max_translation=data.get("augment_translation", 0.05),
+                        scale_range=(1.0 - zoom, 1.0 + zoom))
 
 
 def fit_dataset(index, config: dict[str, Any], training: bool, batch_size: int | None = None):
     """The ``(image, target)`` ``tf.data`` pipeline of ``index`` for training (shuffled,
-    augmented as configured, repeated when ``steps_per_epoch`` is set) or validation."""
+    augmented as configured, repeated when ``steps_per_epoch`` is set) or validation; a
+    crop run's rows get reference regions (:func:`training_index`)."""
     import tensorflow as tf
 
     from fetalhc.data import make_dataset
@@ -60,9 +132,9 @@ def fit_dataset(index, config: dict[str, Any], training: bool, batch_size: int |
     aux = model_cfg["aux_ellipse"]
     size = data["image_size"]
     dataset = make_dataset(
-        index, image_size=size, batch_size=batch_size or train_cfg["batch_size"],
+        training_index(index, crop_margin_of(config)), image_size=size, batch_size=batch_size or train_cfg["batch_size"],
         shuffle=training,
-        augment=bool(data["augment"]) and training, with_ellipse=aux,
+        augment=(augmentation_of(config) or False) if training else False, with_ellipse=aux,
         cache=data["cache"], seed=train_cfg["seed"],
     )
 

@@ -20,13 +20,16 @@ class ModelSplit:
     """What a command's ``--model`` and ``--split`` resolve to (:func:`resolve_model_split`).
 
     ``image_size``: the run's input size, or ``None`` for a bare model file (read it from
-    the loaded model with :func:`model_input_size`)."""
+    the loaded model with :func:`model_input_size`). ``hc_range_mm``: the training split's
+    reference HC range (mm) for the outside-range reliability flag
+    (:func:`fetalhc.models.reliability.training_hc_range_mm`), ``None`` when unknown."""
 
     model_file: Path
     run: Run | None
     split: str
     index: pd.DataFrame = field(repr=False)
     image_size: int | None
+    hc_range_mm: tuple[float, float] | None = None
 
 
 def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLike,
@@ -67,9 +70,13 @@ def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLi
         index = load_index(data_dir, "training", validate=False)
     else:
         index = run_split_index(run.config if run is not None else {}, data_dir, split)
+    from fetalhc.models.reliability import training_hc_range_mm
+
     return ModelSplit(model_file=model_file, run=run, split=split,
                       index=index.reset_index(drop=True),
-                      image_size=run.image_size if run is not None else None)
+                      image_size=run.image_size if run is not None else None,
+                      hc_range_mm=training_hc_range_mm(run.config, data_dir)
+                      if run is not None else None)
 
 
 def model_input_size(model, model_file=None) -> int:

@@ -1,0 +1,230 @@
+"""Accuracy levers of the HC18 recipe, measured on the same images (issue #19).
+
+``run`` trains one variant (a config plus overrides) into ``runs/levers/<name>`` with
+``fetalhc.train`` and predicts its validation and test images (169 with the recipe's split)
+as they are; it writes ``docs/hc18-model/levers/<name>.csv`` (one
+row per image) and ``<name>.json`` (the command, the resolved config, epochs, time per
+epoch, the model's digest). A run folder that exists is reused only when its resolved
+config equals the requested one (else the script refuses); predictions are always
+recomputed from its ``model.keras``.
+
+``compare A B`` prints the paired per-image bootstrap CI of MAE(B) − MAE(A) in mm on the
+images both files hold. ``docs/hc18-model.md`` (scripts/hc18_model_report.py) reads the
+same files.
+
+    python scripts/hc18_levers.py run base-e20 --config configs/hc18_best.toml --epochs 20
+    python scripts/hc18_levers.py run ema-e20 --config configs/hc18_best.toml --epochs 20 \\
+        --set train.ema_momentum=0.99
+    python scripts/hc18_levers.py compare base-e20 ema-e20
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "hc18-model" / "levers"
+RUNS = ROOT / "runs" / "levers"
+SPLITS = ("val", "test")
+TRAINED_SECTIONS = ("data", "model", "train")
+
+
+def parse_value(text: str):
+    """A ``--set`` value: TOML scalar or list (``1e-3``, ``true``, ``"avg"``, ``[1, 2]``)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def overrides_of(settings: list[str]) -> dict:
+    overrides = {}
+    for setting in settings:
+        key, separator, value = setting.partition("=")
+        if not separator:
+            raise SystemExit(f"--set needs SECTION.KEY=VALUE, got {setting!r}")
+        overrides[key.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def trained_sections(config: dict) -> dict:
+    return {section: config[section] for section in TRAINED_SECTIONS}
+
+
+def train_variant(name: str, config_path: Path, overrides: dict, data_dir: Path) -> Path:
+    """Train ``runs/levers/<name>`` (resuming a killed run), or reuse a finished run whose
+    resolved config is the requested one; returns the run folder."""
+    import fetalhc
+    from fetalhc.training.config import read_toml, resolve_config
+
+    out = RUNS / name
+    wanted = trained_sections(resolve_config(config_path, overrides=overrides))
+    if (out / "config.toml").is_file():
+        stored = trained_sections(resolve_config(read_toml(out / "config.toml"),
+                                                 allow_resolved=True))
+        if stored != wanted:
+            raise SystemExit(f"{out} holds a run of another config; delete it or pick another "
+                             "name")
+        if (out / "metrics.json").is_file():
+            return out
+        fetalhc.train(config_path, data_dir, out, resume=True, overrides=overrides, verbose=2)
+        return out
+    fetalhc.train(config_path, data_dir, out, overrides=overrides, verbose=2)
+    return out
+
+
+def predict_variant(run: Path, data_dir: Path) -> pd.DataFrame:
+    """Per-image predictions (mm) of ``run`` on its val and test splits: as they are, of the
+    horizontally flipped image, and for a model with the ellipse head, the HC of its
+    predicted ellipse (Ramanujan's perimeter × the pixel size: a geometric head's answer,
+    read off the auxiliary output). A crop run predicts on its localiser's crops."""
+    import fetalhc
+    from fetalhc.data.ellipse import ellipse_perimeter
+    from fetalhc.models import ELLIPSE_OUTPUT, output_names
+    from fetalhc.models.localise import predict_ellipses
+    from fetalhc.models.reliability import reliability_flags
+    from fetalhc.training import resolve_model_split
+    from fetalhc.training.setup import prediction_index
+
+    model = fetalhc.load_model(run / "model.keras")
+    frames = []
+    for split in SPLITS:
+        resolved = resolve_model_split(run, data_dir, split)
+        index = prediction_index(resolved.run.config, resolved.index)
+        flags = reliability_flags(model, index, resolved.image_size,
+                                  hc_range_mm=resolved.hc_range_mm)
+        frame = pd.DataFrame({
+            "split": split,
+            "filename": flags["filename"],
+            "pixel size (mm)": index["pixel_size_mm"].to_numpy(np.float64),
+            "reference (mm)": resolved.index["hc_mm"].to_numpy(np.float64),
+            "prediction (mm)": flags["prediction (mm)"],
+            "h-flipped prediction (mm)": flags["flipped prediction (mm)"],
+        })
+        for column in flags.columns:
+            if column.startswith("flag"):
+                frame[column] = flags[column]
+        if ELLIPSE_OUTPUT in output_names(model) and "region_side_px" not in index.columns:
+            ellipses = predict_ellipses(model, index, resolved.image_size)
+            frame["ellipse-head HC (mm)"] = (ellipse_perimeter(ellipses[:, 2], ellipses[:, 3])
+                                             * frame["pixel size (mm)"].to_numpy())
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_command(args) -> None:
+    data_dir = Path(args.data)
+    overrides = overrides_of(args.set or [])
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    started = time.perf_counter()
+    run = train_variant(args.name, Path(args.config), overrides, data_dir)
+    table = predict_variant(run, data_dir)
+    from fetalhc.files import write_csv, write_json
+    from fetalhc.training.config import read_toml
+
+    history = pd.read_csv(run / "history.csv")
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = read_toml(run / "config.toml")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_csv(table, RESULTS / f"{args.name}.csv")
+    errors = (table["prediction (mm)"] - table["reference (mm)"]).abs()
+    record = {
+        "name": args.name,
+        "command": "python scripts/hc18_levers.py " + shlex.join(sys.argv[1:]),
+        "config": {section: config[section] for section in TRAINED_SECTIONS},
+        "split_seed": config["data"]["split_seed"],
+        "epochs_run": int(len(history)),
+        "best_epoch": metrics.get("best_epoch"),
+        "train_seconds": metrics.get("train_seconds"),
+        "median_epoch_seconds": float(history["epoch_seconds"].median())
+        if "epoch_seconds" in history else None,
+        "model_sha256": file_digest(run / "model.keras"),
+        "fetalhc_revision": git_revision(),
+        "n_images": int(len(table)),
+        "mae_mm": float(errors.mean()),
+        "mae_mm_by_split": {split: float(errors[table["split"] == split].mean())
+                            for split in SPLITS},
+        "script_seconds": time.perf_counter() - started,
+        "machine": f"{os.cpu_count()} cores",
+    }
+    write_json(RESULTS / f"{args.name}.json", record)
+    print(json.dumps({key: record[key] for key in ("name", "mae_mm", "mae_mm_by_split",
+                                                   "median_epoch_seconds")}, indent=1))
+
+
+def paired_difference(first: pd.DataFrame, second: pd.DataFrame, n_boot: int = 10000,
+                      seed: int = 0) -> dict:
+    """Paired bootstrap of MAE(second) − MAE(first) in mm over the images both hold."""
+    keys = ["split", "filename"]
+    merged = first.merge(second, on=keys, suffixes=(" a", " b"))
+    if len(merged) == 0:
+        raise SystemExit("the two result files share no image")
+    a = (merged["prediction (mm) a"] - merged["reference (mm) a"]).abs().to_numpy()
+    b = (merged["prediction (mm) b"] - merged["reference (mm) b"]).abs().to_numpy()
+    difference = b - a
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(difference), size=(n_boot, len(difference)))
+    means = difference[draws].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"n": int(len(difference)), "mae_a_mm": float(a.mean()), "mae_b_mm": float(b.mean()),
+            "difference_mm": float(difference.mean()), "ci_low_mm": float(low),
+            "ci_high_mm": float(high)}
+
+
+def compare_command(args) -> None:
+    first = pd.read_csv(RESULTS / f"{args.a}.csv")
+    second = pd.read_csv(RESULTS / f"{args.b}.csv")
+    print(json.dumps(paired_difference(first, second), indent=1))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train a variant and predict val + test")
+    run.add_argument("name")
+    run.add_argument("--config", default=str(ROOT / "configs" / "hc18_best.toml"))
+    run.add_argument("--epochs", type=int, default=0)
+    run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    run.add_argument("--data", default=os.environ.get("FETALHC_HC18",
+                                                      str(ROOT.parent / "shared/data/hc18")))
+    run.set_defaults(handler=run_command)
+    compare = commands.add_parser("compare", help="paired bootstrap CI of two variants")
+    compare.add_argument("a")
+    compare.add_argument("b")
+    compare.set_defaults(handler=compare_command)
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

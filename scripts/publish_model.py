@@ -1,0 +1,91 @@
+"""Publish a finished run folder as a named model under ``models/<name>/`` (issue #19).
+
+Copies ``config.toml``, ``history.csv`` and ``metrics.json``, saves ``model.keras`` without
+its optimizer state (loaded with ``compile=False`` and saved again: a third of the size,
+the same weights), checks that the published model predicts exactly what the run's model
+predicts on a fixed random batch, refuses a file of 10 MB or more, and writes
+``provenance.json`` (source run, the command that trained it, both SHA-256 digests).
+
+    python scripts/publish_model.py runs/levers/base-e60 hc18-plain-mae \\
+        --command "python scripts/hc18_levers.py run base-e60 --epochs 60"
+
+Load it with ``fetalhc.models.pretrained("hc18-plain-mae")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT_BYTES = 10 * 1024 * 1024
+COPIED = ("config.toml", "history.csv", "metrics.json")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def publish(run: Path, name: str, command: str, overwrite: bool = False) -> Path:
+    import fetalhc
+    from fetalhc.files import write_json
+    from fetalhc.models.graph import hc_output_value
+
+    run = Path(run)
+    for required in ("model.keras", *COPIED):
+        if not (run / required).is_file():
+            raise SystemExit(f"{run} is not a finished run folder: {required} is missing")
+    destination = ROOT / "models" / name
+    if destination.exists() and not overwrite:
+        raise SystemExit(f"{destination} exists; pass --overwrite to replace it")
+    staging = destination.with_name(f".{name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for file_name in COPIED:
+        shutil.copy2(run / file_name, staging / file_name)
+    model = fetalhc.load_model(run / "model.keras")
+    model.save(staging / "model.keras")
+    published = fetalhc.load_model(staging / "model.keras")
+    batch = np.random.default_rng(0).normal(size=(4, *model.inputs[0].shape[1:]))
+    batch = batch.astype(np.float32)
+    before = np.asarray(hc_output_value(model(batch, training=False), model))
+    after = np.asarray(hc_output_value(published(batch, training=False), published))
+    if not np.array_equal(before, after):
+        raise SystemExit("the published model does not predict what the run's model predicts")
+    size = (staging / "model.keras").stat().st_size
+    if size >= LIMIT_BYTES:
+        raise SystemExit(f"the model file has {size} bytes, over the 10 MB limit")
+    write_json(staging / "provenance.json", {
+        "name": name,
+        "source_run": str(run),
+        "command": command,
+        "source_model_sha256": sha256(run / "model.keras"),
+        "model_sha256": sha256(staging / "model.keras"),
+        "model_bytes": size,
+        "published_by": "python scripts/publish_model.py " + " ".join(sys.argv[1:]),
+        "metrics": json.loads((run / "metrics.json").read_text()),
+    })
+    if destination.exists():
+        shutil.rmtree(destination)
+    staging.rename(destination)
+    return destination
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="finished run folder")
+    parser.add_argument("name", help="model name (folder under models/)")
+    parser.add_argument("--command", required=True, help="the command that trained the run")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    print(publish(args.run, args.name, args.command, args.overwrite))
+
+
+if __name__ == "__main__":
+    main()
