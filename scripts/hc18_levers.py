@@ -182,29 +182,55 @@ def run_command(args) -> None:
                                                    "median_epoch_seconds")}, indent=1))
 
 
-def paired_difference(first: pd.DataFrame, second: pd.DataFrame, n_boot: int = 10000,
-                      seed: int = 0) -> dict:
-    """Paired bootstrap of MAE(second) − MAE(first) in mm over the images both hold."""
+BOOTSTRAP_DRAWS = 10000  # resamples of the paired bootstrap (compare, and the model page)
+BOOTSTRAP_SEED = 0
+PREDICTION = "prediction (mm)"
+REFERENCE = "reference (mm)"
+
+
+def paired_difference(first: pd.DataFrame, second: pd.DataFrame,
+                      n_boot: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED,
+                      first_column: str = PREDICTION, second_column: str = PREDICTION) -> dict:
+    """Paired bootstrap of MAE(second) − MAE(first) in mm over the images both hold.
+
+    Images are matched on ``split`` and ``filename``; each file's absolute errors are
+    ``|column − reference (mm)|`` with its own column (``first_column``, ``second_column``;
+    default ``prediction (mm)``), and images where either error is not finite are left out.
+    The mean and 95 % percentile CI of the per-image differences come from
+    :func:`fetalhc.evaluate.stats.bootstrap_ci` (fixed seed). ``ValueError`` when a column is
+    missing or the files share no image.
+    """
+    from fetalhc.evaluate.stats import bootstrap_ci
+
     keys = ["split", "filename"]
-    merged = first.merge(second, on=keys, suffixes=(" a", " b"))
-    if len(merged) == 0:
-        raise SystemExit("the two result files share no image")
-    a = (merged["prediction (mm) a"] - merged["reference (mm) a"]).abs().to_numpy()
-    b = (merged["prediction (mm) b"] - merged["reference (mm) b"]).abs().to_numpy()
-    difference = b - a
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(difference), size=(n_boot, len(difference)))
-    means = difference[draws].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"n": int(len(difference)), "mae_a_mm": float(a.mean()), "mae_b_mm": float(b.mean()),
-            "difference_mm": float(difference.mean()), "ci_low_mm": float(low),
-            "ci_high_mm": float(high)}
+    sides = []
+    for frame, column, suffix in ((first, first_column, "a"), (second, second_column, "b")):
+        missing = [name for name in (*keys, REFERENCE, column) if name not in frame.columns]
+        if missing:
+            raise ValueError(f"result file {suffix} has no column {', '.join(missing)}")
+        sides.append(pd.DataFrame({
+            "split": frame["split"].to_numpy(), "filename": frame["filename"].to_numpy(),
+            f"error {suffix}": (pd.to_numeric(frame[column], errors="coerce")
+                                - pd.to_numeric(frame[REFERENCE], errors="coerce")).abs()}))
+    merged = sides[0].merge(sides[1], on=keys, validate="one_to_one")
+    a = merged["error a"].to_numpy(np.float64)
+    b = merged["error b"].to_numpy(np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if not keep.any():
+        raise ValueError("the two result files share no image with finite errors")
+    a, b = a[keep], b[keep]
+    difference, low, high, n = bootstrap_ci(b - a, confidence=0.95, n_boot=n_boot, seed=seed)
+    return {"n": n, "mae_a_mm": float(a.mean()), "mae_b_mm": float(b.mean()),
+            "difference_mm": difference, "ci_low_mm": low, "ci_high_mm": high}
 
 
 def compare_command(args) -> None:
     first = pd.read_csv(RESULTS / f"{args.a}.csv")
     second = pd.read_csv(RESULTS / f"{args.b}.csv")
-    print(json.dumps(paired_difference(first, second), indent=1))
+    try:
+        print(json.dumps(paired_difference(first, second), indent=1))
+    except ValueError as error:
+        raise SystemExit(f"{args.a} vs {args.b}: {error}") from None
 
 
 def main(argv=None) -> None:

@@ -92,16 +92,41 @@ def test_make_hc18_model_trains_then_leaves_a_finished_run_alone(tmp_path):
     second = subprocess.run(arguments, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "already trained" in second.stdout
 
-    # its report page (docs/hc18-model.md), here into a scratch docs folder
+    # its report page (docs/hc18-model.md) reads result files only: here the run, published
+    # into a scratch models/ folder, and its `fetalhc predict` output as the final folder
+    import json
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from fetalhc.cli.main import cli
+    from fetalhc.files import sha256_of_file
+
+    recipe = tomllib.loads((REPO / "docs" / "hc18-model" / "levers.toml").read_text())["recipe"]
+    model = tmp_path / "models" / recipe
+    model.mkdir(parents=True)
+    for name in ("config.toml", "history.csv", "metrics.json"):
+        shutil.copy2(run / name, model / name)
+    (model / "provenance.json").write_text(json.dumps(
+        {"command": "make hc18-model", "model_sha256": sha256_of_file(run / "model.keras")}))
+    final = tmp_path / "final"
+    predicted = CliRunner().invoke(cli, ["predict", "--model", str(run), "--data", str(data),
+                                         "--split", "test", "--out", str(final / "test.csv")])
+    assert predicted.exit_code == 0, predicted.output
     docs = tmp_path / "docs"
     report = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "hc18_model_report.py"), "--run", str(run),
-         "--data", str(data), "--compare", str(tmp_path / "no-comparison-runs"),
-         "--docs", str(docs)], capture_output=True, text=True, timeout=600)
+        [sys.executable, str(REPO / "scripts" / "hc18_model_report.py"), "--final", str(final),
+         "--models", str(tmp_path / "models"), "--docs", str(docs)],
+        capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-2000:]
     page = (docs / "hc18-model.md").read_text()
     assert (docs / "hc18-model" / "bland_altman.png").stat().st_size > 10_000
-    rows = [line for line in page.splitlines() if line.startswith("| test")]
-    assert len(rows) == 2  # without and with the four flips
-    mae_mm = [float(row.split("|")[3]) for row in rows]
+    assert "Development page" in page and str(tmp_path) not in page
+    assert "was not predicted by" not in page  # the final folder's model is the published one
+    final_section = page.split("## The final recipe")[1].split("\n## ")[0]
+    assert "make hc18-model" in final_section
+    rows = [line for line in final_section.splitlines() if line.startswith("| test | ")]
+    views = [row.split("|")[2].strip() for row in rows[:2]]
+    assert views == ["as predicted", "h-flip average"]
+    mae_mm = [float(row.split("|")[4]) for row in rows[:2]]
     assert all(np.isfinite(mae_mm)) and min(mae_mm) > 0
