@@ -118,8 +118,9 @@ def predict_variant(run: Path, data_dir: Path) -> pd.DataFrame:
     model = fetalhc.load_model(run / "model.keras")
     frames = []
     for split in SPLITS:
-        resolved = resolve_model_split(run, data_dir, split)
-        index = prediction_index(resolved.run.config, resolved.index)
+        resolved = resolve_model_split(run, data_dir, split, crop_runs=True)
+        index = prediction_index(resolved.run.config, resolved.index,
+                                 run_dir=resolved.run.run_dir)
         flags = reliability_flags(model, index, resolved.image_size,
                                   hc_range_mm=resolved.hc_range_mm)
         frame = pd.DataFrame({

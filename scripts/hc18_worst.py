@@ -74,7 +74,7 @@ def contact_sheet(table: pd.DataFrame, index: pd.DataFrame, count: int, path: Pa
     ellipses = annotation_ellipses(chosen)
     columns = 5
     lines = int(np.ceil(len(rows) / columns))
-    figure = Figure(figsize=(3.2 * columns, 2.5 * lines), dpi=80)
+    figure = Figure(figsize=(3.2 * columns, 2.5 * lines), dpi=60)
     for i, (row, ellipse) in enumerate(zip(rows.itertuples(index=False), ellipses,
                                            strict=True)):
         axis = figure.add_subplot(lines, columns, i + 1)

@@ -9,6 +9,14 @@ predicts on a fixed random batch, refuses a file of 10 MB or more, and writes
     python scripts/publish_model.py runs/levers/base-e60 hc18-plain-mae \\
         --command "python scripts/hc18_levers.py run base-e60 --epochs 60"
 
+A crop run (the measuring stage of localise-then-measure) needs its localiser published
+first: ``--localiser NAME`` names it; the published ``config.toml`` then records
+``[run] localiser_file = "../NAME/model.keras"`` (relative to the model's folder) after
+checking that NAME was published from the very localiser file the run used (SHA-256).
+
+    python scripts/publish_model.py runs/levers/crop-e200 hc18-recipe \
+        --localiser hc18-plain-mae --command "..."
+
 Load it with ``fetalhc.models.pretrained("hc18-plain-mae")``.
 """
 
@@ -32,7 +40,37 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def publish(run: Path, name: str, command: str, overwrite: bool = False) -> Path:
+def relink_localiser(config_path: Path, run: Path, localiser: str | None) -> dict:
+    """Point a published crop run's config at its published localiser; returns what the
+    provenance records. A whole-image run is left as it is (``localiser`` must be None)."""
+    import tomli_w
+
+    from fetalhc.training.config import read_toml
+    from fetalhc.training.setup import crop_margin_of, localiser_file
+
+    config = read_toml(config_path)
+    if crop_margin_of(config) <= 0:
+        if localiser:
+            raise SystemExit(f"{run} is a whole-image run: it has no localiser to relink")
+        return {}
+    if not localiser:
+        raise SystemExit(f"{run} is a crop run: publish its localiser first and name it with "
+                         "--localiser")
+    source = localiser_file(config, run)
+    published = ROOT / "models" / localiser
+    record = json.loads((published / "provenance.json").read_text())
+    if record.get("source_model_sha256") != sha256(source):
+        raise SystemExit(f"models/{localiser} was not published from {source}, the localiser "
+                         "this run used")
+    config["run"]["localiser_file"] = f"../{localiser}/model.keras"
+    config["data"]["localiser"] = f"../{localiser}"
+    config_path.write_bytes(tomli_w.dumps(config).encode())
+    return {"localiser": localiser, "localiser_source": str(source),
+            "localiser_source_sha256": record["source_model_sha256"]}
+
+
+def publish(run: Path, name: str, command: str, overwrite: bool = False,
+            localiser: str | None = None) -> Path:
     import fetalhc
     from fetalhc.files import write_json
     from fetalhc.models.graph import hc_output_value
@@ -49,6 +87,7 @@ def publish(run: Path, name: str, command: str, overwrite: bool = False) -> Path
     staging.mkdir(parents=True)
     for file_name in COPIED:
         shutil.copy2(run / file_name, staging / file_name)
+    relinked = relink_localiser(staging / "config.toml", run, localiser)
     model = fetalhc.load_model(run / "model.keras")
     model.save(staging / "model.keras")
     published = fetalhc.load_model(staging / "model.keras")
@@ -70,6 +109,7 @@ def publish(run: Path, name: str, command: str, overwrite: bool = False) -> Path
         "model_bytes": size,
         "published_by": "python scripts/publish_model.py " + " ".join(sys.argv[1:]),
         "metrics": json.loads((run / "metrics.json").read_text()),
+        **relinked,
     })
     if destination.exists():
         shutil.rmtree(destination)
@@ -82,9 +122,10 @@ def main(argv=None) -> None:
     parser.add_argument("run", type=Path, help="finished run folder")
     parser.add_argument("name", help="model name (folder under models/)")
     parser.add_argument("--command", required=True, help="the command that trained the run")
+    parser.add_argument("--localiser", help="published name of a crop run's localiser")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    print(publish(args.run, args.name, args.command, args.overwrite))
+    print(publish(args.run, args.name, args.command, args.overwrite, args.localiser))
 
 
 if __name__ == "__main__":

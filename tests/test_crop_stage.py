@@ -355,3 +355,47 @@ def test_crop_index_is_unused_by_whole_image_configs(index):
     cropped = hc_statistics(index, SIZE, MARGIN)
     assert cropped[0] > whole[0]  # the crop's pixels are smaller: more of them per HC
 
+
+
+def test_predict_runs_a_crop_run_on_its_localisers_crops_and_explain_refuses_it(
+        phantoms, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from fetalhc.cli.explain import explain_command
+    from fetalhc.cli.predict import predict_command
+
+    localiser = _constant_localiser(np.zeros(6))
+    localiser_file = tmp_path / "localiser.keras"
+    localiser.save(localiser_file)
+    config = {**CROP_RUN, "data": {**CROP_RUN["data"], "localiser": str(localiser_file),
+                                   "augment": False}}
+    run_dir = train(config, phantoms, tmp_path / "crop").run_dir
+    written = predict_command(run_dir, phantoms, "test", tmp_path / "pred" / "test.csv")
+    provenance = json.loads((tmp_path / "pred" / "test_provenance.json").read_text())
+    record = provenance.get("inputs", provenance)
+    text = json.dumps(record)
+    assert "crop_margin" in text  # the crop rule, not the letterbox one
+    assert "localiser" in text
+    table = pd.read_csv(tmp_path / "pred" / "test_per_image.csv")
+    assert len(table) == written["n"] and table["prediction (mm)"].notna().all()
+    with pytest.raises(ValueError, match="is a crop run .* only `fetalhc predict` runs it"):
+        explain_command(run_dir, phantoms, ["gradient"], tmp_path / "explain")
+    assert not (tmp_path / "explain").exists()
+
+
+def test_a_relative_recorded_localiser_is_taken_from_the_run_folder(tmp_path):
+    from fetalhc.training.setup import localiser_file
+
+    (tmp_path / "models" / "loc").mkdir(parents=True)
+    (tmp_path / "models" / "crop").mkdir()
+    (tmp_path / "models" / "loc" / "model.keras").write_bytes(b"x")
+    config = {"data": {"localiser": "../loc"}, "run": {"localiser_file": "../loc/model.keras"}}
+    found = localiser_file(config, tmp_path / "models" / "crop")
+    assert found == (tmp_path / "models" / "loc" / "model.keras").resolve()
+    absolute = {"run": {"localiser_file": str(found)}}
+    assert localiser_file(absolute, tmp_path / "elsewhere") == found
+    (tmp_path / "nowhere" / "crop").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="localiser"):
+        localiser_file(config, tmp_path / "nowhere" / "crop")

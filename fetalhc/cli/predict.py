@@ -40,18 +40,26 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     from fetalhc.models import check_input_size
     from fetalhc.report.predictions import check_prediction_request, predict_to_files
     from fetalhc.training import model_input_size, resolve_model_split
+    from fetalhc.training.setup import crop_margin_of, localiser_file, prediction_index
 
     check_prediction_request(out, split, batch_size=batch_size, image_size=image_size,
                              flip_threshold_mm=flip_threshold_mm)
-    resolved = resolve_model_split(model_path, data_dir, split)
+    resolved = resolve_model_split(model_path, data_dir, split, crop_runs=True)
     model_path, index, split = resolved.model_file, resolved.index, resolved.split
     model = fetalhc.load_model(model_path)
     image_size = image_size or resolved.image_size or model_input_size(model, model_path)
     check_input_size(model, image_size)
+    preprocessing, localiser = None, None
+    if resolved.run is not None and crop_margin_of(resolved.run.config) > 0:
+        localiser = localiser_file(resolved.run.config, resolved.run.run_dir)
+        index = prediction_index(resolved.run.config, index, batch_size=batch_size,
+                                 run_dir=resolved.run.run_dir)
+        preprocessing = resolved.run.config.get("preprocessing")
     return predict_to_files(model, index, image_size, out, split=split, tta=tta,
                             batch_size=batch_size, model_file=model_path,
                             info={"model": str(model_path), "data": str(data_dir)},
                             progress=progress, hc_range_mm=resolved.hc_range_mm,
+                            preprocessing=preprocessing, localiser_file=localiser,
                             flip_threshold_mm=flip_threshold_mm)
 
 

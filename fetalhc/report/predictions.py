@@ -99,12 +99,15 @@ def _flip_threshold(flip_threshold_mm: float | None) -> float:
 def prediction_provenance(model, index, image_size: int, *, split: str | None,
                           tta: bool = False, batch_size: int = 32, model_file=None,
                           info: dict | None = None, hc_range_mm=None,
-                          flip_threshold_mm: float | None = None) -> dict:
+                          flip_threshold_mm: float | None = None,
+                          preprocessing: dict | None = None, localiser_file=None) -> dict:
     """The provenance record of a prediction of the ``index`` rows (kind ``predict``); the
     model digest is that of ``model_file`` when given, else of the in-memory weights.
     ``reliability`` records what the flags depend on (flip threshold, training HC range,
     border tolerance; ``flip_threshold_mm=None``: the library default), ``tta_views`` the
-    views ``tta`` averages (an older record, of 4 flips, lacks it)."""
+    views ``tta`` averages (an older record, of 4 flips, lacks it). ``preprocessing``: the
+    run's own rule when it is not the letterbox one (a crop run's), and ``localiser_file``
+    the model that placed its crops (its digest is recorded)."""
     from fetalhc.data import PREPROCESSING
     from fetalhc.models.prediction import TTA_VIEWS
     from fetalhc.models.reliability import reliability_settings
@@ -114,7 +117,8 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
         "split": split,
         "index": index_digest(index),
         "image_keys": image_keys(index),
-        "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
+        "preprocessing": {"image_size": int(image_size), **(preprocessing or PREPROCESSING)},
+        **({"localiser": model_digest(localiser_file)} if localiser_file is not None else {}),
         "tta": bool(tta),
         "tta_views": list(TTA_VIEWS) if tta else ["identity"],
         "batch_size": int(batch_size),
@@ -125,7 +129,8 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
 def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
                      tta: bool = False, batch_size: int = 32, model_file=None,
                      info: dict | None = None, progress: bool = False, hc_range_mm=None,
-                     flip_threshold_mm: float | None = None) -> dict:
+                     flip_threshold_mm: float | None = None, preprocessing: dict | None = None,
+                     localiser_file=None) -> dict:
     """Predict HC (mm) for the ``index`` rows, flag them
     (:func:`fetalhc.models.reliability.flags_from_forward`: ``hc_range_mm`` = the training
     split's reference HC range or ``None`` = unknown; ``flip_threshold_mm``, ``None`` = the
@@ -136,7 +141,9 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
     ``tta``'s second view) and the ``ellipse`` output when the model has one. Checks
     ``out``, the settings and every image file (``fetalhc.data.check_images``, a one-line
     error naming a missing or truncated image) before anything is computed or written.
-    ``progress``: a bar counting images."""
+    ``progress``: a bar counting images. A crop run's ``index`` carries its localised
+    regions; ``preprocessing`` and ``localiser_file`` then go into the provenance
+    (:func:`prediction_provenance`)."""
     from tqdm.auto import tqdm
 
     from fetalhc.data import check_images
@@ -151,7 +158,8 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
     check_images(index, annotations=False)
     record = prediction_provenance(model, index, image_size, split=split, tta=tta,
                                    batch_size=batch_size, model_file=model_file, info=info,
-                                   hc_range_mm=hc_range, flip_threshold_mm=threshold)
+                                   hc_range_mm=hc_range, flip_threshold_mm=threshold,
+                                   preprocessing=preprocessing, localiser_file=localiser_file)
     with tqdm(total=len(index), desc="predict", unit="image", disable=not progress,
               leave=False) as bar:
         forward = forward_pass(model, index, image_size, batch_size, flipped=True,

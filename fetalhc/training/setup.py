@@ -48,16 +48,20 @@ def training_index(index: pd.DataFrame, crop_margin: float) -> pd.DataFrame:
     return reference_regions(index, crop_margin)
 
 
-def localiser_file(config: dict[str, Any]) -> Path | None:
+def localiser_file(config: dict[str, Any], run_dir=None) -> Path | None:
     """The model file of a crop run's localiser (``[data] localiser``: a run folder or a
     ``.keras`` file; a relative path is taken from the working directory, and a run's
-    ``[run] localiser_file`` records it absolute), or ``None`` when there is none.
-    ``FileNotFoundError`` naming the key when it is missing."""
+    ``[run] localiser_file`` records it absolute), or ``None`` when there is none. A
+    relative ``[run] localiser_file`` (a published model's, ``models/<name>/``) is taken
+    from ``run_dir``, the run folder holding the config. ``FileNotFoundError`` naming the
+    key when it is missing."""
     recorded = config.get("run", {}).get("localiser_file")
     given = recorded or config.get("data", {}).get("localiser", "")
     if not given:
         return None
     path = Path(given)
+    if recorded and not path.is_absolute() and run_dir is not None:
+        path = Path(run_dir) / path
     if path.is_dir():
         path = path / RUN_MODEL_FILE
     if not path.is_file():
@@ -67,19 +71,20 @@ def localiser_file(config: dict[str, Any]) -> Path | None:
 
 
 def prediction_index(config: dict[str, Any], index: pd.DataFrame, localiser=None,
-                     batch_size: int = 32) -> pd.DataFrame:
+                     batch_size: int = 32, run_dir=None) -> pd.DataFrame:
     """The rows a run's model predicts: ``index`` unchanged for a whole-image run; for a
     crop run (``[data] crop_margin > 0``) with the region columns of crops around the
     localiser's ellipses (``fetalhc.models.localise.localised_index``), never from the
     reference. ``localiser``: a loaded localiser model, or ``None`` for the run's
-    ``[data] localiser``; ``ValueError`` when a crop run has neither."""
+    (:func:`localiser_file`, ``run_dir`` = the run folder); ``ValueError`` when a crop run
+    has neither."""
     margin = crop_margin_of(config)
     if margin <= 0:
         return index
     from fetalhc.models import load_model, localised_index
 
     if localiser is None:
-        path = localiser_file(config)
+        path = localiser_file(config, run_dir)
         if path is None:
             raise ValueError("this crop run ([data] crop_margin > 0) has no [data] localiser: "
                              "give a stage-1 model with an 'ellipse' output to place its crops")

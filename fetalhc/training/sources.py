@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from fetalhc.training.run_folder import CONFIG_FILE, MODEL_FILE, Run, load_run, run_split_index
+from fetalhc.training.setup import crop_margin_of
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class ModelSplit:
 
 
 def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLike,
-                        split: str | None = None, *, whole_set: bool = False) -> ModelSplit:
+                        split: str | None = None, *, whole_set: bool = False,
+                        crop_runs: bool = False) -> ModelSplit:
     """``--model`` (a run folder, the ``model.keras`` inside one, or a bare ``.keras`` file)
     and ``--split`` → the model file and the index rows to work on, without loading the
     model (so a bad split fails at once).
@@ -41,7 +43,10 @@ def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLi
     With a run folder: ``train`` / ``val`` / ``test`` (the default) from the run's record,
     or ``challenge``. A bare model file has no record of what it trained on, so only
     ``challenge`` (the default). ``whole_set`` also allows ``all``, the whole training part
-    of ``data_dir``, and makes it a bare file's default. One-line errors otherwise."""
+    of ``data_dir``, and makes it a bare file's default. A crop run (the measuring stage of
+    localise-then-measure, ``[data] crop_margin > 0``) is refused unless ``crop_runs``: only
+    prediction places its crops (:func:`fetalhc.training.setup.prediction_index`) so far.
+    One-line errors otherwise."""
     from fetalhc.data import load_index
 
     path = Path(model_path)
@@ -57,6 +62,11 @@ def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLi
         if not model_file.is_file():
             raise FileNotFoundError(f"--model {path}: no such run folder or model file")
     run = load_run(model_file.parent) if (model_file.parent / CONFIG_FILE).is_file() else None
+    if run is not None and not crop_runs and crop_margin_of(run.config) > 0:
+        raise ValueError(
+            f"--model {path} is a crop run (it measures crops placed by its localiser, "
+            f"{run.config['data'].get('localiser') or 'none recorded'}): only `fetalhc predict` "
+            "runs it so far; explain or evaluate its localiser or a whole-image model")
     bare_splits = ("all", "challenge") if whole_set else ("challenge",)
     if run is None:
         split = split or bare_splits[0]
