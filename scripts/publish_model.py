@@ -17,7 +17,7 @@ checking that NAME was published from the very localiser file the run used (SHA-
     python scripts/publish_model.py runs/levers/crop-e200 hc18-recipe \
         --localiser hc18-plain-mae --command "..."
 
-Load it with ``fetalhc.models.pretrained("hc18-plain-mae")``.
+Load it with ``fetalhc.models.pretrained("hc18-plain-mae")`` (module fetalhc.models.shipped).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fetalhc.models import build_model
-from fetalhc.models.pretrained import (
+from fetalhc.models.shipped import (
     MODELS_ENV,
     available_pretrained,
     check_pretrained,

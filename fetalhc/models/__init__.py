@@ -25,6 +25,7 @@ from fetalhc.models.io import check_input_size, load_model
 from fetalhc.models.layers import GrayscaleAdapter, OutputAffine
 from fetalhc.models.localise import check_localiser, localised_index, predict_ellipses
 from fetalhc.models.prediction import predict_and_score, predict_hc_mm, prediction_table
+from fetalhc.models.shipped import available_pretrained, pretrained, pretrained_dir
 
 __all__ = [
     "BACKBONES",
@@ -34,6 +35,7 @@ __all__ = [
     "GrayscaleAdapter",
     "OutputAffine",
     "available_backbones",
+    "available_pretrained",
     "backbone_of",
     "build_model",
     "check_input_size",
@@ -48,6 +50,8 @@ __all__ = [
     "predict_ellipses",
     "predict_hc_mm",
     "prediction_table",
+    "pretrained",
+    "pretrained_dir",
     "standardise_ellipse",
     "unstandardise_ellipse",
 ]

@@ -67,7 +67,9 @@ def check_pretrained(name: str) -> dict:
 
 def pretrained(name: str, compile: bool = False):
     """Load a named model of :func:`available_pretrained`, e.g.
-    ``fetalhc.models.pretrained("hc18-plain-mae")`` (checked against its provenance)."""
+    ``fetalhc.models.pretrained("hc18-plain-mae")`` (checked against its provenance). A
+    crop model (the recipe's stage 2) needs its localiser's crops: run it with
+    ``fetalhc predict --model models/<name>``."""
     from fetalhc.models.io import load_model
 
     check_pretrained(name)
