@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ def publish(run: Path, name: str, command: str, overwrite: bool = False,
         "source_model_sha256": sha256(run / "model.keras"),
         "model_sha256": sha256(staging / "model.keras"),
         "model_bytes": size,
-        "published_by": "python scripts/publish_model.py " + " ".join(sys.argv[1:]),
+        "published_by": "python scripts/publish_model.py " + shlex.join(sys.argv[1:]),
         "metrics": json.loads((run / "metrics.json").read_text()),
         **relinked,
     })
