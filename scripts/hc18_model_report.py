@@ -335,8 +335,12 @@ def header_lines() -> list[str]:
         "## Command",
         "",
         "```",
-        "make hc18-model                        # fetalhc train --config configs/hc18_best.toml"
-        " --data $FETALHC_HC18 --out runs/hc18-best",
+        "make hc18-model                        # stage 1: fetalhc train --config configs/hc18_best.toml"
+        " --data $FETALHC_HC18 --out runs/hc18-best-localiser",
+        "                                       # stage 2: fetalhc train --config configs/hc18_crop.toml"
+        " --data $FETALHC_HC18 --out runs/hc18-best --set data.localiser=runs/hc18-best-localiser",
+        "fetalhc predict --model models/hc18-recipe --data $FETALHC_HC18 --split test"
+        " --out docs/hc18-model/final/test.csv   # the final section's numbers",
         "python scripts/hc18_model_report.py    # this page, from the result files",
         "```",
         "",
@@ -552,6 +556,26 @@ def recipe_lines(config: dict) -> list[str]:
     return lines
 
 
+def localiser_lines(config: dict, model_dir: Path, metrics: dict) -> list[str]:
+    """For a crop model: its published localiser (stage 1) and the two stages' training
+    time together, read from the localiser's ``metrics.json``; nothing otherwise."""
+    recorded = str(config.get("run", {}).get("localiser_file", ""))
+    if not recorded:
+        return []
+    localiser_dir = (model_dir / recorded).parent
+    path = localiser_dir / "metrics.json"
+    if recorded.startswith("/") or not path.is_file():
+        return [f"Its localiser (stage 1, `{recorded}`) is not a published model here, so "
+                "the time of both stages is unknown.", ""]
+    stage1 = json.loads(path.read_text()).get("train_seconds")
+    stage2 = metrics.get("train_seconds")
+    both = stage1 + stage2 if stage1 is not None and stage2 is not None else None
+    return [f"This is stage 2 of localise-then-measure; stage 1, its localiser, is "
+            f"`{shown(localiser_dir.resolve())}` (trained in {minutes(stage1)} min). Both "
+            f"stages together, as `make hc18-model` trains them: **{minutes(both)} min** "
+            "(the sum of the two runs' `train_seconds`).", ""]
+
+
 def final_section(settings: dict, final: Path, models: Path, docs: Path) -> list[str]:
     lines = ["## The final recipe", ""]
     figure = docs / "hc18-model" / FIGURE
@@ -590,6 +614,7 @@ def final_section(settings: dict, final: Path, models: Path, docs: Path) -> list
         f"{metrics.get('best_epoch', '–')}), median {number(epoch_seconds, 1)} s per epoch "
         "(`metrics.json`, `history.csv`).",
         "",
+        *localiser_lines(config, model_dir, metrics),
         "### Recipe (its `config.toml`)",
         "",
         *recipe_lines(config),
