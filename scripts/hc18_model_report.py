@@ -565,7 +565,8 @@ def localiser_lines(config: dict, model_dir: Path, metrics: dict) -> list[str]:
     localiser_dir = (model_dir / recorded).parent
     path = localiser_dir / "metrics.json"
     if recorded.startswith("/") or not path.is_file():
-        return [f"Its localiser (stage 1, `{recorded}`) is not a published model here, so "
+        return [f"Its localiser (stage 1, `{shown(Path(recorded))}`) is not a published "
+                "model here, so "
                 "the time of both stages is unknown.", ""]
     stage1 = json.loads(path.read_text()).get("train_seconds")
     stage2 = metrics.get("train_seconds")
