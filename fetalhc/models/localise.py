@@ -19,7 +19,7 @@ from fetalhc.data.crop import REGION_COLUMNS, clamp_regions, ellipse_regions, wi
 from fetalhc.data.pipeline import input_geometry
 from fetalhc.models.build import ELLIPSE_OUTPUT
 from fetalhc.models.ellipse_head import ellipse_from_output
-from fetalhc.models.graph import hc_output_value, output_names
+from fetalhc.models.graph import output_names
 
 DEFAULT_MARGIN = 1.25  # region side = 2 x margin x predicted semi-major axis
 MIN_REGION_SIDE_PX = 8  # a localiser's degenerate ellipse still gives a usable crop
@@ -66,7 +66,7 @@ def predict_ellipses(localiser_model, index: pd.DataFrame, image_size: int | Non
     are letterboxed as the localiser was trained, whatever region columns ``index`` has;
     the reference HC and the annotations are not read.
     """
-    from fetalhc.data import make_dataset
+    from fetalhc.models.prediction import forward_pass
 
     size = check_localiser(localiser_model)
     if image_size is not None and int(image_size) != size:
@@ -74,16 +74,10 @@ def predict_ellipses(localiser_model, index: pd.DataFrame, image_size: int | Non
                          f"image_size {image_size}")
     if len(index) == 0:
         raise ValueError("nothing to localise: the index is empty")
+    # letterboxed whole images: the region columns go; forward_pass blanks the reference HC
     blind = index.drop(columns=[c for c in REGION_COLUMNS if c in index.columns])
-    blind = blind.assign(hc_mm=np.nan)
-    dataset = make_dataset(blind, image_size=size, batch_size=batch_size, shuffle=False,
-                           augment=False, cache=False)
-    values = []
-    for batch in dataset:
-        outputs = localiser_model(batch["image"], training=False)
-        values.append(np.asarray(hc_output_value(outputs, localiser_model, ELLIPSE_OUTPUT),
-                                 dtype=np.float64).reshape(-1, 6))
-    letterboxed = ellipse_from_output(np.concatenate(values, axis=0), size)
+    values = forward_pass(localiser_model, blind, size, batch_size, ellipse=True).ellipse
+    letterboxed = ellipse_from_output(values, size)
     return _letterbox_to_original(letterboxed, index, size)
 
 
