@@ -85,15 +85,19 @@ def train_variant(name: str, config_path: Path, overrides: dict, data_dir: Path)
     resolved config is the requested one; returns the run folder."""
     import fetalhc
     from fetalhc.training.config import read_toml, resolve_config
+    from fetalhc.training.run_folder import resolve_split
 
     out = RUNS / name
     wanted = trained_sections(resolve_config(config_path, overrides=overrides))
     if (out / "config.toml").is_file():
-        stored = trained_sections(resolve_config(read_toml(out / "config.toml"),
-                                                 allow_resolved=True))
-        if stored != wanted:
+        recorded = resolve_config(read_toml(out / "config.toml"), allow_resolved=True)
+        if trained_sections(recorded) != wanted:
             raise SystemExit(f"{out} holds a run of another config; delete it or pick another "
                              "name")
+        if (Path(recorded["run"]["data_dir"]).resolve() != data_dir.resolve()
+                or resolve_split(recorded, data_dir) != recorded["split"]):
+            raise SystemExit(f"{out} was trained on other data or another split than "
+                             f"{data_dir}; delete it or pick another name")
         if (out / "metrics.json").is_file():
             return out
         fetalhc.train(config_path, data_dir, out, resume=True, overrides=overrides, verbose=2)
