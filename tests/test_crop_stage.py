@@ -299,6 +299,17 @@ def test_crop_run_with_a_localiser_is_scored_on_its_crops(phantoms, tmp_path):
     run = load_run(result.run_dir)
     assert run.config["run"]["localiser_file"] == str(localiser_file.resolve())
     assert result.metrics["crop"]["regions"] == f"localiser {localiser_file.resolve()}"
+    # it validated on the localiser's crops too: the val MAE that chose the kept epoch is
+    # the one metrics.json scores on them, not the reference crops' (perfect localisation)
+    from fetalhc.models import load_model, predict_and_score
+    from fetalhc.training.run_folder import run_split_index
+    from fetalhc.training.setup import training_index
+
+    monitored = result.history[run.config["run"]["monitor"]].iloc[0]
+    assert monitored == pytest.approx(result.metrics["val"]["mae_mm"], rel=1e-4)
+    reference_rows = training_index(run_split_index(run.config, phantoms, "val"), MARGIN)
+    _, on_reference = predict_and_score(load_model(result.model_path), reference_rows, SIZE)
+    assert abs(on_reference["mae_mm"] - monitored) > 1e-2
 
     from fetalhc.training.setup import prediction_index
 
@@ -320,6 +331,21 @@ def test_crop_run_with_a_localiser_is_scored_on_its_crops(phantoms, tmp_path):
         train({**config, "data": {**config["data"], "localiser": str(tmp_path / "none")}},
               phantoms, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_localiser_trained_on_the_runs_val_or_test_images_is_refused(phantoms, tmp_path):
+    stage1 = {**CROP_RUN, "data": {**CROP_RUN["data"], "crop_margin": 0.0, "split_seed": 1},
+              "model": {**CROP_RUN["model"], "aux_ellipse": True}}
+    localiser = train(stage1, phantoms, tmp_path / "stage1").run_dir
+    config = {**CROP_RUN, "data": {**CROP_RUN["data"], "localiser": str(localiser)}}
+    with pytest.raises(ValueError, match=r"was trained on \d+ image\(s\) of this run's "
+                                         r"(val|test) split"):
+        train(config, phantoms, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    # on the run's own split (same seed and fractions) it is accepted
+    same = {**config, "data": {**config["data"], "split_seed": 1}}
+    assert train(same, phantoms, tmp_path / "accepted").metrics["crop"]["regions"].startswith(
+        "localiser")
 
 
 @pytest.mark.parametrize("data, message", [

@@ -49,7 +49,7 @@ from fetalhc.training.run_folder import (
     start_run,
     write_metrics,
 )
-from fetalhc.training.setup import build_and_compile, fit_dataset
+from fetalhc.training.setup import build_and_compile, fit_dataset, validation_index
 from fetalhc.training.strategy import (
     make_strategy,
     scaled_batch_and_learning_rate,
@@ -192,7 +192,9 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     has_val = bool(config["split"].get("val"))
 
     train_index = run_split_index(config, data_dir, "train")
-    val_index = run_split_index(config, data_dir, "val") if has_val else None
+    # a crop run validates on its localiser's crops (loaded before the seed is set)
+    val_index = (validation_index(config, run_split_index(config, data_dir, "val"),
+                                  batch_size=global_batch) if has_val else None)
 
     keras.utils.set_random_seed(train_cfg["seed"])
     with strategy.scope():  # the model first: a config it cannot build creates no folder

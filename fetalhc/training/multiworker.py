@@ -49,7 +49,7 @@ from fetalhc.training.run_folder import (
     write_history,
     write_metrics,
 )
-from fetalhc.training.setup import build_and_compile, fit_dataset
+from fetalhc.training.setup import build_and_compile, fit_dataset, validation_index
 from fetalhc.training.strategy import (
     make_strategy,
     scaled_batch_and_learning_rate,
@@ -185,7 +185,8 @@ def train_multiworker(config: dict[str, Any], data_dir, out_dir, callbacks=(),
     split, monitor = config["split"], config["run"]["monitor"]
     has_val = bool(split.get("val"))
     train_index = run_split_index(config, data_dir, "train")
-    val_index = run_split_index(config, data_dir, "val") if has_val else None
+    val_index = (validation_index(config, run_split_index(config, data_dir, "val"),
+                                  batch_size=global_batch) if has_val else None)
 
     keras.utils.set_random_seed(train_cfg["seed"])
     with strategy.scope():

@@ -6,11 +6,14 @@ consume (targets packed by ``fetalhc.losses.pack_targets``, plus the standardise
 when the model has the auxiliary output); ``hc_statistics`` and ``monitor_name`` give the
 values a new run records in its config. Nothing here reads or writes the run folder.
 
-A crop run (``[data] crop_margin > 0``) trains and validates on crops around the
-REFERENCE ellipse (:func:`training_index`), so its validation MAE during training is that
-of perfect localisation (optimistic); a prediction places the crops with a localiser
-(``fetalhc.models.localise``): :func:`prediction_index` gives the rows a run's model
-predicts, :func:`localiser_file` where its localiser is.
+A crop run (``[data] crop_margin > 0``) trains on crops around the REFERENCE ellipse
+(:func:`training_index`; the augmentation's shifts and zooms stand in for a localiser's
+errors). It validates on the crops a prediction makes, around its localiser's ellipses
+(:func:`validation_index`), so the epoch it keeps is chosen on what ``predict`` will see;
+without a localiser it validates on reference crops (perfect localisation: optimistic).
+A prediction places the crops with the localiser (``fetalhc.models.localise``):
+:func:`prediction_index` gives the rows a run's model predicts, :func:`localiser_file`
+where its localiser is.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from fetalhc.models.ellipse_head import standardise_ellipse
 
 __all__ = ["build_and_compile", "crop_margin_of", "fit_dataset", "hc_statistics",
            "localiser_file", "monitor_name", "prediction_index", "standardise_ellipse",
-           "training_index"]
+           "training_index", "validation_index"]
 
 RUN_MODEL_FILE = "model.keras"  # the model of a run folder (run_folder.MODEL_FILE)
 
@@ -90,6 +93,18 @@ def prediction_index(config: dict[str, Any], index: pd.DataFrame, localiser=None
                              "give a stage-1 model with an 'ellipse' output to place its crops")
         localiser = load_model(path)
     return localised_index(localiser, index, None, margin, batch_size=batch_size)
+
+
+def validation_index(config: dict[str, Any], index: pd.DataFrame, run_dir=None,
+                     batch_size: int = 32) -> pd.DataFrame:
+    """The rows a run validates on while it trains: for a crop run with a localiser the
+    crops a prediction makes (:func:`prediction_index`), so the best epoch is chosen on
+    them; for one without a localiser reference crops (:func:`training_index`); whole
+    images unchanged."""
+    margin = crop_margin_of(config)
+    if margin > 0 and localiser_file(config, run_dir) is not None:
+        return prediction_index(config, index, batch_size=batch_size, run_dir=run_dir)
+    return training_index(index, margin)
 
 
 def hc_statistics(index: pd.DataFrame, image_size: int,
