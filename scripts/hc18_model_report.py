@@ -8,7 +8,11 @@ Reads result files only (no training, no prediction, no HC18 data):
 - ``docs/hc18-model/levers.toml``: the comparisons to show (``[[comparison]]`` with
   ``lever``, ``reference``, ``variant``, optional ``step``, ``reference_column`` and
   ``variant_column``), the lever run whose worst images to describe (``worst = "<name>"``)
-  and the final recipe's name (``recipe = "<name>"``);
+  and the final recipe's name (``recipe = "<name>"``); ``[[ensemble]]`` entries (``name``,
+  ``members``: lever run names, optional ``note``) are averaged and reported apart from the
+  single models;
+- ``docs/hc18-model/make-time.json`` (``scripts/hc18_make_time.py``): what ``make
+  hc18-model`` cost end to end;
 - ``docs/hc18-model/levers/<name>.csv`` and ``.json`` (``scripts/hc18_levers.py run``);
 - ``docs/hc18-model/worst/<name>.csv`` and ``.png`` (``scripts/hc18_worst.py``);
 - ``docs/hc18-model/final/`` (``fetalhc predict --model models/<recipe> --data $FETALHC_HC18
@@ -65,6 +69,8 @@ FLIPPED_COLUMNS = ("h-flipped prediction (mm)", "flipped prediction (mm)")  # le
 FLAGGED = "flagged"
 COMPARISON_KEYS = {"step", "lever", "reference", "variant", "reference_column",
                    "variant_column"}
+ENSEMBLE_KEYS = {"name", "members", "note"}
+MAKE_TIME = "make-time.json"  # scripts/hc18_make_time.py's result, in docs/hc18-model/
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -165,6 +171,16 @@ def read_levers_toml(path: Path) -> dict:
             raise SystemExit(f"{shown(path)}: comparison {position} "
                              + (f"lacks {', '.join(sorted(missing))}" if missing else
                                 f"has unknown keys {', '.join(sorted(unknown))}"))
+    for position, entry in enumerate(settings.get("ensemble", []), start=1):
+        missing = {"name", "members"} - set(entry)
+        unknown = set(entry) - ENSEMBLE_KEYS
+        if missing or unknown:
+            raise SystemExit(f"{shown(path)}: ensemble {position} "
+                             + (f"lacks {', '.join(sorted(missing))}" if missing else
+                                f"has unknown keys {', '.join(sorted(unknown))}"))
+        if not isinstance(entry["members"], list) or len(entry["members"]) < 2:
+            raise SystemExit(f"{shown(path)}: ensemble {position} needs a list of at least "
+                             "two members")
     return settings
 
 
@@ -436,6 +452,97 @@ def levers_section(settings: dict, levers: Levers, toml_path: Path) -> tuple[lis
         lines.append(f"- `{name}`: `{record.get('command', '–')}`")
     lines.append("")
     return lines, configs
+
+
+def ensemble_frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The mean prediction of ``frames`` (lever result files) on the images all of them
+    hold (matched on split and filename), with the first file's reference."""
+    keys = ["split", "filename"]
+    merged = frames[0][[*keys, REFERENCE, PREDICTION]].rename(columns={PREDICTION: "p0"})
+    for position, frame in enumerate(frames[1:], start=1):
+        merged = merged.merge(frame[[*keys, PREDICTION]].rename(
+            columns={PREDICTION: f"p{position}"}), on=keys, validate="one_to_one")
+    columns = [f"p{position}" for position in range(len(frames))]
+    values = merged[columns].apply(pd.to_numeric, errors="coerce")
+    return merged[[*keys, REFERENCE]].assign(**{PREDICTION: values.mean(axis=1)})
+
+
+def ensembles_section(settings: dict, levers: Levers) -> list[str]:
+    entries = settings.get("ensemble", [])
+    if not entries:
+        return []
+    lines = ["## Ensembles (reported apart from single models)", "",
+             "The mean prediction of the members, on the images all members' result files "
+             "hold, against the member with the lowest MAE on those images (paired, as "
+             "above). An ensemble costs every member's training and prediction; the single "
+             "models above are what the recipe ships.", ""]
+    rows, skipped = [], []
+    for entry in entries:
+        members = [str(name) for name in entry["members"]]
+        frames = [levers.frame(name) for name in members]
+        absent = [name for name, frame in zip(members, frames, strict=True) if frame is None]
+        if absent:
+            skipped.append(f"`{entry['name']}`: no `{'`, `'.join(f'{n}.csv' for n in absent)}`")
+            continue
+        ensemble = ensemble_frame(frames)
+        shared = ensemble[["split", "filename"]]
+        singles = []
+        for name, frame in zip(members, frames, strict=True):
+            on_shared = frame.merge(shared, on=["split", "filename"])
+            error = (pd.to_numeric(on_shared[PREDICTION], errors="coerce")
+                     - pd.to_numeric(on_shared[REFERENCE], errors="coerce")).abs().mean()
+            singles.append((float(error), name, on_shared))
+        best_mae, best_name, best_frame = min(singles, key=lambda item: item[0])
+        result, why = compare(best_frame, ensemble)
+        if result is None:
+            skipped.append(f"`{entry['name']}`: {why}")
+            continue
+        rows.append([entry["name"], ", ".join(members), entry.get("note", "–"), result["n"],
+                     best_name, number(result["mae_a_mm"]), number(result["mae_b_mm"]),
+                     number(result["difference_mm"]),
+                     interval(result["ci_low_mm"], result["ci_high_mm"]), reading(result)])
+    if rows:
+        lines += table(["ensemble", "members", "note", "n", "best member", "MAE best member (mm)",
+                        "MAE ensemble (mm)", "difference (mm)", "95 % CI (mm)", "reading"],
+                       rows)
+        lines.append("")
+    if skipped:
+        lines += ["Not computed (missing results):", "", *[f"- {note}" for note in skipped], ""]
+    return lines
+
+
+def make_time_section(results: Path) -> list[str]:
+    path = results / MAKE_TIME
+    lines = ["## What `make hc18-model` costs", ""]
+    record = read_json(path)
+    if record is None:
+        return lines + [f"Not measured yet: no `{shown(path)}` (`python scripts/"
+                        "hc18_make_time.py --run runs/NAME` writes it).", ""]
+    samples = [value for value in record.get("load_1min_samples", []) if finite(value)]
+    stages = record.get("stages", {})
+    rows = [[name, stage.get("epochs_run", "–"), stage.get("best_epoch", "–"),
+             minutes(stage.get("train_seconds")), number(stage.get("val_mae_mm")),
+             number(stage.get("test_mae_mm"))] for name, stage in stages.items()]
+    lines += [
+        f"`{record.get('make_command', '–')}` from a state with neither stage trained, timed "
+        f"by `{record.get('command', '–')}` (`{shown(path)}`):",
+        "",
+        f"- wall time **{minutes(record.get('wall_seconds'))} min** on "
+        f"{record.get('cores', '–')} cores (goal: at most 120 min);",
+        f"- CPU time of make and all it started {minutes(record.get('cpu_seconds'))} min, "
+        f"{number(record.get('cpu_per_wall'))} CPU-seconds per second of wall time;",
+        f"- 1-minute load average {number(record.get('load_1min_before'))} before the start, "
+        + (f"median {number(float(np.median(samples)))} and maximum "
+           f"{number(float(np.max(samples)))} over {len(samples)} samples during the run "
+           "(the training alone keeps it near the number of cores; more means something else "
+           "ran)." if samples else "no samples during the run."),
+        "",
+    ]
+    if rows:
+        lines += table(["stage", "epochs", "best epoch", "train time (min)", "val MAE (mm)",
+                        "test MAE (mm)"], rows)
+        lines.append("")
+    return lines
 
 
 def splits_of(frame: pd.DataFrame) -> str:
@@ -733,7 +840,8 @@ def build_page(results: Path, final: Path, models: Path, docs: Path) -> str:
                "repository, shown below under the repository's names; do not commit it.",
                ""] if outside else []
     lines = [*header_lines(), *warning, *weights_line(configs), *published_line(), *lever_lines,
-             *worst_section(settings, results), *final_section(settings, final, models, docs),
+             *ensembles_section(settings, levers), *worst_section(settings, results),
+             *final_section(settings, final, models, docs), *make_time_section(results),
              *models_section(models)]
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -189,3 +189,47 @@ def test_number_formats(report):
     assert report.number(pd.NA) == "–" and report.number(np.float64(2)) == "2.00"
     assert report.interval(-0.1234, 0.5) == "[-0.12, 0.50]"
     assert report.minutes(90.0) == "1.5" and report.minutes(None) == "–"
+
+
+def test_ensemble_is_the_mean_prediction_against_its_best_member(report, tmp_path):
+    """Two members err +2 and −2 mm on every image: their mean is exact, and the best member
+    (MAE 2, the first of equals) is beaten by exactly 2 mm."""
+    results = tmp_path / "results"
+    (results / "levers").mkdir(parents=True)
+    _frame([102.0, 202.0, 302.0], [100.0, 200.0, 300.0]).to_csv(
+        results / "levers" / "high.csv", index=False)
+    _frame([98.0, 198.0, 298.0], [100.0, 200.0, 300.0]).to_csv(
+        results / "levers" / "low.csv", index=False)
+    mean = report.ensemble_frame([pd.read_csv(results / "levers" / name)
+                                  for name in ("high.csv", "low.csv")])
+    assert mean["prediction (mm)"].tolist() == [100.0, 200.0, 300.0]
+    (results / "levers.toml").write_text(
+        '[[ensemble]]\nname = "pair"\nmembers = ["high", "low"]\nnote = "two"\n'
+        '[[ensemble]]\nname = "lost"\nmembers = ["high", "gone"]\n')
+    docs = tmp_path / "docs"
+    assert report.main(["--results", str(results), "--models", str(tmp_path / "models"),
+                        "--docs", str(docs)]) == 0
+    page = (docs / "hc18-model.md").read_text()
+    assert ("| pair | high, low | two | 3 | high | 2.00 | 0.00 | -2.00 | [-2.00, -2.00] | "
+            "variant better |") in page
+    assert "`lost`: no `gone.csv`" in page
+    (results / "levers.toml").write_text('[[ensemble]]\nname = "one"\nmembers = ["high"]\n')
+    with pytest.raises(SystemExit, match="at least two members"):
+        report.read_levers_toml(results / "levers.toml")
+
+
+def test_make_time_section_reads_its_result_file(report, tmp_path):
+    assert "Not measured yet" in "\n".join(report.make_time_section(tmp_path))
+    record = {"command": "python scripts/hc18_make_time.py --run runs/x",
+              "make_command": "make hc18-model HC18_RUN=runs/x", "wall_seconds": 3600.0,
+              "cpu_seconds": 6600.0, "cpu_per_wall": 6600.0 / 3600.0, "cores": 2,
+              "load_1min_before": 0.1, "load_1min_samples": [1.9, 2.1, 2.5],
+              "stages": {"localiser": {"epochs_run": 200, "best_epoch": 180,
+                                       "train_seconds": 1800.0, "val_mae_mm": 3.0,
+                                       "test_mae_mm": 3.5}}}
+    (tmp_path / "make-time.json").write_text(json.dumps(record))
+    text = "\n".join(report.make_time_section(tmp_path))
+    assert "wall time **60.0 min** on 2 cores" in text
+    assert "1.83 CPU-seconds per second" in text
+    assert "median 2.10 and maximum 2.50 over 3 samples" in text
+    assert "| localiser | 200 | 180 | 30.0 | 3.00 | 3.50 |" in text
