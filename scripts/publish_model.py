@@ -41,7 +41,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def relink_localiser(config_path: Path, run: Path, localiser: str | None) -> dict:
+def relink_localiser(config_path: Path, run: Path, localiser: str | None,
+                     models_root: Path | None = None) -> dict:
     """Point a published crop run's config at its published localiser; returns what the
     provenance records. A whole-image run is left as it is (``localiser`` must be None)."""
     import tomli_w
@@ -58,7 +59,10 @@ def relink_localiser(config_path: Path, run: Path, localiser: str | None) -> dic
         raise SystemExit(f"{run} is a crop run: publish its localiser first and name it with "
                          "--localiser")
     source = localiser_file(config, run)
-    published = ROOT / "models" / localiser
+    published = (models_root or ROOT / "models") / localiser
+    if not (published / "provenance.json").is_file():
+        raise SystemExit(f"no published model {localiser!r} in {published.parent} (publish "
+                         "the localiser first)")
     record = json.loads((published / "provenance.json").read_text())
     if record.get("source_model_sha256") != sha256(source):
         raise SystemExit(f"models/{localiser} was not published from {source}, the localiser "
@@ -70,25 +74,13 @@ def relink_localiser(config_path: Path, run: Path, localiser: str | None) -> dic
             "localiser_source_sha256": record["source_model_sha256"]}
 
 
-def publish(run: Path, name: str, command: str, overwrite: bool = False,
-            localiser: str | None = None) -> Path:
+def _save_checked(run: Path, staging: Path) -> int:
+    """Save the run's model without its optimizer into ``staging``, check it predicts what
+    the run's model predicts on a fixed random batch and is under the size limit; returns
+    its size in bytes."""
     import fetalhc
-    from fetalhc.files import write_json
     from fetalhc.models.graph import hc_output_value
 
-    run = Path(run)
-    for required in ("model.keras", *COPIED):
-        if not (run / required).is_file():
-            raise SystemExit(f"{run} is not a finished run folder: {required} is missing")
-    destination = ROOT / "models" / name
-    if destination.exists() and not overwrite:
-        raise SystemExit(f"{destination} exists; pass --overwrite to replace it")
-    staging = destination.with_name(f".{name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for file_name in COPIED:
-        shutil.copy2(run / file_name, staging / file_name)
-    relinked = relink_localiser(staging / "config.toml", run, localiser)
     model = fetalhc.load_model(run / "model.keras")
     model.save(staging / "model.keras")
     published = fetalhc.load_model(staging / "model.keras")
@@ -101,6 +93,37 @@ def publish(run: Path, name: str, command: str, overwrite: bool = False,
     size = (staging / "model.keras").stat().st_size
     if size >= LIMIT_BYTES:
         raise SystemExit(f"the model file has {size} bytes, over the 10 MB limit")
+    return size
+
+
+def publish(run: Path, name: str, command: str, overwrite: bool = False,
+            localiser: str | None = None, models_root: Path | None = None) -> Path:
+    """Publish ``run`` as ``<models_root>/<name>/`` (default the repository's ``models/``);
+    returns the folder. ``SystemExit`` with one line for an unfinished run, an existing
+    name without ``overwrite``, a crop run without its published ``localiser`` (or with
+    another one), a whole-image run given a localiser, a changed prediction or a file of
+    10 MB or more; nothing is left behind then."""
+    from fetalhc.files import write_json
+
+    run = Path(run)
+    for required in ("model.keras", *COPIED):
+        if not (run / required).is_file():
+            raise SystemExit(f"{run} is not a finished run folder: {required} is missing")
+    models_root = Path(models_root) if models_root is not None else ROOT / "models"
+    destination = models_root / name
+    if destination.exists() and not overwrite:
+        raise SystemExit(f"{destination} exists; pass --overwrite to replace it")
+    staging = destination.with_name(f".{name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for file_name in COPIED:
+        shutil.copy2(run / file_name, staging / file_name)
+    try:
+        relinked = relink_localiser(staging / "config.toml", run, localiser, models_root)
+        size = _save_checked(run, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     write_json(staging / "provenance.json", {
         "name": name,
         "source_run": str(run),
@@ -125,8 +148,11 @@ def main(argv=None) -> None:
     parser.add_argument("--command", required=True, help="the command that trained the run")
     parser.add_argument("--localiser", help="published name of a crop run's localiser")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="folder of published models (default: the repository's models/)")
     args = parser.parse_args(argv)
-    print(publish(args.run, args.name, args.command, args.overwrite, args.localiser))
+    print(publish(args.run, args.name, args.command, args.overwrite, args.localiser,
+                  args.models))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,20 @@ def test_content_box_excludes_the_padding_and_border_flag():
     assert ellipse_at_border(np.full((1, 6), np.nan), boxes[:1], SIZE).tolist() == [True]
 
 
+def test_content_box_of_a_crop_is_the_part_that_shows_the_image():
+    """A crop run's border is the image's edge inside the crop, not the crop's square. A
+    100 px region centred at x = 10 of a 320 x 216 image covers columns -40 .. 59: its
+    first 40 px (12.8 -> 13 input px at 32 / 100) lie outside the image."""
+    index = pd.DataFrame({"width_px": [320, 320], "height_px": [216, 216],
+                          "region_cx_px": [10, 160], "region_cy_px": [108, 108],
+                          "region_side_px": [100, 100]})
+    boxes = content_boxes(index, SIZE)
+    np.testing.assert_allclose(boxes, [[12.5, -0.5, 31.5, 31.5], [-0.5, -0.5, 31.5, 31.5]])
+    centred = standardised(16.0, 16.0, 8.0, 8.0, 0.0)  # spans x 8 .. 24 input px
+    assert ellipse_at_border(np.stack([centred, centred]), boxes, SIZE).tolist() == [True,
+                                                                                     False]
+
+
 def test_border_flag_of_a_constant_ellipse_output(index):
     assert set(zip(index["width_px"], index["height_px"], strict=True)) == {(320, 216)}
     inside = reliability_flags(linear_model(INSIDE), index, SIZE)
