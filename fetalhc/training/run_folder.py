@@ -18,7 +18,7 @@ Every file here is written through :mod:`fetalhc.files` (``model.keras`` by
 A crop run (``[data] crop_margin > 0``) records the crop pre-processing and its HC
 statistics in crop input px, and is validated and scored on its localiser's crops (else on
 reference crops, optimistic; see ``fetalhc.training.setup.validation_index``); a localiser
-trained on the run's val or test images is refused (:func:`check_localiser_split`).
+trained on the run's val or test images is refused (``setup.check_localiser_split``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from fetalhc.training.config import (
 )
 from fetalhc.training.setup import (
     augmentation_of,
+    check_localiser_split,
     crop_margin_of,
     hc_statistics,
     localiser_file,
@@ -226,26 +227,6 @@ def check_training_data(config: dict[str, Any], data_dir, out_dir=None,
         path = localiser_file(config)
         check_localiser(load_model(path))
         check_localiser_split(path, split)
-
-
-def check_localiser_split(localiser: Path, split: dict[str, Any]) -> None:
-    """``ValueError`` when the localiser ``localiser`` (a model file) was trained on an image
-    of this run's val or test split, as its run folder's ``config.toml`` records: its
-    crops there would be better than a prediction's, and the validation or test MAE
-    optimistic. A localiser without a run folder config is not checked."""
-    config_path = Path(localiser).parent / CONFIG_FILE
-    if not config_path.is_file():
-        return
-    trained = set(resolve_config(config_path, allow_resolved=True)
-                  .get("split", {}).get("train", []))
-    for part in ("val", "test"):
-        leaked = sorted(trained & set(split.get(part, [])))
-        if leaked:
-            raise ValueError(
-                f"[data] localiser {config_path.parent} was trained on {len(leaked)} image(s) "
-                f"of this run's {part} split, e.g. {leaked[0]}: its crops there would be "
-                "optimistic; train the localiser on the same split (same [data] split_seed "
-                "and fractions)")
 
 
 def plan_run(config: dict[str, Any], data_dir: Path, out_dir: Path, resume: bool,

@@ -28,11 +28,12 @@ from fetalhc.data.crop import REGION_COLUMNS, input_pixel_size_mm
 from fetalhc.models import ELLIPSE_OUTPUT, HC_OUTPUT
 from fetalhc.models.ellipse_head import standardise_ellipse
 
-__all__ = ["build_and_compile", "crop_margin_of", "fit_dataset", "hc_statistics",
+__all__ = ["build_and_compile", "check_localiser_split", "crop_margin_of", "fit_dataset", "hc_statistics",
            "localiser_file", "monitor_name", "prediction_index", "standardise_ellipse",
            "training_index", "validation_index"]
 
 RUN_MODEL_FILE = "model.keras"  # the model of a run folder (run_folder.MODEL_FILE)
+RUN_CONFIG_FILE = "config.toml"  # its config (run_folder.CONFIG_FILE)
 
 
 def crop_margin_of(config: dict[str, Any]) -> float:
@@ -71,6 +72,28 @@ def localiser_file(config: dict[str, Any], run_dir=None) -> Path | None:
         raise FileNotFoundError(f"[data] localiser {given}: no such run folder (with a "
                                 f"{RUN_MODEL_FILE}) or model file")
     return path.resolve()
+
+
+def check_localiser_split(localiser: Path, split: dict[str, Any]) -> None:
+    """``ValueError`` when the localiser ``localiser`` (a model file) was trained on an image
+    of this run's val or test split, as its run folder's ``config.toml`` records: its
+    crops there would be better than a prediction's, and the validation or test MAE
+    optimistic. A localiser without a run folder config is not checked."""
+    config_path = Path(localiser).parent / RUN_CONFIG_FILE
+    if not config_path.is_file():
+        return
+    from fetalhc.training.config import resolve_config
+
+    trained = set(resolve_config(config_path, allow_resolved=True)
+                  .get("split", {}).get("train", []))
+    for part in ("val", "test"):
+        leaked = sorted(trained & set(split.get(part, [])))
+        if leaked:
+            raise ValueError(
+                f"[data] localiser {config_path.parent} was trained on {len(leaked)} image(s) "
+                f"of this run's {part} split, e.g. {leaked[0]}: its crops there would be "
+                "optimistic; train the localiser on the same split (same [data] split_seed "
+                "and fractions)")
 
 
 def prediction_index(config: dict[str, Any], index: pd.DataFrame, localiser=None,
