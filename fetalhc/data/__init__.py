@@ -39,6 +39,7 @@ from fetalhc.data.pipeline import (
     rasterise_outline,
     reference_regions,
 )
+from fetalhc.data.shortcut import shortcut_phantoms, write_shortcut_dataset
 from fetalhc.data.splits import kfold_split, split_index
 
 __all__ = [
@@ -72,4 +73,6 @@ __all__ = [
     "split_index",
     "with_regions",
     "write_phantom_dataset",
+    "shortcut_phantoms",
+    "write_shortcut_dataset",
 ]

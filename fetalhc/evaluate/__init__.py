@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
                      "EvaluationSettings", "check_paper_input", "parse_metrics"), "settings"),
     **dict.fromkeys(("DeletionCurves", "deletion_insertion"), "deletion"),
     **dict.fromkeys(("BatchedForward", "cast_model"), "forward"),
+    **dict.fromkeys(("CueComparison", "InterventionResult", "MarkerRelevance",
+                     "ShortcutInputs", "cue_influence", "intervention_check",
+                     "marker_relevance", "prepare_shortcut_inputs"), "groundtruth"),
     **dict.fromkeys(("contour_distance_mm", "head_mask", "localisation_scores"),
                     "localisation"),
     **dict.fromkeys(("PerturbationCurves", "pixel_size_original", "region_perturbation"),
@@ -35,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("MethodEvaluation", "evaluate_maps", "mean_curves", "metric_columns",
                      "summary_table", "wide_table"), "suite"),
 }
-_SUBMODULES = ("deletion", "forward", "inputs", "localisation", "perturbation",
+_SUBMODULES = ("deletion", "forward", "groundtruth", "inputs", "localisation", "perturbation",
                "randomisation", "regions", "settings", "stats", "suite")
 
 __all__ = [
@@ -48,6 +51,8 @@ __all__ = [
     "head_mask", "layers_top_down", "localisation_scores", "make_grid", "pixel_size_original",
     "randomised_models", "region_perturbation", "replacement_images", "spearman_per_image",
     "ssim_per_image", "summarise",
+    "CueComparison", "InterventionResult", "MarkerRelevance", "ShortcutInputs",
+    "cue_influence", "intervention_check", "marker_relevance", "prepare_shortcut_inputs",
 ]
 
 
