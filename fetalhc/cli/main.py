@@ -32,6 +32,7 @@ COMMAND_MODULES: dict[str, str] = {
     "evaluate": "fetalhc.cli.evaluate",
     "demo": "fetalhc.cli.demo",
     "merge": "fetalhc.cli.merge",
+    "study": "fetalhc.cli.study",
 }
 
 # Exceptions the library raises for mistakes in the user's input. KeyError is not one of

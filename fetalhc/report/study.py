@@ -1,0 +1,600 @@
+"""The explainability study as a library: every method of every model explained, scored
+with the seed paper's protocol and a richer one, and one page comparing them with the paper.
+
+:func:`run_study` takes already-resolved models (:class:`StudyModel`; the command line
+resolves run folders) and writes ``<out>/provenance.json`` (the options), per model
+``models/<name>/``: ``provenance.json``, ``steps.json`` (finished steps), ``explain/``
+(:func:`~fetalhc.report.explanations.write_explanations`), ``maps/`` (``stack_maps``),
+``evaluate-<protocol>/`` (:func:`~fetalhc.report.evaluation.write_evaluation`); then
+``tables/*.csv`` and ``study.json`` (:func:`collect`: every table the page quotes),
+``figures/*.png`` and ``study.md`` (:func:`write_page`, from ``tables/`` and ``study.json``
+alone, deterministic).
+
+Re-runs: the study's and each model's record (model file digest, split, index digest,
+methods, target, images, protocol settings) are checked before any work
+(:func:`fetalhc.report.provenance.check_folder`): the same record resumes, and a step whose
+folder record is unchanged since it finished is skipped; another record is refused in one
+line naming the first differing field, unless ``overwrite`` recomputes the study. An
+unfinished step resumes inside the explain / evaluate writers (finished batches and methods
+are reused), so a resumed study equals an uninterrupted one.
+
+One job in one module (over 400 lines): the steps, the tables they feed and the page that
+quotes them share one file layout and one set of column names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fetalhc.data import check_images
+from fetalhc.evaluate.settings import POSITIVE_INT, require_range, split_list
+from fetalhc.files import markdown_table, write_csv, write_json, write_text
+from fetalhc.report.evaluation import check_annotations, write_evaluation
+from fetalhc.report.explanations import (
+    check_model,
+    check_request,
+    stack_maps,
+    write_explanations,
+)
+from fetalhc.report.provenance import (
+    check_folder,
+    image_keys,
+    index_digest,
+    make_provenance,
+    model_digest,
+    plain_options,
+    read_provenance,
+    write_provenance,
+)
+
+PROTOCOLS = ("paper", "rich")
+PROTOCOL_METRICS = {"paper": ("aopc",), "rich": ("aopc", "deletion", "insertion",
+                                                 "localisation", "randomisation")}
+# the paper's region perturbation, spelt out (``--protocol paper`` needs 128 px inputs)
+PAPER_SETTINGS = {"grid": 4, "steps": 15, "regions_per_step": 1, "perturbation": "noise",
+                  "noise_sd": 0.3, "aggregation": "mean", "recompute": False}
+# the richer AOPC: 8 x 8 regions four at a time, as many forward passes as the paper's
+RICH_SETTINGS = {**PAPER_SETTINGS, "grid": 8, "regions_per_step": 4}
+TARGET = "hc_mm"
+STEPS_FILE, STUDY_FILE, PAGE_FILE = "steps.json", "study.json", "study.md"
+# settings.json keys that name inputs, not settings (paths stay out of the tables)
+INPUT_KEYS = ("model", "data", "filenames", "methods", "limit", "maps", "split")
+AOPC_PX, AOPC_MM = "aopc_morf_abs_error_px_original", "aopc_morf_abs_error_mm"
+METRIC_TITLES = {
+    AOPC_MM: "AOPC MoRF of |error|", AOPC_PX: "AOPC MoRF of |error|, the paper's unit",
+    "aopc_lerf_abs_error_mm": "AOPC LeRF of |error|",
+    "aopc_random_abs_error_mm": "AOPC random order of |error|",
+    "aopc_morf_shift_mm": "AOPC MoRF of the shift from the unperturbed HC",
+    "deletion_auc_abs_error_mm": "Deletion area of |error| (larger = better)",
+    "insertion_auc_abs_error_mm": "Insertion area of |error| (smaller = better)",
+    "band_ratio": "Contour-band ratio (positive relevance near the contour; 1 = chance)",
+    "top_distance_mm": "Distance of the top pixels to the contour (smaller = closer)",
+}
+# the evaluations' own figures the page links to: (protocol, file stem)
+EVALUATION_FIGURES = (
+    ("paper", "perturbation_abs_error_px_original"), ("rich", "perturbation_abs_error_mm"),
+    ("rich", "deletion_insertion_abs_error_mm"), ("rich", "localisation_band_ratio"),
+    ("paper", "error_split_aopc_morf_abs_error_mm"))
+PAGE_METRICS = {"paper": (AOPC_MM, AOPC_PX, "aopc_lerf_abs_error_mm",
+                          "aopc_random_abs_error_mm", "aopc_morf_shift_mm"),
+                "rich": (AOPC_MM, "aopc_lerf_abs_error_mm", "aopc_random_abs_error_mm",
+                         "deletion_auc_abs_error_mm", "insertion_auc_abs_error_mm",
+                         "band_ratio", "top_distance_mm")}
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """One model: ``name`` (``<out>/models/<name>``), the Keras ``model``, the ``index``
+    rows of its ``split``, its input ``image_size``; ``model_file`` (digested, else the
+    weights are), ``hc_range_mm`` (for the reliability flags), ``description`` (models-table
+    columns, :func:`run_description`), ``source`` (paths, recorded as ``info`` only)."""
+
+    name: str
+    model: Any = field(repr=False)
+    index: pd.DataFrame = field(repr=False)
+    image_size: int
+    split: str = "test"
+    model_file: Path | None = None
+    hc_range_mm: tuple[float, float] | None = None
+    description: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+
+
+def paper_reference() -> dict:
+    """The seed paper's AOPC table with its ``source`` (package data ``paper_aopc.json``)."""
+    return json.loads(files("fetalhc.report").joinpath("data/paper_aopc.json").read_text())
+
+
+def run_description(config: dict | None, metrics: dict | None) -> dict:
+    """The models-table columns of a run folder, from its resolved ``config.toml`` and its
+    ``metrics.json`` (plain dicts; missing values are left out)."""
+    config, metrics = config or {}, metrics or {}
+    values = {"backbone": config.get("model", {}).get("backbone"),
+              "loss": str(config.get("train", {}).get("loss", "")).upper() or None,
+              "epochs run": metrics.get("epochs_run"),
+              **{f"{part} MAE of the run (mm)": metrics.get(part, {}).get("mae_mm")
+                 for part in ("val", "test")}}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+# ----------------------------------------------------------------------------- request
+def parse_images(images) -> int | None:
+    """``--images``: ``"all"`` / ``None`` → ``None`` (every image of the split), else an
+    integer >= 2 (the error split needs two images); one-line ``ValueError`` otherwise."""
+    if images is None or str(images).strip().lower() == "all":
+        return None
+    text = str(images).strip()
+    if isinstance(images, bool) or not text.isdigit() or int(text) < 2:
+        raise ValueError(f"--images must be an integer >= 2 or 'all'; got {images!r}")
+    return int(text)
+
+
+def parse_protocols(protocols) -> tuple[str, ...]:
+    """``"rich,paper"`` (or a list) → the known protocols, in :data:`PROTOCOLS` order;
+    one-line ``ValueError`` otherwise."""
+    names = split_list(protocols)
+    unknown = [name for name in names if name not in PROTOCOLS]
+    if not names or unknown:
+        raise ValueError(f"unknown protocol(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from: {', '.join(PROTOCOLS)}")
+    return tuple(name for name in PROTOCOLS if name in names)  # one order: one record
+
+
+def parse_methods(methods) -> list[str]:
+    """``"all"`` → every registered method; else the comma-separated (or listed) methods,
+    each registered and named once; one-line ``ValueError``."""
+    import fetalhc.explain as fe
+
+    names = fe.available_methods() if methods == "all" else split_list(methods)
+    check_request(names)
+    return list(names)
+
+
+def protocol_settings(protocol: str, image_size: int, randomisation_images: int | None = None,
+                      overrides: dict | None = None):
+    """``EvaluationSettings`` of a protocol at ``image_size`` px: the paper's (``--protocol
+    paper`` at 128 px, the same settings spelt out otherwise) or the richer one."""
+    from fetalhc.evaluate import EvaluationSettings
+
+    overrides = dict(overrides or {})
+    if randomisation_images is not None:
+        overrides["randomisation_images"] = int(randomisation_images)
+    if protocol == "paper" and int(image_size) == 128:
+        return EvaluationSettings.paper(**overrides)
+    return EvaluationSettings(**(PAPER_SETTINGS if protocol == "paper" else RICH_SETTINGS),
+                              **overrides)
+
+
+def model_record(entry: StudyModel, options: dict, settings: dict) -> dict:
+    """The provenance of ``<out>/models/<name>``: model digest, split, the rows studied
+    (digest and keys), the study options and every protocol's settings and metrics."""
+    rows = entry.index if options["images"] is None else entry.index.head(options["images"])
+    return make_provenance("study-model", {
+        "model": model_digest(entry.model_file if entry.model_file is not None
+                              else entry.model),
+        "split": entry.split, "index": index_digest(rows), "image_keys": image_keys(rows),
+        "image_size": int(entry.image_size), **options,
+        "settings": {p: {"metrics": list(PROTOCOL_METRICS[p]),
+                         **plain_options(s.as_dict())} for p, s in settings.items()}},
+        {"source": entry.source, "description": entry.description})
+
+
+# ----------------------------------------------------------------------------- steps
+def _step(model_dir: Path, step: str, finish: bool = False) -> bool:
+    """Whether ``step`` finished (``steps.json`` holds the digest of its folder's record
+    as it was then); ``finish`` records it as finished now."""
+    record = read_provenance(model_dir / step) if (model_dir / step).is_dir() else None
+    digest = None if record is None else hashlib.sha256(
+        json.dumps(record.get("result"), sort_keys=True).encode("utf-8")).hexdigest()
+    path = model_dir / STEPS_FILE
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    if finish:
+        write_json(path, {**done, step: digest})
+    return digest is not None and done.get(step) == digest
+
+
+def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
+              protocols=PROTOCOLS, randomisation_images: int | None = None,
+              evaluation_overrides: dict | None = None, overwrite: bool = False,
+              progress: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Explain, evaluate (per protocol) and report ``models`` into ``out``; returns the
+    page's path. ``images``: the first N images of each split (``None`` / ``"all"``:
+    every image); ``evaluation_overrides``: ``EvaluationSettings`` fields set in every
+    protocol (e.g. ``n_boot``). Every request, model and folder check runs before anything
+    is written; ``log`` receives one line per step."""
+    say = log or (lambda _message: None)
+    methods, images = parse_methods(methods), parse_images(images)
+    protocols = parse_protocols(protocols)
+    if randomisation_images is not None:
+        require_range(randomisation_images, POSITIVE_INT, "--randomisation-images")
+    names = [entry.name for entry in models]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"the models need distinct names; got {', '.join(names) or 'none'}")
+    out = Path(out)
+    options = {"methods": methods, "images": images, "protocols": list(protocols),
+               "target": TARGET, "randomisation_images": randomisation_images,
+               "evaluation_overrides": plain_options(evaluation_overrides or {})}
+    plans = []
+    for entry in models:  # every check before anything is written
+        settings = {p: protocol_settings(p, entry.image_size, randomisation_images,
+                                         evaluation_overrides) for p in protocols}
+        rows = entry.index if images is None else entry.index.head(images)
+        if len(rows) < 2 or rows["hc_mm"].isna().any():
+            raise ValueError(f"{entry.name}: the study needs at least 2 images, each with a "
+                             f"reference HC; the {entry.split} split has {len(rows)} images, "
+                             f"{int(rows['hc_mm'].isna().sum())} without")
+        for protocol, values in settings.items():
+            values.validate((len(rows), entry.image_size, entry.image_size, 1),
+                            PROTOCOL_METRICS[protocol])
+        if "rich" in protocols:  # localisation needs the contours
+            check_annotations(rows, entry.source.get("data"))
+        check_images(rows, annotations="rich" in protocols)
+        check_model(entry.model, entry.image_size, methods)
+        plans.append((entry, settings, model_record(entry, options, settings)))
+    study = make_provenance("study", options)
+    check_folder(out, study, overwrite=overwrite, markers=(STUDY_FILE, PAGE_FILE))
+    for entry, _, record in plans:
+        check_folder(out / "models" / entry.name, record, markers=(STEPS_FILE,))
+    out.mkdir(parents=True, exist_ok=True)
+    if read_provenance(out) is None:
+        write_provenance(out, study)
+    for entry, settings, record in plans:
+        model_dir = out / "models" / entry.name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if read_provenance(model_dir) is None:
+            write_provenance(model_dir, record)
+        _run_model(entry, model_dir, methods, images, settings, progress, say)
+    say("tables and figures ...")
+    collect(out, [entry.name for entry in models], methods)
+    return write_page(out)
+
+
+def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, progress,
+               say) -> None:
+    """The steps of one model: explain (+ stacked maps), then one evaluation per protocol;
+    a finished step is skipped."""
+    if _step(model_dir, "explain"):
+        say(f"{entry.name}: explain already done")
+    else:
+        say(f"{entry.name}: explain ({len(methods)} methods) ...")
+        write_explanations(
+            entry.model, entry.index, entry.image_size, methods, model_dir / "explain",
+            limit=images, target=TARGET, progress=progress, source=entry.source,
+            split=entry.split, model_file=entry.model_file, hc_range_mm=entry.hc_range_mm)
+        stack_maps(model_dir / "explain", model_dir / "maps", methods)
+        _step(model_dir, "explain", finish=True)
+    for protocol, values in settings.items():
+        step = f"evaluate-{protocol}"
+        if _step(model_dir, step):
+            say(f"{entry.name}: {step} already done")
+            continue
+        say(f"{entry.name}: {step} ...")
+        write_evaluation(
+            entry.model, entry.index, methods, PROTOCOL_METRICS[protocol], values,
+            model_dir / step, image_size=entry.image_size, split=entry.split,
+            source=entry.source, limit=images, maps_dir=model_dir / "maps",
+            progress=progress, model_file=entry.model_file)
+        _step(model_dir, step, finish=True)
+
+
+# ----------------------------------------------------------------------------- statistics
+def ranks(values) -> np.ndarray:
+    """Rank 1 = most negative (best AOPC); ties share the mean rank."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(values, dtype=float))
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two equally long sequences."""
+    a, b = ranks(a) - ranks(a).mean(), ranks(b) - ranks(b).mean()
+    scale = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / scale) if scale > 0 else float("nan")
+
+
+def permutation_p(a, b) -> float:
+    """Exact one-sided p of a Spearman rho at least the observed one over every ordering
+    of ``b`` (NaN above 9 methods)."""
+    if len(a) > 9:
+        return float("nan")
+    rho = np.array([spearman(a, order) for order in itertools.permutations(ranks(b))])
+    return float(np.mean(rho >= spearman(a, b) - 1e-12))
+
+
+def rho_interval(per_image: pd.DataFrame, methods, reference, column: str, n_boot: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of Spearman's rho between the per-method means and
+    ``reference`` over bootstrap resamples of the images (the same for every method)."""
+    wide = per_image.pivot_table(index="filename", columns="method", values=column)
+    values = wide[list(methods)].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    resampled = (np.nanmean(values[rng.integers(0, len(values), len(values))], axis=0)
+                 for _ in range(n_boot))
+    rho = [spearman(means, reference) for means in resampled
+           if np.all(np.isfinite(means)) and np.ptp(means) > 0]
+    if not rho:
+        return float("nan"), float("nan")
+    low, high = np.quantile(rho, [0.025, 0.975])
+    return float(low), float(high)
+
+
+# ----------------------------------------------------------------------------- tables
+def metric_units(metric: str) -> str:
+    """The units of an evaluation metric, read from its name."""
+    if metric.endswith("_px_original"):
+        return "original px"
+    if metric.endswith("_mm"):
+        return "mm"
+    return "ratio, 1 = chance" if "ratio" in metric else "1"
+
+
+def collect(out, names: Sequence[str], methods: Sequence[str]) -> dict:
+    """Every table and figure of the page, from the models' step folders: ``tables/*.csv``,
+    ``figures/*.png`` and ``study.json``; returns what ``study.json`` holds."""
+    from fetalhc.evaluate.stats import bootstrap_ci
+
+    out = Path(out)
+    paper = paper_reference()
+    summaries, by_error, randomised, models, beats = [], [], [], [], []
+    per_image: dict[tuple[str, str], pd.DataFrame] = {}
+    settings: dict[str, dict] = {}
+    for name in names:
+        model_dir = out / "models" / name
+        record = read_provenance(model_dir)["result"]
+        protocols = [p for p in PROTOCOLS if p in record["protocols"]]
+        for protocol in protocols:
+            folder = model_dir / f"evaluate-{protocol}"
+            for file, target in (("summary", summaries), ("summary_by_error", by_error),
+                                 ("randomisation", randomised)):
+                if (folder / f"{file}.csv").is_file():
+                    target.append(pd.read_csv(folder / f"{file}.csv")
+                                  .assign(protocol=protocol, model=name))
+            per_image[(name, protocol)] = pd.read_csv(folder / "per_image.csv")
+            values = json.loads((folder / "settings.json").read_text())
+            settings.setdefault(protocol, {k: v for k, v in values.items()
+                                           if k not in INPUT_KEYS})
+        first = per_image[(name, protocols[0])].drop_duplicates("filename")
+        models.append({"model": name, "split": record["split"], "images": len(first),
+                       "input size (px)": record["image_size"],
+                       **read_provenance(model_dir)["info"].get("description", {}),
+                       "MAE on the studied images (mm)": float(first["abs_error_mm"].mean())})
+        aopc = next((p for p in protocols if p == "paper"), protocols[0])
+        frame = per_image[(name, aopc)]
+        for method in methods:
+            rows = frame[frame["method"] == method]
+            mean, low, high, _ = bootstrap_ci(rows["aopc_morf_abs_error_mm"].to_numpy()
+                                              - rows["aopc_random_abs_error_mm"].to_numpy())
+            beats.append({"model": name, "protocol": aopc, "method": method,
+                          "MoRF - random AOPC (mm)": mean, "CI low (mm)": low,
+                          "CI high (mm)": high, "beats random": bool(high < 0)})
+    tables = out / "tables"
+    summary = pd.concat(summaries, ignore_index=True)
+
+    def tidy(frame, keys):
+        return frame.assign(units=frame["metric"].map(metric_units)).rename(columns={
+            "mean": "mean (units)", "ci_low": "CI low (units)", "ci_high": "CI high (units)",
+            "n": "images", "error_group": "error group"})[
+            [*keys, "metric", "units", "mean (units)", "CI low (units)", "CI high (units)",
+             "images"]]
+
+    write_csv(tidy(summary, ["protocol", "model", "method"]), tables / "summary.csv")
+    write_csv(tidy(pd.concat(by_error, ignore_index=True),
+                   ["protocol", "model", "method", "error group"]),
+              tables / "summary_by_error.csv")
+    write_csv(pd.DataFrame(models), tables / "models.csv")
+    write_csv(pd.DataFrame(beats), tables / "beats_random.csv")
+    if randomised:
+        frame = pd.concat(randomised, ignore_index=True).drop_duplicates(["model", "method"])
+        write_csv(frame[["model", "method", "similarity", "final_similarity", "flagged"]]
+                  .rename(columns={"similarity": "similarity measure", "final_similarity":
+                                   "final similarity (1 = identical)"}),
+                  tables / "randomisation.csv")
+    reference = pd.DataFrame([{"paper model": model, "method": method,
+                               f"AOPC ({paper['units']})": value}
+                              for model, item in paper["models"].items()
+                              for method, value in item["aopc"].items()])
+    write_csv(reference, tables / "paper_reference.csv")
+    overlap = [m for m in paper["models"][next(iter(paper["models"]))]["aopc"] if m in methods]
+    comparison, correlation = [], []
+    if len(overlap) >= 3 and "paper" in settings:
+        for name in names:
+            frame = per_image[(name, "paper")]
+            ours = [float(frame.loc[frame["method"] == m, AOPC_PX].mean()) for m in overlap]
+            for model, item in paper["models"].items():
+                theirs = [item["aopc"][m] for m in overlap]
+                low, high = rho_interval(frame, overlap, theirs, AOPC_PX)
+                correlation.append({
+                    "model": name, "paper model": model, "methods": len(overlap),
+                    "Spearman rho (1)": spearman(ours, theirs), "rho CI low (1)": low,
+                    "rho CI high (1)": high, "permutation p (1)": permutation_p(ours, theirs)})
+                for method, a, b, ra, rb in zip(overlap, ours, theirs, ranks(ours),
+                                                ranks(theirs), strict=True):
+                    comparison.append({"model": name, "paper model": model, "method": method,
+                                       "our AOPC (original px)": a, "our rank": ra,
+                                       "paper AOPC (original px)": b, "paper rank": rb})
+        write_csv(pd.DataFrame(correlation), tables / "paper_correlation.csv")
+        write_csv(pd.DataFrame(comparison), tables / "paper_ranks.csv")
+    figures = _figures(out, names, methods, per_image, summary)
+    info = {"models": list(names), "methods": list(methods), "protocols": list(settings),
+            "settings": settings, "figures": figures, "paper": {
+                key: paper[key] for key in ("source", "units", "description", "loss")},
+            "paper_methods": overlap}
+    write_json(out / STUDY_FILE, info)
+    return info
+
+
+# ----------------------------------------------------------------------------- figures
+def _figures(out: Path, names, methods, per_image, summary) -> dict:
+    """The page's figures (paths relative to ``out``): the AOPC overview, maps of the
+    lowest- and highest-error images per model, and the evaluations' own figures."""
+    from matplotlib.figure import Figure
+
+    from fetalhc.viz.figures import save_figure
+    from fetalhc.viz.overlay import grid_figure
+
+    folder, figures = out / "figures", {}
+    rows = summary[summary["metric"] == AOPC_MM]
+    if not rows.empty:
+        figure = Figure(figsize=(6.4, 0.32 * len(methods) + 1.4), dpi=100)
+        axis = figure.add_subplot(1, 1, 1)
+        offsets = np.linspace(-0.3, 0.3, len(names)) if len(names) > 1 else [0.0]
+        for offset, name in zip(offsets, names, strict=True):
+            mine = rows[(rows["model"] == name) & (rows["protocol"] == rows["protocol"].iloc[0])
+                        ].set_index("method").reindex(methods)
+            axis.errorbar(mine["mean"], np.arange(len(methods)) + offset, fmt="o",
+                          xerr=[mine["mean"] - mine["ci_low"], mine["ci_high"] - mine["mean"]],
+                          markersize=3, capsize=2, label=name)
+        axis.set_yticks(range(len(methods)), methods, fontsize=7)
+        axis.invert_yaxis()
+        axis.set_xlabel("AOPC MoRF of |error| (mm); more negative = better")
+        axis.legend(fontsize=7, frameon=False)
+        figure.tight_layout()
+        figures["overview"] = str(save_figure(figure, folder / "aopc_overview.png")
+                                  .relative_to(out))
+    for name in names:
+        protocol = next(p for p in PROTOCOLS if (name, p) in per_image)
+        errors = (per_image[(name, protocol)].drop_duplicates("filename")
+                  .set_index("filename")["abs_error_mm"].sort_values(kind="stable"))
+        side = min(2, len(errors) // 2)
+        chosen = list(errors.index[:side]) + list(errors.index[-side:])
+        images, contours, maps, units = [], [], {}, {}
+        for method in methods:
+            for filename in chosen:
+                path = out / "models" / name / "explain" / method / f"{Path(filename).stem}.npz"
+                with np.load(path) as stored:
+                    maps.setdefault(method, []).append(np.asarray(stored["map"]))
+                    units[method] = str(stored["units"])
+                    if method == methods[0]:
+                        images.append(np.asarray(stored["image"]))
+                        contours.append(stored["annotation"] if "annotation" in stored
+                                        else None)
+        titles = [f"{'low' if i < side else 'high'} error: {Path(f).stem}\n"
+                  f"|error| {errors[f]:.1f} mm" for i, f in enumerate(chosen)]
+        figure = grid_figure(images, maps, contours if all(c is not None for c in contours)
+                             else None, column_titles=titles, units=units, cell_inches=1.4)
+        figures[f"maps {name}"] = str(save_figure(figure, folder / f"maps_{name}.png", dpi=72)
+                                      .relative_to(out))
+        for protocol, stem in EVALUATION_FIGURES:
+            source = out / "models" / name / f"evaluate-{protocol}" / "figures" / f"{stem}.png"
+            if source.is_file():
+                figures[f"{protocol} protocol, {name}: {stem}"] = str(source.relative_to(out))
+    return figures
+
+
+# ----------------------------------------------------------------------------- the page
+def number(value, digits: int | None = None) -> str:
+    """A number for the page: 2 significant decimals by size, a true minus sign, ``n/a``."""
+    if value is None or not np.isfinite(float(value)):
+        return "n/a"
+    if digits is None:
+        digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{float(value):.{digits}f}".replace("-", "−")
+
+
+def _cell(rows) -> str:
+    """``mean [CI low, CI high]`` of the first of ``rows`` (a frame or a row), or n/a."""
+    if isinstance(rows, pd.DataFrame):
+        if rows.empty:
+            return "n/a"
+        rows = rows.iloc[0]
+    return (f"{number(rows['mean (units)'])} [{number(rows['CI low (units)'])}, "
+            f"{number(rows['CI high (units)'])}]")
+
+
+def write_page(out) -> Path:
+    """Write ``<out>/study.md`` from ``study.json`` and ``tables/*.csv`` alone (no model,
+    no data, no clock: the same files give the same bytes); returns its path."""
+    out = Path(out)
+    info = json.loads((out / STUDY_FILE).read_text())
+    tables = out / "tables"
+    names, methods = info["models"], info["methods"]
+    summary = pd.read_csv(tables / "summary.csv")
+    parts = [
+        "# Explainability study\n",
+        f"Models: {', '.join(f'`{n}`' for n in names)}. Methods ({len(methods)}): "
+        f"{', '.join(methods)}. Protocols: {', '.join(info['protocols'])}. Written by "
+        "`fetalhc study` from the files beside it (`tables/`, `study.json`); "
+        "`fetalhc.report.study.write_page(folder)` rewrites it from them alone.\n",
+        "## Models\n", _frame_table(pd.read_csv(tables / "models.csv"))]
+    for protocol in info["protocols"]:
+        values = info["settings"][protocol]
+        parts.append(f"\n**{protocol} protocol**: {values['grid']} x {values['grid']} grid, "
+                     f"{values['regions_per_step']} region(s) per step replaced by "
+                     f"N(0, {values['noise_sd']:g}) noise, {values['steps']} steps, ranked by "
+                     f"{values['aggregation']} relevance; metrics "
+                     f"{', '.join(values['metrics'])}; {values['n_boot']} bootstrap "
+                     "resamples for the 95 % CIs" + ("" if protocol != "paper" or values.get(
+                         "protocol") else f" (the paper's at {values['image_size']} px, not 128)")
+                     + ".\n")
+    for protocol in info["protocols"]:
+        parts.append(f"## {protocol.capitalize()} protocol\n")
+        for metric in PAGE_METRICS[protocol]:
+            rows = summary[(summary["protocol"] == protocol) & (summary["metric"] == metric)]
+            if rows.empty:
+                continue
+            body = [[method] + [_cell(rows[(rows["model"] == name) & (rows["method"] == method)])
+                                for name in names] for method in methods]
+            parts += [f"\n**{METRIC_TITLES.get(metric, metric)}** (mean [95 % CI])\n",
+                      markdown_table(["method"] + [f"{n} ({metric_units(metric)})"
+                                                   for n in names], body)]
+    beats = pd.read_csv(tables / "beats_random.csv")
+    parts += ["\n## Which maps beat a random order?\n",
+              "Per image AOPC MoRF − AOPC random (mm); a method beats random when the whole "
+              "95 % CI is below 0.\n", _frame_table(beats)]
+    for name in names:
+        mine = beats[(beats["model"] == name) & beats["beats random"]]
+        parts.append(f"- `{name}`: {len(mine)} of {len(methods)} methods beat random"
+                     f" ({', '.join(mine['method']) or 'none'}).")
+    if (tables / "randomisation.csv").is_file():
+        frame = pd.read_csv(tables / "randomisation.csv")
+        parts += ["\n## Model randomisation\n",
+                  "Similarity of each map with the trained model's once every layer is "
+                  "random (flagged: the map does not depend enough on the weights).\n",
+                  _frame_table(frame)]
+    by_error = pd.read_csv(tables / "summary_by_error.csv")
+    rows = by_error[by_error["metric"] == AOPC_MM]
+    if not rows.empty:
+        parts += ["\n## Low versus high prediction error\n",
+                  "AOPC MoRF of |error| (mm) per error group (median split of each "
+                  "model's images), mean [95 % CI].\n",
+                  markdown_table(["protocol", "model", "method", "error group", "AOPC (mm)"],
+                                 [[r["protocol"], r["model"], r["method"], r["error group"],
+                                   _cell(r)] for _, r in rows.iterrows()])]
+    parts.append("\n## Figures\n")
+    parts += [f"![{key}]({path})\n" for key, path in info["figures"].items()]
+    parts += ["\n## Against the seed paper\n",
+              f"Reference: {info['paper']['source']}. {info['paper']['description']}\n",
+              _frame_table(pd.read_csv(tables / "paper_reference.csv"))]
+    if (tables / "paper_correlation.csv").is_file():
+        parts += [f"\nSpearman's rho between our AOPC ranking (paper protocol, original px) "
+                  f"and the paper's over the {len(info['paper_methods'])} methods both "
+                  "evaluated; the CI comes from bootstrap resamples of our images, p is the "
+                  "exact one-sided permutation probability.\n",
+                  _frame_table(pd.read_csv(tables / "paper_correlation.csv")),
+                  "\nRanks per method (1 = most negative AOPC = best):\n",
+                  _frame_table(pd.read_csv(tables / "paper_ranks.csv"))]
+    else:
+        parts.append(f"\nA rank comparison needs at least 3 of the paper's methods evaluated "
+                     f"with the paper protocol; this study has "
+                     f"{len(info['paper_methods'])}.\n")
+    return write_text(out / PAGE_FILE, "\n".join(parts).rstrip() + "\n")
+
+
+def _frame_table(frame: pd.DataFrame) -> str:
+    def cell(value):  # a stored table's value on the page
+        if isinstance(value, bool | np.bool_):
+            return "yes" if value else "no"
+        return number(value) if isinstance(value, float | np.floating) else str(value)
+
+    return markdown_table(list(frame.columns),
+                          [[cell(v) for v in row] for row in frame.itertuples(index=False)])
