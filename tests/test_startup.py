@@ -57,7 +57,7 @@ def imported_heavy(result: subprocess.CompletedProcess) -> str:
     ["--version"], ["--help"], ["data", "--help"], ["data", "check", "--help"],
     ["data", "synth", "--help"], ["train", "--help"], ["predict", "--help"],
     ["explain", "--help"], ["evaluate", "--help"], ["demo", "--help"], ["merge", "--help"],
-    ["study", "--help"],
+    ["study", "--help"], ["benchmark", "--help"],
 ], ids=lambda argv: " ".join(argv))
 def test_answers_without_importing_tensorflow(argv):
     result = run_python(ENTRY, *argv)

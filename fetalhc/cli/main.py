@@ -33,6 +33,7 @@ COMMAND_MODULES: dict[str, str] = {
     "demo": "fetalhc.cli.demo",
     "merge": "fetalhc.cli.merge",
     "study": "fetalhc.cli.study",
+    "benchmark": "fetalhc.cli.benchmark",
 }
 
 # Exceptions the library raises for mistakes in the user's input. KeyError is not one of

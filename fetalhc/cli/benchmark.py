@@ -1,0 +1,109 @@
+"""``fetalhc benchmark``: the ground-truth faithfulness benchmark on shortcut phantoms.
+
+Per variant (``contour``, ``marker``, ``mixed``; :mod:`fetalhc.data.shortcut`): write the
+training phantoms (``fetalhc.data.write_shortcut_dataset``, a folder named by its settings,
+reused when present), train a small CNN on them (``fetalhc.train`` with
+``fetalhc.report.groundtruth.training_config``; a finished run with the same config is
+reused, a killed one resumed, another one refused unless ``--overwrite``), then score it on
+fresh phantoms (``fetalhc.report.groundtruth.score_variant``) and write
+``<out>/benchmark.md`` (``write_benchmark_page``). A re-run resumes.
+
+Only click, the standard library and TensorFlow-free modules are imported here.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from fetalhc.cli.options import Command, progress_option, show_progress
+
+VARIANTS = ("contour", "marker", "mixed")
+
+
+def _trained_run(config: dict, data_dir: Path, run_dir: Path, overwrite: bool) -> Path:
+    """The model file of ``run_dir`` trained with ``config`` on ``data_dir``: reused when
+    finished with the same config and data, resumed when killed, trained when absent."""
+    import fetalhc
+    from fetalhc.training.config import resolve_config, user_sections
+
+    if (run_dir / "metrics.json").is_file() and not overwrite:
+        recorded = resolve_config(run_dir / "config.toml", allow_resolved=True)
+        if (user_sections(recorded) != user_sections(resolve_config(config))
+                or Path(recorded["run"]["data_dir"]).resolve() != data_dir.resolve()):
+            raise ValueError(f"{run_dir} holds a run of another config or data; use "
+                             "--overwrite to retrain it")
+        return run_dir / "model.keras"
+    resume = (run_dir / "config.toml").is_file() and not overwrite
+    result = fetalhc.train(config, data_dir, run_dir, resume=resume,
+                           overwrite=overwrite and run_dir.exists(), verbose=0)
+    return result.model_path
+
+
+@click.command("benchmark", cls=Command)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: benchmark.md, <variant>/ results, data/ and runs/ (a "
+                   "re-run resumes it).")
+@click.option("--variants", default=",".join(VARIANTS), show_default=True,
+              help="Comma-separated shortcut-phantom variants: contour, marker, mixed.")
+@click.option("--train-images", type=click.IntRange(min=8), default=320, show_default=True,
+              help="Training phantoms per variant.")
+@click.option("--test-images", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Fresh phantoms per variant the methods are scored on.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=16), default=64, show_default=True,
+              help="Network input size (px).")
+@click.option("--width", type=click.IntRange(min=32), default=160, show_default=True,
+              help="Phantom width (px); the height is 3/4 of it.")
+@click.option("--methods", default="all", show_default=True,
+              help="Comma-separated registered methods (`fetalhc explain --list`), or all.")
+@click.option("--n-boot", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Bootstrap resamples of the confidence intervals.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True,
+              help="Retrain and rescore instead of refusing results of other settings.")
+@progress_option
+def command(out, variants, train_images, test_images, epochs, image_size, width, methods,
+            n_boot, seed, overwrite, progress):
+    """Train models on phantoms whose HC evidence is planted (a marker, the contour, both),
+    check by intervention what each uses, and score where every saliency method puts its
+    relevance: <out>/benchmark.md."""
+    from fetalhc.evaluate.settings import split_list
+
+    chosen = split_list(variants)
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown or not chosen:
+        raise ValueError(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose "
+                         f"from {', '.join(VARIANTS)}")
+    method_list = None if methods.strip() == "all" else split_list(methods)
+
+    import fetalhc
+    from fetalhc.data import write_shortcut_dataset
+    from fetalhc.explain import get_method
+    from fetalhc.report.groundtruth import score_variant, training_config, write_benchmark_page
+
+    for name in method_list or []:
+        get_method(name)  # an unknown method: one line before any training
+    height = (int(width) * 3) // 4
+    config = training_config(image_size, epochs, seed)
+    shown = show_progress(progress)
+    for number, variant in enumerate(chosen, start=1):
+        data_dir = out / "data" / f"{variant}-n{train_images}-seed{seed}-{width}x{height}"
+        if not data_dir.is_dir():
+            click.echo(f"[{number}/{len(chosen)}] {variant}: writing {train_images} phantoms")
+            write_shortcut_dataset(data_dir, variant, n=train_images, seed=seed, width=width,
+                                   height=height)
+        click.echo(f"[{number}/{len(chosen)}] {variant}: training ({epochs} epochs)")
+        model_file = _trained_run(config, data_dir, out / "runs" / variant, overwrite)
+        click.echo(f"[{number}/{len(chosen)}] {variant}: scoring on {test_images} fresh "
+                   "phantoms")
+        score_variant(fetalhc.load_model(model_file), model_file, variant, out / variant,
+                      n_images=test_images, seed=seed, width=width, height=height,
+                      methods=method_list, n_boot=n_boot, overwrite=overwrite,
+                      progress=(lambda name: click.echo(f"    {name}")) if shown else None)
+    page = write_benchmark_page(out, command="fetalhc " + shlex.join(sys.argv[1:]),
+                                variants=chosen)
+    click.echo(f"wrote {page}")

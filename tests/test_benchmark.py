@@ -1,0 +1,94 @@
+"""``fetalhc benchmark``: shortcut phantoms → a model per variant → where every method puts
+its relevance, on a tiny scale; re-runs resume, other settings are refused in one line, and
+the page is rebuilt from its stored files alone."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fetalhc.cli.main import cli
+from fetalhc.report.groundtruth import (
+    CUES_SUMMARY,
+    DONE,
+    INTERVENTION,
+    RELEVANCE_SUMMARY,
+    relevance_ranking,
+    training_config,
+    write_benchmark_page,
+)
+
+METHODS = "gradient,input_x_gradient"
+TINY = ["--variants", "marker,mixed", "--train-images", "24", "--test-images", "4",
+        "--epochs", "2", "--image-size", "32", "--width", "64", "--methods", METHODS,
+        "--n-boot", "50", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark")
+    result = CliRunner().invoke(cli, ["benchmark", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_every_variant_is_trained_checked_and_scored(benchmark):
+    for variant in ("marker", "mixed"):
+        folder = benchmark / variant
+        for name in (DONE, INTERVENTION, RELEVANCE_SUMMARY, CUES_SUMMARY):
+            assert (folder / name).is_file(), name
+        summary = pd.read_csv(folder / RELEVANCE_SUMMARY)
+        assert set(summary["method"]) == set(METHODS.split(","))
+        shares = summary[summary["metric"] == "marker abs mass share"]["mean"]
+        assert shares.between(0.0, 1.0).all()
+        assert (benchmark / "runs" / variant / "model.keras").is_file()
+    ranking = relevance_ranking(benchmark, "marker")
+    assert list(ranking["mean"]) == sorted(ranking["mean"], reverse=True)
+    page = (benchmark / "benchmark.md").read_text()
+    assert "## `marker`" in page and "## `mixed`" in page and "`contour`" not in page
+    assert "Intervention check on 4 fresh phantoms" in page
+    assert "marker share of cue abs relevance" in page  # the mixed variant's cue table
+
+
+def test_the_page_is_rebuilt_from_its_files_alone(benchmark):
+    before = (benchmark / "benchmark.md").read_bytes()
+    write_benchmark_page(benchmark)
+    assert (benchmark / "benchmark.md").read_bytes() == before
+
+
+def test_a_rerun_reuses_and_other_settings_are_refused(benchmark):
+    done = benchmark / "marker" / DONE
+    stamp = done.stat().st_mtime_ns
+    again = CliRunner().invoke(cli, ["benchmark", "--out", str(benchmark), *TINY])
+    assert again.exit_code == 0, again.output
+    assert done.stat().st_mtime_ns == stamp
+    changed = [*TINY]
+    changed[changed.index("--test-images") + 1] = "5"
+    refused = CliRunner().invoke(cli, ["benchmark", "--out", str(benchmark), *changed])
+    assert refused.exit_code == 1
+    assert "Error:" in refused.output and "--overwrite" in refused.output
+    assert len(refused.output.strip().splitlines()) <= 4  # the step lines, then one error
+    epochs = [*TINY]
+    epochs[epochs.index("--epochs") + 1] = "3"
+    other = CliRunner().invoke(cli, ["benchmark", "--out", str(benchmark), *epochs])
+    assert other.exit_code == 1 and "another config" in other.output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "stripes"], "unknown stripes"),
+    (["--methods", "nope"], "nope"),
+])
+def test_bad_requests_are_one_line(tmp_path, argv, message):
+    result = CliRunner().invoke(cli, ["benchmark", "--out", str(tmp_path / "b"), *argv])
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_training_config_keeps_the_marker_where_it_encodes_the_hc():
+    config = training_config(image_size=48, epochs=7, seed=3)
+    assert config["data"]["augment"] is False  # a flip or zoom would move the marker
+    assert config["data"]["image_size"] == 48 and config["train"]["epochs"] == 7
+    from fetalhc.training.config import resolve_config
+
+    assert resolve_config(config)["train"]["seed"] == 3
