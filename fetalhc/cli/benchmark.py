@@ -47,6 +47,9 @@ def _trained_run(config: dict, data_dir: Path, run_dir: Path, overwrite: bool) -
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: benchmark.md, <variant>/ results, data/ and runs/ (a "
                    "re-run resumes it).")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the training phantoms (data/) and the models (runs/) go "
+                   "[default: --out]; keep them out of a docs folder.")
 @click.option("--variants", default=",".join(VARIANTS), show_default=True,
               help="Comma-separated shortcut-phantom variants: contour, marker, mixed.")
 @click.option("--train-images", type=click.IntRange(min=8), default=320, show_default=True,
@@ -66,7 +69,7 @@ def _trained_run(config: dict, data_dir: Path, run_dir: Path, overwrite: bool) -
 @click.option("--overwrite", is_flag=True,
               help="Retrain and rescore instead of refusing results of other settings.")
 @progress_option
-def command(out, variants, train_images, test_images, epochs, image_size, width, methods,
+def command(out, work, variants, train_images, test_images, epochs, image_size, width, methods,
             n_boot, seed, overwrite, progress):
     """Train models on phantoms whose HC evidence is planted (a marker, the contour, both),
     check by intervention what each uses, and score where every saliency method puts its
@@ -90,14 +93,15 @@ def command(out, variants, train_images, test_images, epochs, image_size, width,
     height = (int(width) * 3) // 4
     config = training_config(image_size, epochs, seed)
     shown = show_progress(progress)
+    work = out if work is None else work
     for number, variant in enumerate(chosen, start=1):
-        data_dir = out / "data" / f"{variant}-n{train_images}-seed{seed}-{width}x{height}"
+        data_dir = work / "data" / f"{variant}-n{train_images}-seed{seed}-{width}x{height}"
         if not data_dir.is_dir():
             click.echo(f"[{number}/{len(chosen)}] {variant}: writing {train_images} phantoms")
             write_shortcut_dataset(data_dir, variant, n=train_images, seed=seed, width=width,
                                    height=height)
         click.echo(f"[{number}/{len(chosen)}] {variant}: training ({epochs} epochs)")
-        model_file = _trained_run(config, data_dir, out / "runs" / variant, overwrite)
+        model_file = _trained_run(config, data_dir, work / "runs" / variant, overwrite)
         click.echo(f"[{number}/{len(chosen)}] {variant}: scoring on {test_images} fresh "
                    "phantoms")
         score_variant(fetalhc.load_model(model_file), model_file, variant, out / variant,
