@@ -92,3 +92,19 @@ def test_training_config_keeps_the_marker_where_it_encodes_the_hc():
     from fetalhc.training.config import resolve_config
 
     assert resolve_config(config)["train"]["seed"] == 3
+
+
+def test_the_committed_benchmark_page_is_regenerated_unchanged(tmp_path):
+    """docs/benchmark/benchmark.md is what write_benchmark_page makes of the committed files
+    beside it; if this fails, regenerate it (`fetalhc benchmark --out docs/benchmark --work
+    runs/benchmark-work` resumes and rewrites it)."""
+    import shutil
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "benchmark"
+    if not (committed / "benchmark.json").is_file():
+        pytest.skip("docs/benchmark/ holds no benchmark yet")
+    copy = tmp_path / "benchmark"
+    shutil.copytree(committed, copy)
+    write_benchmark_page(copy)
+    assert (copy / "benchmark.md").read_bytes() == (committed / "benchmark.md").read_bytes()
