@@ -222,6 +222,15 @@ def write_phantom_dataset(out_dir, n: int = 200, seed: int = 0, challenge: int =
         raise ValueError(f"challenge must be a non-negative integer; got {challenge}")
     if not 0.0 <= second_fraction <= 1.0:
         raise ValueError(f"second_fraction must be in [0, 1]; got {second_fraction}")
+    return write_folder_atomically(
+        out_dir, lambda folder: _write_into(folder, int(n), int(seed), int(challenge), width,
+                                            height, second_fraction, progress), overwrite)
+
+
+def write_folder_atomically(out_dir, write, overwrite: bool = False) -> Path:
+    """Run ``write(folder)`` on a temporary folder beside ``out_dir`` and move it into place
+    at the end, so an error leaves no partial output; refuses a non-empty ``out_dir``
+    unless ``overwrite`` (then replaced). Returns ``out_dir``."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -234,8 +243,7 @@ def write_phantom_dataset(out_dir, n: int = 200, seed: int = 0, challenge: int =
     temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         os.chmod(temporary, folder_mode())  # mkdtemp's 0700 -> what mkdir gives (umask)
-        _write_into(temporary, int(n), int(seed), int(challenge), width, height,
-                    second_fraction, progress)
+        write(temporary)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(temporary, out_dir)

@@ -44,9 +44,6 @@ reproduce those renderings byte for byte belong together.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +62,9 @@ from fetalhc.data.phantom import (
     _smooth,
     _write_csv,
     outline_mask,
+    write_folder_atomically,
 )
-from fetalhc.files import folder_mode, write_csv
+from fetalhc.files import write_csv
 
 VARIANTS = ("contour", "marker", "mixed")
 SHORTCUT_HC_RANGE_MM = (120.0, 340.0)
@@ -438,35 +436,21 @@ def write_shortcut_dataset(out_dir, variant: str, n: int = 200, seed: int = 0,
     ``overwrite``. ``options``: those of :func:`render_shortcut_phantom`.
     """
     phantoms = shortcut_phantoms(variant, n, seed, width, height, **options)
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise FileExistsError(f"{out_dir} exists and is not a folder")
-        if any(out_dir.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out_dir} is not empty; choose another folder or allow "
-                                  "overwriting")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        os.chmod(temporary, folder_mode())
+
+    def write(folder: Path) -> None:
         digits = max(3, len(str(len(phantoms) - 1)))
         names = [f"{i:0{digits}d}_HC.png" for i in range(len(phantoms))]
-        write_training_part(temporary, names, [p.image for p in phantoms],
+        write_training_part(folder, names, [p.image for p in phantoms],
                             [p.annotation for p in phantoms],
                             [p.pixel_size_mm for p in phantoms], [p.hc_mm for p in phantoms])
-        masks = temporary / MARKER_FOLDER
+        masks = folder / MARKER_FOLDER
         masks.mkdir()
         for name, phantom in zip(names, phantoms, strict=True):
             _save_png(phantom.marker_mask, masks / marker_mask_name(name), phantom.pixel_size_mm)
-        write_csv(pd.DataFrame(details_rows(names, phantoms)), temporary / DETAILS_FILE,
+        write_csv(pd.DataFrame(details_rows(names, phantoms)), folder / DETAILS_FILE,
                   float_format=None)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(temporary, out_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return out_dir
+
+    return write_folder_atomically(out_dir, write, overwrite)
 
 
 def details_rows(filenames: Sequence[str], phantoms: Sequence[ShortcutPhantom]) -> list[dict]:
