@@ -202,13 +202,51 @@ def _cues_table(folder: Path) -> list[str]:
     rows = [[f"`{method}`", _cell(_lookup(summary, method, "marker abs cue share")),
              _cell(_lookup(summary, method, "abs share minus intervention share"))]
             for method in methods]
-    lines = ["The marker's share of the intervention effect (|marker removed change| against "
+    lines = ["Cue split. The marker's share of the intervention effect (|marker removed change| against "
              "|marker removed| + |head hidden| change, per image): "
              f"**{_cell(measured)}** (`{CUES_SUMMARY}`). Each method's share of its abs relevance"
              " on the two cues that falls on the marker, and the difference (> 0: the method "
              "over-credits the marker):", ""]
     lines += markdown_table(["method", "marker share of cue abs relevance", "minus measured share"],
                             rows).rstrip("\n").split("\n")
+    return lines + [""]
+
+
+def _in_short(out: Path, variants: Sequence[str]) -> list[str]:
+    """Per method, its marker share of cue relevance minus the measured share, side by side
+    for every scored variant, and the mean |difference| over them (0 = the relevance splits
+    as the interventions say the model does, on every variant)."""
+    frames = {}
+    for variant in variants:
+        path = out / variant / CUES_SUMMARY
+        if (out / variant / DONE).is_file() and path.is_file():
+            summary = pd.read_csv(path)
+            frames[variant] = summary[summary["metric"] == "abs share minus intervention share"]
+    if not frames:
+        return []
+    methods = list(dict.fromkeys(method for frame in frames.values()
+                                 for method in frame["method"]))
+    rows = []
+    for method in methods:
+        cells, gaps = [], []
+        for frame in frames.values():
+            row = _lookup(frame, method, "abs share minus intervention share")
+            cells.append(_cell(row))
+            if row is not None and math.isfinite(float(row["mean"])):
+                gaps.append(abs(float(row["mean"])))
+        mean_gap = sum(gaps) / len(gaps) if len(gaps) == len(frames) else math.nan
+        rows.append((mean_gap, [f"`{method}`", *cells, _number(mean_gap)]))
+    rows.sort(key=lambda item: (not math.isfinite(item[0]), item[0]))
+    lines = ["## In short", "",
+             "Per method: its share of the abs relevance on the two cues (marker, contour band) "
+             "that falls on the marker, minus the marker's measured share of the effect (by "
+             "intervention: marker removed against head hidden), per variant with its 95 % "
+             "CI; ordered by the mean |difference| (0: the map splits its relevance as the "
+             "model uses the cues, on every variant). From each variant's "
+             f"`{CUES_SUMMARY}`.", ""]
+    lines += markdown_table(["method", *[f"{variant}: minus measured" for variant in frames],
+                             "mean abs difference"],
+                            [row for _, row in rows]).rstrip("\n").split("\n")
     return lines + [""]
 
 
@@ -241,8 +279,8 @@ def write_benchmark_page(out, command: str | None = None,
             continue
         lines += _intervention_lines(folder)
         lines += _relevance_table(folder)
-        if variant == "mixed":
-            lines += _cues_table(folder)
+        lines += _cues_table(folder)
+    lines += _in_short(out, stored.get("variants", DEFAULT_VARIANTS))
     return write_text(out / PAGE, "\n".join(lines).rstrip("\n") + "\n")
 
 
