@@ -76,33 +76,17 @@ def git_revision() -> str:
         return "unknown"
 
 
-def trained_sections(config: dict) -> dict:
-    return {section: config[section] for section in TRAINED_SECTIONS}
-
-
 def train_variant(name: str, config_path: Path, overrides: dict, data_dir: Path) -> Path:
-    """Train ``runs/levers/<name>`` (resuming a killed run), or reuse a finished run whose
-    resolved config is the requested one; returns the run folder."""
-    import fetalhc
-    from fetalhc.training.config import read_toml, resolve_config
-    from fetalhc.training.run_folder import resolve_split
+    """Train ``runs/levers/<name>`` (resuming a killed run), or reuse a finished run of the
+    same resolved config, data folder and split (``fetalhc.training.fit.train_or_reuse``);
+    returns the run folder."""
+    from fetalhc.training.fit import train_or_reuse
 
     out = RUNS / name
-    wanted = trained_sections(resolve_config(config_path, overrides=overrides))
-    if (out / "config.toml").is_file():
-        recorded = resolve_config(read_toml(out / "config.toml"), allow_resolved=True)
-        if trained_sections(recorded) != wanted:
-            raise SystemExit(f"{out} holds a run of another config; delete it or pick another "
-                             "name")
-        if (Path(recorded["run"]["data_dir"]).resolve() != data_dir.resolve()
-                or resolve_split(recorded, data_dir) != recorded["split"]):
-            raise SystemExit(f"{out} was trained on other data or another split than "
-                             f"{data_dir}; delete it or pick another name")
-        if (out / "metrics.json").is_file():
-            return out
-        fetalhc.train(config_path, data_dir, out, resume=True, overrides=overrides, verbose=2)
-        return out
-    fetalhc.train(config_path, data_dir, out, overrides=overrides, verbose=2)
+    try:
+        train_or_reuse(config_path, data_dir, out, overrides=overrides, verbose=2)
+    except ValueError as error:
+        raise SystemExit(f"{error} (delete it or pick another name)") from None
     return out
 
 

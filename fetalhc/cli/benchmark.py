@@ -3,8 +3,9 @@
 Per variant (``contour``, ``marker``, ``mixed``; :mod:`fetalhc.data.shortcut`): write the
 training phantoms (``fetalhc.data.write_shortcut_dataset``, a folder named by its settings,
 reused when present), train a small CNN on them (``fetalhc.train`` with
-``fetalhc.report.groundtruth.training_config``; a finished run with the same config is
-reused, a killed one resumed, another one refused unless ``--overwrite``), then score it on
+``fetalhc.report.groundtruth.training_config`` through ``fetalhc.training.fit.train_or_reuse``:
+a finished run with the same config, data and split is reused, a killed one resumed,
+another one refused unless ``--overwrite``), then score it on
 fresh phantoms (``fetalhc.report.groundtruth.score_variant``) and write
 ``<out>/benchmark.md`` (``write_benchmark_page``). A re-run resumes.
 
@@ -22,25 +23,6 @@ import click
 from fetalhc.cli.options import Command, progress_option, show_progress
 
 VARIANTS = ("contour", "marker", "mixed")
-
-
-def _trained_run(config: dict, data_dir: Path, run_dir: Path, overwrite: bool) -> Path:
-    """The model file of ``run_dir`` trained with ``config`` on ``data_dir``: reused when
-    finished with the same config and data, resumed when killed, trained when absent."""
-    import fetalhc
-    from fetalhc.training.config import resolve_config, user_sections
-
-    if (run_dir / "metrics.json").is_file() and not overwrite:
-        recorded = resolve_config(run_dir / "config.toml", allow_resolved=True)
-        if (user_sections(recorded) != user_sections(resolve_config(config))
-                or Path(recorded["run"]["data_dir"]).resolve() != data_dir.resolve()):
-            raise ValueError(f"{run_dir} holds a run of another config or data; use "
-                             "--overwrite to retrain it")
-        return run_dir / "model.keras"
-    resume = (run_dir / "config.toml").is_file() and not overwrite
-    result = fetalhc.train(config, data_dir, run_dir, resume=resume,
-                           overwrite=overwrite and run_dir.exists(), verbose=0)
-    return result.model_path
 
 
 @click.command("benchmark", cls=Command)
@@ -87,6 +69,7 @@ def command(out, work, variants, train_images, test_images, epochs, image_size, 
     from fetalhc.data import write_shortcut_dataset
     from fetalhc.explain import get_method
     from fetalhc.report.groundtruth import score_variant, training_config, write_benchmark_page
+    from fetalhc.training.fit import train_or_reuse
 
     for name in method_list or []:
         get_method(name)  # an unknown method: one line before any training
@@ -101,7 +84,7 @@ def command(out, work, variants, train_images, test_images, epochs, image_size, 
             write_shortcut_dataset(data_dir, variant, n=train_images, seed=seed, width=width,
                                    height=height)
         click.echo(f"[{number}/{len(chosen)}] {variant}: training ({epochs} epochs)")
-        model_file = _trained_run(config, data_dir, work / "runs" / variant, overwrite)
+        model_file = train_or_reuse(config, data_dir, work / "runs" / variant, overwrite)
         click.echo(f"[{number}/{len(chosen)}] {variant}: scoring on {test_images} fresh "
                    "phantoms")
         score_variant(fetalhc.load_model(model_file), model_file, variant, out / variant,

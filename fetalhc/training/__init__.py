@@ -28,7 +28,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("fetalhc.training.config", name)
        for name in ("DEFAULTS", "SPLITS", "STRATEGIES", "parse_set_option", "read_toml",
                     "resolve_config", "write_config")},
-    **{name: ("fetalhc.training.fit", name) for name in ("check_training_request", "train")},
+    **{name: ("fetalhc.training.fit", name) for name in ("check_training_request", "train",
+                                                             "train_or_reuse")},
     **{name: ("fetalhc.training.run_folder", name)
        for name in ("Run", "TrainResult", "check_training_data", "load_run", "resolve_split",
                     "run_split_index")},
@@ -62,6 +63,7 @@ __all__ = [
     "run_split_index",
     "standardise_ellipse",
     "train",
+    "train_or_reuse",
     "write_config",
 ]
 

@@ -242,3 +242,34 @@ def train(config: dict[str, Any] | str | os.PathLike | None, data_dir: str | os.
     write_metrics(out_dir, metrics, config, data_dir)
     discard_backup(out_dir)  # after metrics.json: a kill before this resumes to here
     return TrainResult(out_dir, model_path, metrics, history)
+
+
+def train_or_reuse(config: dict[str, Any] | str | os.PathLike | None,
+                   data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   overwrite: bool = False, overrides: dict[str, Any] | None = None,
+                   verbose: int = 0) -> Path:
+    """The model file of ``out_dir`` trained as ``config`` says on ``data_dir``: a finished
+    run with the same ``[data]``, ``[model]`` and ``[train]`` sections, data folder and split
+    is reused, a killed one resumed, a missing one trained; ``overwrite`` retrains. A run of
+    another config, data folder or split is refused (``ValueError``), never reused."""
+    from fetalhc.training.config import user_sections
+    from fetalhc.training.run_folder import CONFIG_FILE, METRICS_FILE, resolve_split
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not overwrite and (out_dir / CONFIG_FILE).is_file():
+        recorded = resolve_config(out_dir / CONFIG_FILE, allow_resolved=True)
+        if user_sections(recorded) != user_sections(resolve_config(config,
+                                                                   overrides=overrides)):
+            raise ValueError(f"{out_dir} holds a run of another config; retrain it with "
+                             "overwrite (--overwrite) or use another folder")
+        if (Path(recorded["run"]["data_dir"]).resolve() != data_dir.resolve()
+                or resolve_split(recorded, data_dir) != recorded["split"]):
+            raise ValueError(f"{out_dir} was trained on other data or another split than "
+                             f"{data_dir}; retrain it with overwrite (--overwrite) or use "
+                             "another folder")
+        if (out_dir / METRICS_FILE).is_file():
+            return out_dir / MODEL_FILE
+        return train(config, data_dir, out_dir, resume=True, overrides=overrides,
+                     verbose=verbose).model_path
+    return train(config, data_dir, out_dir, overwrite=overwrite and out_dir.exists(),
+                 overrides=overrides, verbose=verbose).model_path
