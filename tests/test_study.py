@@ -109,9 +109,21 @@ def test_study_writes_page_tables_and_figures(baseline):
         assert (baseline / path).is_file() and f"]({path})" in page
     for name in ("tiny-mae", "tiny-mse", "gradient", "guided_backprop", "−9.19"):
         assert name in page
-    for text in (page, *(path.read_text() for path in (baseline / "tables").glob("*.csv")),
-                 (baseline / "study.json").read_text()):
-        assert str(baseline.parent) not in text and "/tmp" not in text  # no absolute paths
+    # the command as given is quoted (here with the tests' temporary paths); nothing else
+    # holds an absolute path
+    command = info.pop("command")
+    assert command.startswith("fetalhc study --runs ") and "--images 2" in command
+    assert f"```bash\n{command}\n```" in page
+    for text in (page.replace(command, ""), json.dumps(info),
+                 *(path.read_text() for path in (baseline / "tables").glob("*.csv"))):
+        assert str(baseline.parent) not in text and "/tmp" not in text
+    times = pd.read_csv(baseline / "tables" / "step_times.csv")
+    assert times[["model", "step"]].values.tolist() == [
+        [name, step] for name in ("tiny-mae", "tiny-mse")
+        for step in ("explain", "evaluate-paper", "evaluate-rich")]
+    assert (times["wall time (s)"] > 0).all() and (times["CPU time (s)"] > 0).all()
+    assert "## What was run, and how long it took" in page and "## In short" in page
+    assert "### The paper's claims, checked" in page
 
 
 def test_rank_statistics_known_answers():
@@ -249,3 +261,87 @@ def test_unknown_run_is_one_line(phantoms, tmp_path):
     assert result.exit_code == 1
     assert "unknown run 'no-such-run'" in result.output
     assert result.output.strip().count("\n") == 0
+
+
+def test_report_folder_holds_the_page_and_what_it_quotes(runs, phantoms, tmp_path):
+    """--report: the page, study.json, tables/ and figures/ (evaluation figures copied) in
+    their own folder, the bulky steps in --out; another study into it is refused."""
+    out, report = tmp_path / "work", tmp_path / "docs" / "study"
+    first = ("--protocols", "paper,rich", "--methods", "gradient,input_x_gradient")
+    result = study(runs[:1], phantoms, out, *first, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in report.iterdir()) == [
+        "figures", "provenance.json", "study.json", "study.md", "tables"]
+    assert not (out / "study.md").exists() and (out / "models" / "tiny-mae").is_dir()
+    info = json.loads((report / "study.json").read_text())
+    for path in info["figures"].values():  # every figure inside the report folder
+        assert path.startswith("figures/") and (report / path).is_file()
+    assert any("evaluate" not in path and "perturbation" in path
+               for path in info["figures"].values())
+    page = (report / "study.md").read_bytes()
+    result = study(runs[:1], phantoms, out, *first, "--report", report)  # resumes
+    assert result.exit_code == 0 and "explain already done" in result.output
+    assert (report / "study.md").read_bytes() == page
+    result = study(runs[1:], phantoms, tmp_path / "other", *first, "--report", report,
+                   catch=True)
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+    assert str(report) in result.output and "--overwrite" in result.output
+    assert (report / "study.md").read_bytes() == page
+
+
+def _claim_tables(folder: Path, our_ranks: dict, band: dict) -> Path:
+    """Minimal stored tables for :func:`paper_claims`: two models (plain and residual, MAE)
+    ranking four of the paper's methods as ``our_ranks`` says."""
+    from fetalhc.files import write_csv
+
+    methods = ["gradient", "input_x_gradient", "integrated_gradients", "lrp_z"]
+    write_csv(pd.DataFrame([{"model": m, "paper model": "VGG16", "method": method,
+                             "our rank": our_ranks[m][i], "paper rank": i + 1}
+                            for m in our_ranks for i, method in enumerate(methods)]),
+              folder / "paper_ranks.csv")
+    write_csv(pd.DataFrame([{"model": "p", "backbone": "small_cnn", "loss": "MAE"},
+                            {"model": "r", "backbone": "small_resnet", "loss": "MAE"}]),
+              folder / "models.csv")
+    rows = [{"protocol": "paper", "model": m, "method": method,
+             "metric": "aopc_morf_abs_error_px_original", "mean (units)": mean,
+             "CI low (units)": mean - 1, "CI high (units)": mean + 1}
+            for m, mean in (("p", -2.0), ("r", -6.0)) for method in methods]
+    rows += [{"protocol": "rich", "model": m, "method": method, "metric": "band_ratio",
+              "mean (units)": band[method], "CI low (units)": 0, "CI high (units)": 9}
+             for m in ("p", "r") for method in band]
+    write_csv(pd.DataFrame(rows), folder / "summary.csv")
+    write_csv(pd.DataFrame(columns=["protocol", "model", "method", "error group", "metric",
+                                    "mean (units)"]), folder / "summary_by_error.csv")
+    return folder
+
+
+def test_paper_claims_known_answers(tmp_path):
+    from fetalhc.report.study_page import paper_claims
+
+    # p: IG best, IxG 2nd, LRP 4th; r: IxG 1st, LRP 2nd, IG below gradient
+    band = {"guided_backprop": 3.0, "deep_taylor": 2.5, "gradient": 1.0, "deconvnet": 0.5}
+    claims = paper_claims(_claim_tables(tmp_path, {"p": [3, 2, 1, 4], "r": [3, 1, 4, 2]},
+                                        band)).set_index("paper's claim")["holds here?"]
+    verdicts = list(claims)
+    assert verdicts[0] == "yes"  # Input x Gradient in the top 3 of both
+    assert verdicts[1] == "partly"  # LRP-z: top 3 for r only
+    assert verdicts[2] == "yes"  # IG best for the plain MAE model
+    assert verdicts[3] == "yes"  # IG below gradient for r
+    assert verdicts[4] == "yes"  # residual's AOPC CIs below the plain one's for every method
+    assert verdicts[5] == "yes"  # GB and DT above G and DCN by band ratio for both
+    band = {"guided_backprop": 0.5, "deep_taylor": 2.5, "gradient": 3.0, "deconvnet": 1.0}
+    claims = paper_claims(_claim_tables(tmp_path, {"p": [1, 2, 3, 4], "r": [1, 2, 3, 4]},
+                                        band))
+    assert list(claims["holds here?"]) == ["yes", "no", "no", "yes", "yes", "no"]
+
+
+def test_published_study_page_regenerates_unchanged(tmp_path):
+    """docs/study/study.md is what write_page makes of the stored files beside it."""
+    from fetalhc.report.study_page import write_page
+
+    docs = REPO_ROOT / "docs" / "study"
+    if not (docs / "study.json").is_file():
+        pytest.skip("docs/study holds no study yet (fetalhc study --report docs/study)")
+    shutil.copytree(docs / "tables", tmp_path / "tables")
+    shutil.copy(docs / "study.json", tmp_path / "study.json")
+    assert write_page(tmp_path).read_bytes() == (docs / "study.md").read_bytes()

@@ -12,6 +12,7 @@ Only click, the standard library and TensorFlow-free modules are imported here.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -64,6 +65,10 @@ def resolve_runs(texts, data_dir: Path, split: str | None) -> list:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: study.md, tables/, figures/, models/<run>/ (a re-run "
                    "resumes it).")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the page and the files it quotes (study.md, study.json, "
+                   "tables/, figures/; default: --out), e.g. under docs/ while the "
+                   "bulky step folders stay in --out.")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Which images of each run.")
 @click.option("--images", default="24", show_default=True, metavar="N|all",
@@ -83,7 +88,7 @@ def resolve_runs(texts, data_dir: Path, split: str | None) -> list:
               help="Delete an earlier study at --out and recompute it (a re-run with other "
                    "settings is refused without it; with the same, it resumes).")
 @progress_option
-def command(runs, data_dir, out, split, images, protocols, methods, randomisation_images,
+def command(runs, data_dir, out, report, split, images, protocols, methods, randomisation_images,
             n_boot, overwrite, progress):
     """Explain and evaluate several runs and compare the methods' ranking with the seed
     paper's (Zhang et al., iMIMIC 2020): <out>/study.md."""
@@ -97,8 +102,16 @@ def command(runs, data_dir, out, split, images, protocols, methods, randomisatio
     if not names:
         raise ValueError("--runs is empty; give run folders separated by commas")
     models = resolve_runs(names, data_dir, split)
+    context = click.get_current_context()  # the command as given, for the page
+    given = [param.opts[0] if getattr(param, "is_flag", False)
+             else f"{param.opts[0]} {shlex.quote(str(context.params[param.name]))}"
+             for param in context.command.params
+             if param.name in context.params and param.name not in ("progress", "overwrite")
+             and context.get_parameter_source(param.name).name not in ("DEFAULT",
+                                                                       "DEFAULT_MAP")]
     page = run_study(models, out, methods=methods, images=images, protocols=protocols,
                      randomisation_images=randomisation_images,
                      evaluation_overrides={} if n_boot is None else {"n_boot": n_boot},
-                     overwrite=overwrite, progress=show_progress(progress), log=click.echo)
+                     overwrite=overwrite, progress=show_progress(progress), log=click.echo,
+                     report=report, command=" ".join(["fetalhc study", *given]))
     click.echo(f"wrote {page}")

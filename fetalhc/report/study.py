@@ -24,9 +24,13 @@ quotes them share one file layout and one set of column names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import os
+import resource
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -38,7 +42,7 @@ import pandas as pd
 
 from fetalhc.data import check_images
 from fetalhc.evaluate.settings import POSITIVE_INT, require_range, split_list
-from fetalhc.files import markdown_table, write_csv, write_json, write_text
+from fetalhc.files import write_csv, write_json
 from fetalhc.report.evaluation import check_annotations, write_evaluation
 from fetalhc.report.explanations import (
     check_model,
@@ -56,6 +60,14 @@ from fetalhc.report.provenance import (
     read_provenance,
     write_provenance,
 )
+from fetalhc.report.study_page import (
+    AOPC_MM,
+    AOPC_PX,
+    PAGE_FILE,
+    STUDY_FILE,
+    metric_units,
+    write_page,
+)
 
 PROTOCOLS = ("paper", "rich")
 PROTOCOL_METRICS = {"paper": ("aopc",), "rich": ("aopc", "deletion", "insertion",
@@ -66,30 +78,14 @@ PAPER_SETTINGS = {"grid": 4, "steps": 15, "regions_per_step": 1, "perturbation":
 # the richer AOPC: 8 x 8 regions four at a time, as many forward passes as the paper's
 RICH_SETTINGS = {**PAPER_SETTINGS, "grid": 8, "regions_per_step": 4}
 TARGET = "hc_mm"
-STEPS_FILE, STUDY_FILE, PAGE_FILE = "steps.json", "study.json", "study.md"
+STEPS_FILE, TIMES_FILE = "steps.json", "times.json"
 # settings.json keys that name inputs, not settings (paths stay out of the tables)
 INPUT_KEYS = ("model", "data", "filenames", "methods", "limit", "maps", "split")
-AOPC_PX, AOPC_MM = "aopc_morf_abs_error_px_original", "aopc_morf_abs_error_mm"
-METRIC_TITLES = {
-    AOPC_MM: "AOPC MoRF of |error|", AOPC_PX: "AOPC MoRF of |error|, the paper's unit",
-    "aopc_lerf_abs_error_mm": "AOPC LeRF of |error|",
-    "aopc_random_abs_error_mm": "AOPC random order of |error|",
-    "aopc_morf_shift_mm": "AOPC MoRF of the shift from the unperturbed HC",
-    "deletion_auc_abs_error_mm": "Deletion area of |error| (larger = better)",
-    "insertion_auc_abs_error_mm": "Insertion area of |error| (smaller = better)",
-    "band_ratio": "Contour-band ratio (positive relevance near the contour; 1 = chance)",
-    "top_distance_mm": "Distance of the top pixels to the contour (smaller = closer)",
-}
 # the evaluations' own figures the page links to: (protocol, file stem)
 EVALUATION_FIGURES = (
     ("paper", "perturbation_abs_error_px_original"), ("rich", "perturbation_abs_error_mm"),
     ("rich", "deletion_insertion_abs_error_mm"), ("rich", "localisation_band_ratio"),
     ("paper", "error_split_aopc_morf_abs_error_mm"))
-PAGE_METRICS = {"paper": (AOPC_MM, AOPC_PX, "aopc_lerf_abs_error_mm",
-                          "aopc_random_abs_error_mm", "aopc_morf_shift_mm"),
-                "rich": (AOPC_MM, "aopc_lerf_abs_error_mm", "aopc_random_abs_error_mm",
-                         "deletion_auc_abs_error_mm", "insertion_auc_abs_error_mm",
-                         "band_ratio", "top_distance_mm")}
 
 
 @dataclass(frozen=True)
@@ -206,12 +202,16 @@ def _step(model_dir: Path, step: str, finish: bool = False) -> bool:
 def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
               protocols=PROTOCOLS, randomisation_images: int | None = None,
               evaluation_overrides: dict | None = None, overwrite: bool = False,
-              progress: bool = False, log: Callable[[str], None] | None = None) -> Path:
+              progress: bool = False, log: Callable[[str], None] | None = None,
+              report=None, command: str | None = None) -> Path:
     """Explain, evaluate (per protocol) and report ``models`` into ``out``; returns the
     page's path. ``images``: the first N images of each split (``None`` / ``"all"``:
     every image); ``evaluation_overrides``: ``EvaluationSettings`` fields set in every
     protocol (e.g. ``n_boot``). Every request, model and folder check runs before anything
-    is written; ``log`` receives one line per step."""
+    is written; ``log`` receives one line per step. ``report``: the folder of the page and
+    the files it quotes (``study.md``, ``study.json``, ``tables/``, ``figures/``; default
+    ``out``), e.g. a docs folder while the bulky step folders stay in ``out``; ``command``:
+    the command line quoted on the page."""
     say = log or (lambda _message: None)
     methods, images = parse_methods(methods), parse_images(images)
     protocols = parse_protocols(protocols)
@@ -243,6 +243,12 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
         plans.append((entry, settings, model_record(entry, options, settings)))
     study = make_provenance("study", options)
     check_folder(out, study, overwrite=overwrite, markers=(STUDY_FILE, PAGE_FILE))
+    report = out if report is None or Path(report).resolve() == out.resolve() else Path(report)
+    report_record = make_provenance("study-report", {
+        **options, "models": {entry.name: record["result"] for entry, _, record in plans}})
+    if report is not out:  # a page of another study is refused, never overwritten silently
+        check_folder(report, report_record, overwrite=overwrite,
+                     markers=(STUDY_FILE, PAGE_FILE))
     for entry, _, record in plans:
         check_folder(out / "models" / entry.name, record, markers=(STEPS_FILE,))
     out.mkdir(parents=True, exist_ok=True)
@@ -254,24 +260,30 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
         if read_provenance(model_dir) is None:
             write_provenance(model_dir, record)
         _run_model(entry, model_dir, methods, images, settings, progress, say)
+    if report is not out:
+        report.mkdir(parents=True, exist_ok=True)
+        if read_provenance(report) is None:
+            write_provenance(report, report_record)
     say("tables and figures ...")
-    collect(out, [entry.name for entry in models], methods)
-    return write_page(out)
+    collect(out, [entry.name for entry in models], methods, report=report, command=command)
+    return write_page(report)
 
 
 def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, progress,
                say) -> None:
     """The steps of one model: explain (+ stacked maps), then one evaluation per protocol;
-    a finished step is skipped."""
+    a finished step is skipped. Each step's wall and CPU time go to ``times.json``."""
     if _step(model_dir, "explain"):
         say(f"{entry.name}: explain already done")
     else:
         say(f"{entry.name}: explain ({len(methods)} methods) ...")
-        write_explanations(
-            entry.model, entry.index, entry.image_size, methods, model_dir / "explain",
-            limit=images, target=TARGET, progress=progress, source=entry.source,
-            split=entry.split, model_file=entry.model_file, hc_range_mm=entry.hc_range_mm)
-        stack_maps(model_dir / "explain", model_dir / "maps", methods)
+        with _timed(model_dir, "explain"):
+            write_explanations(
+                entry.model, entry.index, entry.image_size, methods, model_dir / "explain",
+                limit=images, target=TARGET, progress=progress, source=entry.source,
+                split=entry.split, model_file=entry.model_file,
+                hc_range_mm=entry.hc_range_mm)
+            stack_maps(model_dir / "explain", model_dir / "maps", methods)
         _step(model_dir, "explain", finish=True)
     for protocol, values in settings.items():
         step = f"evaluate-{protocol}"
@@ -279,12 +291,31 @@ def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, pr
             say(f"{entry.name}: {step} already done")
             continue
         say(f"{entry.name}: {step} ...")
-        write_evaluation(
-            entry.model, entry.index, methods, PROTOCOL_METRICS[protocol], values,
-            model_dir / step, image_size=entry.image_size, split=entry.split,
-            source=entry.source, limit=images, maps_dir=model_dir / "maps",
-            progress=progress, model_file=entry.model_file)
+        with _timed(model_dir, step):
+            write_evaluation(
+                entry.model, entry.index, methods, PROTOCOL_METRICS[protocol], values,
+                model_dir / step, image_size=entry.image_size, split=entry.split,
+                source=entry.source, limit=images, maps_dir=model_dir / "maps",
+                progress=progress, model_file=entry.model_file)
         _step(model_dir, step, finish=True)
+
+
+@contextlib.contextmanager
+def _timed(model_dir: Path, step: str):
+    """Record the wall and CPU seconds (this process, all threads) of a step that finishes
+    in ``times.json``, with the machine's cores and 1-minute load before and after. An
+    interrupted step records nothing; when it resumes, only the resumed part is timed."""
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    wall, used, load = time.perf_counter(), cpu(), os.getloadavg()[0]
+    yield
+    path = model_dir / TIMES_FILE
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**done, step: {
+        "wall_seconds": time.perf_counter() - wall, "cpu_seconds": cpu() - used,
+        "cpu_count": os.cpu_count(), "load_before": load, "load_after": os.getloadavg()[0]}})
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -329,21 +360,15 @@ def rho_interval(per_image: pd.DataFrame, methods, reference, column: str, n_boo
 
 
 # ----------------------------------------------------------------------------- tables
-def metric_units(metric: str) -> str:
-    """The units of an evaluation metric, read from its name."""
-    if metric.endswith("_px_original"):
-        return "original px"
-    if metric.endswith("_mm"):
-        return "mm"
-    return "ratio, 1 = chance" if "ratio" in metric else "1"
-
-
-def collect(out, names: Sequence[str], methods: Sequence[str]) -> dict:
-    """Every table and figure of the page, from the models' step folders: ``tables/*.csv``,
-    ``figures/*.png`` and ``study.json``; returns what ``study.json`` holds."""
+def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
+            command: str | None = None) -> dict:
+    """Every table and figure of the page, from the models' step folders in ``out``:
+    ``tables/*.csv``, ``figures/*.png`` and ``study.json`` in ``report`` (default ``out``);
+    returns what ``study.json`` holds."""
     from fetalhc.evaluate.stats import bootstrap_ci
 
     out = Path(out)
+    report = out if report is None else Path(report)
     paper = paper_reference()
     summaries, by_error, randomised, models, beats = [], [], [], [], []
     per_image: dict[tuple[str, str], pd.DataFrame] = {}
@@ -377,7 +402,8 @@ def collect(out, names: Sequence[str], methods: Sequence[str]) -> dict:
             beats.append({"model": name, "protocol": aopc, "method": method,
                           "MoRF - random AOPC (mm)": mean, "CI low (mm)": low,
                           "CI high (mm)": high, "beats random": bool(high < 0)})
-    tables = out / "tables"
+    tables = report / "tables"
+    write_csv(step_times(out, names), tables / "step_times.csv")
     summary = pd.concat(summaries, ignore_index=True)
 
     def tidy(frame, keys):
@@ -424,25 +450,80 @@ def collect(out, names: Sequence[str], methods: Sequence[str]) -> dict:
                                        "paper AOPC (original px)": b, "paper rank": rb})
         write_csv(pd.DataFrame(correlation), tables / "paper_correlation.csv")
         write_csv(pd.DataFrame(comparison), tables / "paper_ranks.csv")
-    figures = _figures(out, names, methods, per_image, summary)
+    figures = _figures(out, report, names, methods, per_image, summary)
+    if comparison:
+        figures["our ranks against the paper's"] = _ranks_figure(
+            report, pd.DataFrame(comparison), pd.DataFrame(correlation))
     info = {"models": list(names), "methods": list(methods), "protocols": list(settings),
             "settings": settings, "figures": figures, "paper": {
                 key: paper[key] for key in ("source", "units", "description", "loss")},
-            "paper_methods": overlap}
-    write_json(out / STUDY_FILE, info)
+            "paper_methods": overlap, "command": command}
+    write_json(report / STUDY_FILE, info)
     return info
 
 
+def step_times(out: Path, names: Sequence[str]) -> pd.DataFrame:
+    """Wall and CPU time of every finished step (``times.json`` of each model), with the
+    machine's cores and 1-minute load around it; NaN for a step timed by nothing."""
+    rows = []
+    for name in names:
+        path = out / "models" / name / TIMES_FILE
+        times = json.loads(path.read_text()) if path.is_file() else {}
+        done = json.loads((out / "models" / name / STEPS_FILE).read_text())
+        for step in done:
+            item = times.get(step, {})
+            rows.append({"model": name, "step": step,
+                         "wall time (s)": item.get("wall_seconds", np.nan),
+                         "CPU time (s)": item.get("cpu_seconds", np.nan),
+                         "CPU cores": item.get("cpu_count", np.nan),
+                         "load before (1 min)": item.get("load_before", np.nan),
+                         "load after (1 min)": item.get("load_after", np.nan)})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------- figures
-def _figures(out: Path, names, methods, per_image, summary) -> dict:
-    """The page's figures (paths relative to ``out``): the AOPC overview, maps of the
-    lowest- and highest-error images per model, and the evaluations' own figures."""
+def _ranks_figure(report: Path, comparison: pd.DataFrame, correlation: pd.DataFrame) -> str:
+    """Our AOPC rank against the paper's per method: a panel per (our model, paper model)."""
+    from matplotlib.figure import Figure
+
+    from fetalhc.viz.figures import save_figure
+
+    pairs = list(comparison.groupby(["model", "paper model"], sort=False))
+    columns = min(4, len(pairs))
+    rows = -(-len(pairs) // columns)
+    figure = Figure(figsize=(3.0 * columns, 3.0 * rows), dpi=100)
+    for number_, ((name, paper_model), frame) in enumerate(pairs):
+        axis = figure.add_subplot(rows, columns, number_ + 1)
+        n = len(frame)
+        axis.plot([1, n], [1, n], color="grey", linewidth=0.8, linestyle="--")
+        axis.scatter(frame["paper rank"], frame["our rank"], s=12)
+        for _, row in frame.iterrows():
+            axis.annotate(row["method"], (row["paper rank"], row["our rank"]), fontsize=5,
+                          xytext=(2, 2), textcoords="offset points")
+        rho = correlation[(correlation["model"] == name)
+                          & (correlation["paper model"] == paper_model)]["Spearman rho (1)"]
+        axis.set_title(f"{name} vs {paper_model}: rho {float(rho.iloc[0]):.2f}", fontsize=7)
+        axis.set_xlabel("rank in the paper (1 = best)", fontsize=7)
+        axis.set_ylabel("our rank (1 = best)", fontsize=7)
+        axis.set_xlim(n + 0.5, 0.5)
+        axis.set_ylim(n + 0.5, 0.5)
+        axis.tick_params(labelsize=6)
+    figure.tight_layout()
+    return str(save_figure(figure, report / "figures" / "paper_ranks.png").relative_to(report))
+
+
+def _figures(out: Path, report: Path, names, methods, per_image, summary) -> dict:
+    """The page's figures in ``report/figures`` (paths relative to ``report``): the AOPC
+    overview, maps of the lowest- and highest-error images per model, and copies of the
+    evaluations' own figures."""
+    import shutil
+
     from matplotlib.figure import Figure
 
     from fetalhc.viz.figures import save_figure
     from fetalhc.viz.overlay import grid_figure
 
-    folder, figures = out / "figures", {}
+    folder, figures = report / "figures", {}
     rows = summary[summary["metric"] == AOPC_MM]
     if not rows.empty:
         figure = Figure(figsize=(6.4, 0.32 * len(methods) + 1.4), dpi=100)
@@ -460,7 +541,7 @@ def _figures(out: Path, names, methods, per_image, summary) -> dict:
         axis.legend(fontsize=7, frameon=False)
         figure.tight_layout()
         figures["overview"] = str(save_figure(figure, folder / "aopc_overview.png")
-                                  .relative_to(out))
+                                  .relative_to(report))
     for name in names:
         protocol = next(p for p in PROTOCOLS if (name, p) in per_image)
         errors = (per_image[(name, protocol)].drop_duplicates("filename")
@@ -483,118 +564,12 @@ def _figures(out: Path, names, methods, per_image, summary) -> dict:
         figure = grid_figure(images, maps, contours if all(c is not None for c in contours)
                              else None, column_titles=titles, units=units, cell_inches=1.4)
         figures[f"maps {name}"] = str(save_figure(figure, folder / f"maps_{name}.png", dpi=72)
-                                      .relative_to(out))
+                                      .relative_to(report))
         for protocol, stem in EVALUATION_FIGURES:
             source = out / "models" / name / f"evaluate-{protocol}" / "figures" / f"{stem}.png"
             if source.is_file():
-                figures[f"{protocol} protocol, {name}: {stem}"] = str(source.relative_to(out))
+                target = folder / f"{name}_{protocol}_{stem}.png"
+                if target.resolve() != source.resolve():
+                    shutil.copyfile(source, target)
+                figures[f"{protocol} protocol, {name}: {stem}"] = str(target.relative_to(report))
     return figures
-
-
-# ----------------------------------------------------------------------------- the page
-def number(value, digits: int | None = None) -> str:
-    """A number for the page: 2 significant decimals by size, a true minus sign, ``n/a``."""
-    if value is None or not np.isfinite(float(value)):
-        return "n/a"
-    if digits is None:
-        digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
-    return f"{float(value):.{digits}f}".replace("-", "−")
-
-
-def _cell(rows) -> str:
-    """``mean [CI low, CI high]`` of the first of ``rows`` (a frame or a row), or n/a."""
-    if isinstance(rows, pd.DataFrame):
-        if rows.empty:
-            return "n/a"
-        rows = rows.iloc[0]
-    return (f"{number(rows['mean (units)'])} [{number(rows['CI low (units)'])}, "
-            f"{number(rows['CI high (units)'])}]")
-
-
-def write_page(out) -> Path:
-    """Write ``<out>/study.md`` from ``study.json`` and ``tables/*.csv`` alone (no model,
-    no data, no clock: the same files give the same bytes); returns its path."""
-    out = Path(out)
-    info = json.loads((out / STUDY_FILE).read_text())
-    tables = out / "tables"
-    names, methods = info["models"], info["methods"]
-    summary = pd.read_csv(tables / "summary.csv")
-    parts = [
-        "# Explainability study\n",
-        f"Models: {', '.join(f'`{n}`' for n in names)}. Methods ({len(methods)}): "
-        f"{', '.join(methods)}. Protocols: {', '.join(info['protocols'])}. Written by "
-        "`fetalhc study` from the files beside it (`tables/`, `study.json`); "
-        "`fetalhc.report.study.write_page(folder)` rewrites it from them alone.\n",
-        "## Models\n", _frame_table(pd.read_csv(tables / "models.csv"))]
-    for protocol in info["protocols"]:
-        values = info["settings"][protocol]
-        parts.append(f"\n**{protocol} protocol**: {values['grid']} x {values['grid']} grid, "
-                     f"{values['regions_per_step']} region(s) per step replaced by "
-                     f"N(0, {values['noise_sd']:g}) noise, {values['steps']} steps, ranked by "
-                     f"{values['aggregation']} relevance; metrics "
-                     f"{', '.join(values['metrics'])}; {values['n_boot']} bootstrap "
-                     "resamples for the 95 % CIs" + ("" if protocol != "paper" or values.get(
-                         "protocol") else f" (the paper's at {values['image_size']} px, not 128)")
-                     + ".\n")
-    for protocol in info["protocols"]:
-        parts.append(f"## {protocol.capitalize()} protocol\n")
-        for metric in PAGE_METRICS[protocol]:
-            rows = summary[(summary["protocol"] == protocol) & (summary["metric"] == metric)]
-            if rows.empty:
-                continue
-            body = [[method] + [_cell(rows[(rows["model"] == name) & (rows["method"] == method)])
-                                for name in names] for method in methods]
-            parts += [f"\n**{METRIC_TITLES.get(metric, metric)}** (mean [95 % CI])\n",
-                      markdown_table(["method"] + [f"{n} ({metric_units(metric)})"
-                                                   for n in names], body)]
-    beats = pd.read_csv(tables / "beats_random.csv")
-    parts += ["\n## Which maps beat a random order?\n",
-              "Per image AOPC MoRF − AOPC random (mm); a method beats random when the whole "
-              "95 % CI is below 0.\n", _frame_table(beats)]
-    for name in names:
-        mine = beats[(beats["model"] == name) & beats["beats random"]]
-        parts.append(f"- `{name}`: {len(mine)} of {len(methods)} methods beat random"
-                     f" ({', '.join(mine['method']) or 'none'}).")
-    if (tables / "randomisation.csv").is_file():
-        frame = pd.read_csv(tables / "randomisation.csv")
-        parts += ["\n## Model randomisation\n",
-                  "Similarity of each map with the trained model's once every layer is "
-                  "random (flagged: the map does not depend enough on the weights).\n",
-                  _frame_table(frame)]
-    by_error = pd.read_csv(tables / "summary_by_error.csv")
-    rows = by_error[by_error["metric"] == AOPC_MM]
-    if not rows.empty:
-        parts += ["\n## Low versus high prediction error\n",
-                  "AOPC MoRF of |error| (mm) per error group (median split of each "
-                  "model's images), mean [95 % CI].\n",
-                  markdown_table(["protocol", "model", "method", "error group", "AOPC (mm)"],
-                                 [[r["protocol"], r["model"], r["method"], r["error group"],
-                                   _cell(r)] for _, r in rows.iterrows()])]
-    parts.append("\n## Figures\n")
-    parts += [f"![{key}]({path})\n" for key, path in info["figures"].items()]
-    parts += ["\n## Against the seed paper\n",
-              f"Reference: {info['paper']['source']}. {info['paper']['description']}\n",
-              _frame_table(pd.read_csv(tables / "paper_reference.csv"))]
-    if (tables / "paper_correlation.csv").is_file():
-        parts += [f"\nSpearman's rho between our AOPC ranking (paper protocol, original px) "
-                  f"and the paper's over the {len(info['paper_methods'])} methods both "
-                  "evaluated; the CI comes from bootstrap resamples of our images, p is the "
-                  "exact one-sided permutation probability.\n",
-                  _frame_table(pd.read_csv(tables / "paper_correlation.csv")),
-                  "\nRanks per method (1 = most negative AOPC = best):\n",
-                  _frame_table(pd.read_csv(tables / "paper_ranks.csv"))]
-    else:
-        parts.append(f"\nA rank comparison needs at least 3 of the paper's methods evaluated "
-                     f"with the paper protocol; this study has "
-                     f"{len(info['paper_methods'])}.\n")
-    return write_text(out / PAGE_FILE, "\n".join(parts).rstrip() + "\n")
-
-
-def _frame_table(frame: pd.DataFrame) -> str:
-    def cell(value):  # a stored table's value on the page
-        if isinstance(value, bool | np.bool_):
-            return "yes" if value else "no"
-        return number(value) if isinstance(value, float | np.floating) else str(value)
-
-    return markdown_table(list(frame.columns),
-                          [[cell(v) for v in row] for row in frame.itertuples(index=False)])
