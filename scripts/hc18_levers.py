@@ -94,18 +94,21 @@ def predict_variant(run: Path, data_dir: Path) -> pd.DataFrame:
     """Per-image predictions (mm) of ``run`` on its val and test splits: as they are, of the
     horizontally flipped image, and for a model with the ellipse head, the HC of its
     predicted ellipse (Ramanujan's perimeter × the pixel size: a geometric head's answer,
-    read off the auxiliary output). A crop run predicts on its localiser's crops."""
+    read off the auxiliary output). A crop run predicts on its localiser's crops. A split the
+    run does not have (val of a run trained on train + val) is left out."""
     import fetalhc
     from fetalhc.data.ellipse import ellipse_perimeter
     from fetalhc.models import ELLIPSE_OUTPUT, output_names
     from fetalhc.models.localise import predict_ellipses
     from fetalhc.models.reliability import reliability_flags
     from fetalhc.training import resolve_model_split
+    from fetalhc.training.config import read_toml
     from fetalhc.training.setup import prediction_index
 
     model = fetalhc.load_model(run / "model.keras")
+    recorded = read_toml(run / "config.toml")["split"]
     frames = []
-    for split in SPLITS:
+    for split in (split for split in SPLITS if recorded.get(split)):
         resolved = resolve_model_split(run, data_dir, split, crop_runs=True)
         index = prediction_index(resolved.run.config, resolved.index,
                                  run_dir=resolved.run.run_dir)
@@ -162,7 +165,7 @@ def run_command(args) -> None:
         "n_images": int(len(table)),
         "mae_mm": float(errors.mean()),
         "mae_mm_by_split": {split: float(errors[table["split"] == split].mean())
-                            for split in SPLITS},
+                            for split in SPLITS if (table["split"] == split).any()},
         "script_seconds": time.perf_counter() - started,
         "machine": f"{os.cpu_count()} cores",
     }

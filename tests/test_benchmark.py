@@ -108,3 +108,23 @@ def test_the_committed_benchmark_page_is_regenerated_unchanged(tmp_path):
     shutil.copytree(committed, copy)
     write_benchmark_page(copy)
     assert (copy / "benchmark.md").read_bytes() == (committed / "benchmark.md").read_bytes()
+
+
+def test_a_data_folder_is_reused_only_when_it_holds_what_the_settings_make(tmp_path):
+    from fetalhc.data.shortcut import ensure_shortcut_dataset
+
+    folder = tmp_path / "marker-n6"
+    settings = {"variant": "marker", "n": 6, "seed": 0, "width": 64, "height": 48}
+    assert ensure_shortcut_dataset(folder, **settings) is True  # written
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert ensure_shortcut_dataset(folder, **settings) is False  # reused as it is
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+    with pytest.raises(ValueError, match="does not hold the marker phantoms"):
+        ensure_shortcut_dataset(folder, **{**settings, "seed": 1})  # other settings, same name
+    image = sorted((folder / "training_set").glob("*_HC.png"))[0]
+    image.write_bytes(image.read_bytes()[:-8] + b"\0" * 8)  # changed behind our back
+    with pytest.raises(ValueError, match=image.name):
+        ensure_shortcut_dataset(folder, **settings)
+    assert ensure_shortcut_dataset(folder, **settings, overwrite=True) is True
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+    assert [path.name for path in tmp_path.iterdir()] == ["marker-n6"]  # no scratch left

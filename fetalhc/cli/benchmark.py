@@ -1,8 +1,8 @@
 """``fetalhc benchmark``: the ground-truth faithfulness benchmark on shortcut phantoms.
 
 Per variant (``contour``, ``marker``, ``mixed``; :mod:`fetalhc.data.shortcut`): write the
-training phantoms (``fetalhc.data.write_shortcut_dataset``, a folder named by its settings,
-reused when present), train a small CNN on them (``fetalhc.train`` with
+training phantoms (``fetalhc.data.shortcut.ensure_shortcut_dataset``: a folder named by its
+settings, reused only when byte-identical to a fresh copy), train a small CNN on them (``fetalhc.train`` with
 ``fetalhc.report.groundtruth.training_config`` through ``fetalhc.training.fit.train_or_reuse``:
 a finished run with the same config, data and split is reused, a killed one resumed,
 another one refused unless ``--overwrite``), then score it on
@@ -66,7 +66,7 @@ def command(out, work, variants, train_images, test_images, epochs, image_size, 
     method_list = None if methods.strip() == "all" else split_list(methods)
 
     import fetalhc
-    from fetalhc.data import write_shortcut_dataset
+    from fetalhc.data.shortcut import ensure_shortcut_dataset
     from fetalhc.explain import get_method
     from fetalhc.report.groundtruth import score_variant, training_config, write_benchmark_page
     from fetalhc.training.fit import train_or_reuse
@@ -79,10 +79,9 @@ def command(out, work, variants, train_images, test_images, epochs, image_size, 
     work = out if work is None else work
     for number, variant in enumerate(chosen, start=1):
         data_dir = work / "data" / f"{variant}-n{train_images}-seed{seed}-{width}x{height}"
-        if not data_dir.is_dir():
-            click.echo(f"[{number}/{len(chosen)}] {variant}: writing {train_images} phantoms")
-            write_shortcut_dataset(data_dir, variant, n=train_images, seed=seed, width=width,
-                                   height=height)
+        click.echo(f"[{number}/{len(chosen)}] {variant}: {train_images} phantoms")
+        ensure_shortcut_dataset(data_dir, variant, n=train_images, seed=seed, width=width,
+                                height=height, overwrite=overwrite)
         click.echo(f"[{number}/{len(chosen)}] {variant}: training ({epochs} epochs)")
         model_file = train_or_reuse(config, data_dir, work / "runs" / variant, overwrite)
         click.echo(f"[{number}/{len(chosen)}] {variant}: scoring on {test_images} fresh "

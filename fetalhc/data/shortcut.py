@@ -453,6 +453,38 @@ def write_shortcut_dataset(out_dir, variant: str, n: int = 200, seed: int = 0,
     return write_folder_atomically(out_dir, write, overwrite)
 
 
+def ensure_shortcut_dataset(out_dir, variant: str, n: int = 200, seed: int = 0,
+                            width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
+                            overwrite: bool = False, **options) -> bool:
+    """``out_dir`` as :func:`write_shortcut_dataset` writes it with these arguments: written
+    when missing (or with ``overwrite``), else reused only when every file is byte-identical
+    to a fresh copy (the generator is deterministic), so a folder of an older generator or
+    other settings is never reused by its name (``ValueError``). Returns whether it was
+    written."""
+    import filecmp
+    import tempfile
+
+    out_dir = Path(out_dir)
+    if overwrite or not out_dir.exists():
+        write_shortcut_dataset(out_dir, variant, n, seed, width, height, overwrite=overwrite,
+                               **options)
+        return True
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+        fresh = write_shortcut_dataset(Path(scratch) / "fresh", variant, n, seed, width,
+                                       height, **options)
+        names = sorted(str(path.relative_to(fresh)) for path in fresh.rglob("*")
+                       if path.is_file())
+        found = sorted(str(path.relative_to(out_dir)) for path in out_dir.rglob("*")
+                       if path.is_file())
+        _, mismatch, errors = filecmp.cmpfiles(fresh, out_dir, names, shallow=False)
+    if names != found or mismatch or errors:
+        differing = (mismatch + errors)[:1] or sorted(set(names) ^ set(found))[:1]
+        raise ValueError(f"{out_dir} does not hold the {variant} phantoms these settings "
+                         f"make (first difference: {differing[0]}); delete it, or retrain "
+                         "with --overwrite")
+    return False
+
+
 def details_rows(filenames: Sequence[str], phantoms: Sequence[ShortcutPhantom]) -> list[dict]:
     """One dict per phantom: what its marker and head encode (the columns of
     ``shortcut_phantoms.csv``, units in the names)."""
