@@ -48,6 +48,9 @@ def test_every_variant_is_trained_checked_and_scored(benchmark):
     page = (benchmark / "benchmark.md").read_text()
     assert "## `marker`" in page and "## `mixed`" in page and "`contour`" not in page
     assert "Intervention check on 4 fresh phantoms" in page
+    per_image = pd.read_csv(benchmark / "marker" / "intervention_per_image.csv")
+    mae = (per_image["prediction (mm)"] - per_image["reference HC (mm)"]).abs().mean()
+    assert f"Model accuracy on these 4 phantoms: MAE **{mae:.1f}**" in page
     assert "marker share of cue abs relevance" in page  # the mixed variant's cue table
 
 

@@ -170,7 +170,20 @@ def _intervention_lines(folder: Path) -> list[str]:
         f"the head is hidden. **The model {'uses' if uses else 'does not (provably) use'} "
         f"the marker** ({done['rule']}).",
         "",
+        *_accuracy_lines(folder),
     ]
+
+
+def _accuracy_lines(folder: Path) -> list[str]:
+    """The model's MAE on the fresh phantoms of the check, from its per-image file."""
+    from fetalhc.evaluate.stats import bootstrap_ci
+
+    per_image = pd.read_csv(folder / INTERVENTION_PER_IMAGE)
+    errors = (per_image["prediction (mm)"] - per_image["reference HC (mm)"]).abs()
+    mean, low, high, n = bootstrap_ci(errors.to_numpy())
+    return [f"Model accuracy on these {n} phantoms: MAE **{_number(mean, 1)}** "
+            f"[{_number(low, 1)}, {_number(high, 1)}] mm (|prediction − reference HC| per "
+            f"image, `{INTERVENTION_PER_IMAGE}`).", ""]
 
 
 def _relevance_table(folder: Path) -> list[str]:
