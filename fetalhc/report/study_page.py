@@ -269,6 +269,7 @@ def paper_claims(tables: Path) -> pd.DataFrame:
                          f"residual AOPC (original px) lower with separate CIs for "
                          f"{len(better)} of {len(shared)} methods, higher for {len(worse)} "
                          "(the models' errors differ too)",
+                         "undecided at this n" if not better and not worse else
                          _verdict(len(better), len(shared)) if not worse else "no"])
     band = summary[(summary["protocol"] == "rich") & (summary["metric"] == "band_ratio")]
     if not band.empty:
@@ -288,11 +289,11 @@ def paper_claims(tables: Path) -> pd.DataFrame:
     by_error = pd.read_csv(tables / "summary_by_error.csv")
     by_error = by_error[(by_error["metric"] == AOPC_MM) & (by_error["protocol"] == "paper")]
     if not by_error.empty:
-        groups = sorted(set(by_error["error group"]))
-        wide = by_error.pivot_table(index=["model", "method"], columns="error group",
-                                    values="mean (units)")
-        high = next((g for g in groups if "high" in str(g)), groups[-1])
-        low = next((g for g in groups if "low" in str(g)), groups[0])
+        # the groups are "error <= T mm" and "error > T mm" with T the model's median
+        half = np.where(by_error["error group"].str.contains("<="), "low", "high")
+        wide = by_error.assign(half=half).pivot_table(index=["model", "method"],
+                                                      columns="half", values="mean (units)")
+        high, low = "high", "low"
         worse = int((wide[high] > wide[low]).sum())
         rows.append(["Map quality is worse where the prediction error is high (shown with "
                      "examples, not measured)",
