@@ -201,8 +201,10 @@ def in_short(models: pd.DataFrame, beats: pd.DataFrame, randomised: pd.DataFrame
                      "when the weights do): " + "; ".join(
                          f"`{name}` {len(found)} of {n_methods} ({_joined(sorted(found))})"
                          for name, found in passing.items()) + ".")
-        both = sorted({m for _, row in beats[beats["beats random"]].iterrows()
-                       for m in [row["method"]] if m in passing.get(row["model"], set())})
+        beating = beats[beats["beats random"]]
+        both = sorted({method for model, method in zip(beating["model"], beating["method"],
+                                                       strict=True)
+                       if method in passing.get(model, set())})
         lines.append(f"- **Both** (beats random and passes randomisation for at least one "
                      f"model): {_joined(both)}.")
     if (tables / "paper_correlation.csv").is_file():
