@@ -240,3 +240,29 @@ def test_paper_protocol_helpers():
             settings.aggregation, settings.recompute) == (4, 15, 0.3, "noise", "mean", False)
     # 800 px long side resized to 128: an input pixel covers 6.25 original pixels.
     np.testing.assert_allclose(evaluate.pixel_size_original([0.625], 128, [800]), [0.1])
+
+
+def test_a_shared_forward_answers_the_random_curve_and_step_zero_once(one_region_setup):
+    """Two methods' curves through one BatchedForward: the seeded random order (the same
+    for every map) and the unperturbed step reach the model once; the curves equal those of
+    separate forwards."""
+    from fetalhc.evaluate.forward import BatchedForward
+
+    model, images, reference = one_region_setup
+    n, steps = len(images), 3
+    maps = [region_map(5, n), np.random.default_rng(5).normal(size=images.shape[:3])]
+    shared = BatchedForward(model, batch_size=64)
+    curves = [evaluate.region_perturbation(model, images, m, PIXEL_SIZE_MM, reference,
+                                           grid=GRID, steps=steps, forward=shared)
+              for m in maps]
+    alone = [evaluate.region_perturbation(model, images, m, PIXEL_SIZE_MM, reference,
+                                          grid=GRID, steps=steps) for m in maps]
+    for together, separate in zip(curves, alone, strict=True):
+        np.testing.assert_allclose(together.hc_mm, separate.hc_mm, rtol=1e-6)
+    # per map: morf and lerf (steps 1..3 each); once: the unperturbed images and random
+    assert shared.passes == n * (1 + 2 * 2 * steps + steps)
+    before = shared.passes
+    again = evaluate.region_perturbation(model, images, maps[0], PIXEL_SIZE_MM, reference,
+                                         grid=GRID, steps=steps, forward=shared)
+    assert shared.passes == before  # the same request is answered from memory
+    np.testing.assert_array_equal(again.hc_mm, curves[0].hc_mm)

@@ -59,3 +59,44 @@ def test_gradient_maps_change_when_the_model_is_randomised(model_and_images):
     assert len(result.frame) == 4 * len(images)
     with pytest.raises(ValueError, match="unknown similarity"):
         evaluate.cascading_randomisation(model, images, "gradient", similarity="cosine")
+
+
+def test_checkpoints_are_evenly_spaced_and_end_with_the_whole_model():
+    assert evaluate.randomisation.checkpoints(27, 0) == list(range(1, 28))
+    assert evaluate.randomisation.checkpoints(27, 4) == [1, 10, 18, 27]
+    assert evaluate.randomisation.checkpoints(27, 1) == [27]
+    assert evaluate.randomisation.checkpoints(3, 5) == [1, 2, 3]
+    with pytest.raises(ValueError, match="0 .every layer"):
+        evaluate.randomisation.checkpoints(3, -1)
+
+
+def test_a_checkpoint_sees_the_same_model_as_the_full_cascade(model_and_images):
+    """Explaining at 2 checkpoints gives the stages 1 and 4 of the full cascade exactly
+    (each layer is re-initialised with its own stage's seed)."""
+    model, images = model_and_images
+    full = evaluate.cascading_randomisation(model, images, "gradient", pixel_size_mm=0.5,
+                                            seed=3)
+    few = evaluate.cascading_randomisation(model, images, "gradient", pixel_size_mm=0.5,
+                                           seed=3, stages=2)
+    assert sorted(set(few.frame["stage"])) == [1, 4]
+    kept = full.frame[full.frame["stage"].isin([1, 4])].reset_index(drop=True)
+    np.testing.assert_allclose(few.frame[["spearman", "spearman_abs", "ssim"]].to_numpy(),
+                               kept[["spearman", "spearman_abs", "ssim"]].to_numpy())
+    assert few.final_similarity == pytest.approx(full.final_similarity)
+
+
+def test_fixed_cost_explains_integrated_gradients_without_refinement(model_and_images):
+    """``fixed_cost`` = the method's fixed-cost options for trained and randomised maps
+    alike (here Integrated Gradients with tolerance None), whatever maps were given."""
+    model, images = model_and_images
+    stored = np.ones(images.shape[:3], np.float32)  # ignored: another rule's maps
+    cheap = evaluate.cascading_randomisation(model, images, "integrated_gradients",
+                                             pixel_size_mm=0.5, maps=stored, stages=2,
+                                             fixed_cost=True)
+    plain = evaluate.cascading_randomisation(model, images, "integrated_gradients",
+                                             pixel_size_mm=0.5, stages=2,
+                                             explain_options={"tolerance": None})
+    np.testing.assert_allclose(cheap.frame["spearman"], plain.frame["spearman"], rtol=1e-6)
+    as_given = evaluate.cascading_randomisation(model, images, "integrated_gradients",
+                                                pixel_size_mm=0.5, maps=stored, stages=2)
+    assert not np.allclose(as_given.frame["spearman"], plain.frame["spearman"])

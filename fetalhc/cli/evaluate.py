@@ -83,6 +83,14 @@ SETTINGS_OPTIONS: tuple[tuple[str, str, type | None, str], ...] = (
      "flagged."),
     ("--randomisation-images", "randomisation_images", int,
      "Randomisation: the first N images of the split."),
+    ("--randomisation-stages", "randomisation_stages", int,
+     "Randomisation: explain at this many checkpoints of the cascade, evenly spaced over "
+     "the weighted layers, the last one the fully random model (0: after every layer)."),
+    ("--randomisation-fixed-cost/--randomisation-as-configured", "randomisation_fixed_cost",
+     None,
+     "Randomisation: explain trained and randomised models alike at each method's "
+     "fixed-cost rule (Integrated Gradients without refinement to its completeness "
+     "tolerance); completeness is not what this check measures."),
     ("--target", "explain_target", str,
      "Explanation target (what the maps explain); abs_error_mm needs reference HC."),
     ("--n-boot", "n_boot", int, "Bootstrap resamples of the confidence intervals."),

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from fetalhc.cli.options import Command, progress_option, show_progress
+from fetalhc.evaluate.settings import PRECISIONS
 from fetalhc.training.config import SPLITS
 
 
@@ -81,6 +82,13 @@ def resolve_runs(texts, data_dir: Path, split: str | None) -> list:
 @click.option("--randomisation-images", type=click.IntRange(min=1), default=None,
               help="Images of the randomisation check (default: fetalhc evaluate's); it "
                    "recomputes every map once per weighted layer.")
+@click.option("--randomisation-stages", type=click.IntRange(min=0), default=None,
+              help="Checkpoints of the randomisation cascade at which the maps are "
+                   "recomputed, evenly spaced, the last the fully random model (0: after "
+                   "every weighted layer) [default: 5].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Precision of the evaluations' forward passes [default: mixed_bfloat16; "
+                   "benchmarks/precision_aopc.py measures what it changes].")
 @click.option("--n-boot", type=click.IntRange(min=1), default=None,
               help="Bootstrap resamples of the confidence intervals (default: fetalhc "
                    "evaluate's).")
@@ -89,7 +97,7 @@ def resolve_runs(texts, data_dir: Path, split: str | None) -> list:
                    "settings is refused without it; with the same, it resumes).")
 @progress_option
 def command(runs, data_dir, out, report, split, images, protocols, methods, randomisation_images,
-            n_boot, overwrite, progress):
+            randomisation_stages, precision, n_boot, overwrite, progress):
     """Explain and evaluate several runs and compare the methods' ranking with the seed
     paper's (Zhang et al., iMIMIC 2020): <out>/study.md."""
     from fetalhc.evaluate.settings import split_list
@@ -111,7 +119,11 @@ def command(runs, data_dir, out, report, split, images, protocols, methods, rand
                                                                        "DEFAULT_MAP")]
     page = run_study(models, out, methods=methods, images=images, protocols=protocols,
                      randomisation_images=randomisation_images,
-                     evaluation_overrides={} if n_boot is None else {"n_boot": n_boot},
+                     evaluation_overrides={
+                         key: value for key, value in (
+                             ("randomisation_stages", randomisation_stages),
+                             ("precision", precision), ("n_boot", n_boot))
+                         if value is not None},
                      overwrite=overwrite, progress=show_progress(progress), log=click.echo,
                      report=report, command=" ".join(["fetalhc study", *given]))
     click.echo(f"wrote {page}")

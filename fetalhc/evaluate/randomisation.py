@@ -90,20 +90,38 @@ def _reinitialise(layer, seed: int) -> None:
         variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
-def randomised_models(model: keras.Model, seed: int = 0, max_layers: int | None = None):
-    """Yield ``(layer_name, clone)`` with the top 1, 2, ... weighted layers re-initialised.
+def checkpoints(n_layers: int, stages: int = 0) -> list[int]:
+    """The cascade stages (1 = the top layer randomised, ``n_layers`` = all) at which the
+    maps are recomputed: every stage when ``stages`` is 0 or at least ``n_layers``, else
+    ``stages`` stages evenly spaced from the first to the last (always included)."""
+    if stages < 0:
+        raise ValueError(f"randomisation stages must be 0 (every layer) or more; got {stages}")
+    if stages == 0 or stages >= n_layers:
+        return list(range(1, n_layers + 1))
+    if stages == 1:
+        return [n_layers]
+    return sorted({int(round(v)) for v in np.linspace(1, n_layers, int(stages))})
 
-    One clone is made and randomised cumulatively; do not keep the yielded model past the
-    next step. The input model is left unchanged.
+
+def randomised_models(model: keras.Model, seed: int = 0, max_layers: int | None = None,
+                      stages: int = 0):
+    """Yield ``(stage, layer_name, clone)`` with the top 1, 2, ... weighted layers
+    re-initialised, at the :func:`checkpoints` of ``stages`` (0: after every layer).
+
+    One clone is made and randomised cumulatively (each layer with the seed of its own
+    stage, so a checkpoint's model is the same whatever the checkpoints); do not keep the
+    yielded model past the next step. The input model is left unchanged.
     """
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     names = layers_top_down(clone)
     if max_layers is not None:
         names = names[: int(max_layers)]
+    wanted = set(checkpoints(len(names), stages)) if names else set()
     for step, name in enumerate(names):
         _reinitialise(clone.get_layer(name), seed + 1000 * step)
-        yield name, clone
+        if step + 1 in wanted:
+            yield step + 1, name, clone
 
 
 @dataclass
@@ -143,6 +161,8 @@ def cascading_randomisation(
     threshold: float = 0.5,
     max_layers: int | None = None,
     seed: int = 0,
+    stages: int = 0,
+    fixed_cost: bool = False,
 ) -> RandomisationResult:
     """Cascading model randomisation of one explanation method.
 
@@ -150,7 +170,11 @@ def cascading_randomisation(
     ``target``, ``pixel_size_mm``, ``reference_mm`` and ``explain_options``) or a callable
     ``(model, images) -> maps``. ``maps`` are the trained model's maps (computed if None).
     ``similarity`` (``spearman``, ``spearman_abs`` or ``ssim``) and ``threshold`` decide
-    the flag.
+    the flag. ``stages``: the maps are recomputed at that many cascade checkpoints
+    (:func:`checkpoints`; 0: after every layer). ``fixed_cost`` (a method name only): the
+    trained and the randomised models are explained alike at the method's fixed-cost
+    options (``Method.fixed_cost``), ``maps`` are then recomputed when those options
+    change anything.
     """
     from fetalhc.explain import hc_output_model
 
@@ -165,6 +189,12 @@ def cascading_randomisation(
         pixel_size = as_vector(pixel_size_mm, n, "pixel_size_mm") if pixel_size_mm is not None \
             else None
         options = dict(explain_options or {})
+        if fixed_cost:
+            from fetalhc.explain import get_method
+
+            cheaper = {**options, **get_method(method).fixed_cost}
+            if cheaper != options:
+                options, maps = cheaper, None  # the trained model's maps at the same rule
 
         def explainer(m, x):
             return explain(m, x, method, target=target, pixel_size=pixel_size,
@@ -172,7 +202,7 @@ def cascading_randomisation(
 
     original = as_maps(explainer(view, images) if maps is None else maps, images)
     rows = []
-    for stage, (layer, randomised) in enumerate(randomised_models(view, seed, max_layers), 1):
+    for stage, layer, randomised in randomised_models(view, seed, max_layers, stages):
         new = as_maps(explainer(randomised, images), images, name="randomised maps")
         rho = spearman_per_image(original, new)
         rho_abs = spearman_per_image(np.abs(original), np.abs(new))

@@ -119,6 +119,7 @@ RANGES: dict[str, Range] = {
     "top_percent": Range(0.0, 100.0, low_open=True),
     "similarity_threshold": Range(-1.0, 1.0),
     "randomisation_images": POSITIVE_INT,
+    "randomisation_stages": Range(0, integer=True),
     "confidence": Range(0.0, 1.0, low_open=True, high_open=True),
     "n_boot": POSITIVE_INT,
     "seed": Range(0, integer=True),
@@ -287,6 +288,8 @@ class EvaluationSettings:
     similarity: str = "spearman_abs"
     similarity_threshold: float = 0.5
     randomisation_images: int = 8
+    randomisation_stages: int = 0  # cascade checkpoints explained (0: every weighted layer)
+    randomisation_fixed_cost: bool = False  # maps at the methods' fixed-cost rules
     # statistics and compute
     confidence: float = 0.95
     n_boot: int = 2000
@@ -340,8 +343,9 @@ class EvaluationSettings:
             raise ValueError(f"no orders given; choose from: {', '.join(ORDERS)}")
         for order in orders:
             require_choice(order, ORDERS, "order")
-        if not isinstance(self.recompute, bool):
-            raise ValueError(f"recompute must be True or False; got {self.recompute!r}")
+        for name in ("recompute", "randomisation_fixed_cost"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if not isinstance(self.explain_options, dict):
             raise ValueError("explain_options must be a dict of explain method options; got "
                              f"{type(self.explain_options).__name__}")

@@ -172,7 +172,9 @@ def evaluate_maps(
             model, images[:count], method, pixel_size[:count], reference[:count],
             maps=maps[:count], target=settings.explain_target,
             explain_options=settings.explain_options, similarity=settings.similarity,
-            threshold=settings.similarity_threshold, seed=settings.seed)
+            threshold=settings.similarity_threshold, seed=settings.seed,
+            stages=settings.randomisation_stages,
+            fixed_cost=settings.randomisation_fixed_cost)
         randomisation = result.stage_means()
         randomisation["final_similarity"] = result.final_similarity
         randomisation["similarity"] = settings.similarity

@@ -164,6 +164,7 @@ class IntegratedGradients(Method):
         "tolerance": DEFAULT_TOLERANCE,
         "max_steps": DEFAULT_MAX_STEPS,
     }
+    fixed_cost = {"tolerance": None}  # the plain rule of ``steps`` points, no refinement
 
     def validate(self):
         check_option_positive_int(self.options, "steps", self.name, 2 if self.options["rule"] == "trapezoid" else 1)

@@ -102,7 +102,10 @@ class Method:
     Class attributes:
       ``name``: registry name; ``description``: one line;
       ``defaults``: option name -> default (unknown options raise ValueError);
-      ``map_units``: units of the map, ``{target}`` stands for the target's units.
+      ``map_units``: units of the map, ``{target}`` stands for the target's units;
+      ``fixed_cost``: the options that give the method a fixed cost per image where it
+      otherwise adapts its work to each image (e.g. Integrated Gradients' refinement to a
+      completeness tolerance); used where that adaptation is not what is measured.
 
     :meth:`attribute` always runs inside a cached ``tf.function`` (see
     :mod:`fetalhc.explain.api`).
@@ -112,6 +115,7 @@ class Method:
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     map_units: ClassVar[str] = "{target}"
+    fixed_cost: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options):
         unknown = sorted(set(options) - set(self.defaults))

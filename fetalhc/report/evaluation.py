@@ -231,6 +231,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
 
     from fetalhc.data import check_images, load_arrays
     from fetalhc.evaluate import evaluate_maps
+    from fetalhc.evaluate.forward import BatchedForward
     from fetalhc.evaluate.settings import POSITIVE_INT, require_range
     from fetalhc.explain import check_methods as check_explain_methods
     from fetalhc.explain import explain
@@ -302,6 +303,9 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
                     **settings.as_dict()}
     write_json(out / "settings.json", {**run_settings, "methods": methods})
 
+    # one forward for every method: the random-order curves and the unperturbed
+    # predictions, identical for every method, are computed once (see BatchedForward)
+    forward = BatchedForward(model, settings.batch_size, settings.precision)
     per_image, curves, randomisation = [], [], []
     # the unit of work: one image of one method (the bar advances per batch of images)
     bar = tqdm(total=len(selected) * len(methods), desc="evaluate", unit="image",
@@ -327,7 +331,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
                 model, images, maps, pixel_size, reference, metrics=metrics,
                 settings=settings, annotation=arrays.get("annotation"),
                 pixel_size_original_mm=pixel_size_original, method=method,
-                positions=positions, progress=bar.update)
+                positions=positions, progress=bar.update, forward=forward)
             tables = {"per_image.csv": result.per_image.assign(filename=filenames),
                       "curves.csv": result.curves}
             if result.randomisation is not None:

@@ -77,6 +77,12 @@ PAPER_SETTINGS = {"grid": 4, "steps": 15, "regions_per_step": 1, "perturbation":
                   "noise_sd": 0.3, "aggregation": "mean", "recompute": False}
 # the richer AOPC: 8 x 8 regions four at a time, as many forward passes as the paper's
 RICH_SETTINGS = {**PAPER_SETTINGS, "grid": 8, "regions_per_step": 4}
+# how the study computes, in both protocols (fetalhc study --precision /
+# --randomisation-stages override): forward passes in mixed bfloat16 (its AOPC moved by
+# ~0.02 mm against a CI half-width of ~2.4 mm: benchmarks/precision_aopc.py), the
+# randomisation cascade explained at 5 checkpoints with the methods' fixed-cost rules
+STUDY_COMPUTE = {"precision": "mixed_bfloat16", "randomisation_stages": 5,
+                 "randomisation_fixed_cost": True}
 TARGET = "hc_mm"
 STEPS_FILE, TIMES_FILE = "steps.json", "times.json"
 # settings.json keys that name inputs, not settings (paths stay out of the tables)
@@ -159,10 +165,11 @@ def parse_methods(methods) -> list[str]:
 def protocol_settings(protocol: str, image_size: int, randomisation_images: int | None = None,
                       overrides: dict | None = None):
     """``EvaluationSettings`` of a protocol at ``image_size`` px: the paper's (``--protocol
-    paper`` at 128 px, the same settings spelt out otherwise) or the richer one."""
+    paper`` at 128 px, the same settings spelt out otherwise) or the richer one, computed
+    as :data:`STUDY_COMPUTE` says unless ``overrides`` say otherwise."""
     from fetalhc.evaluate import EvaluationSettings
 
-    overrides = dict(overrides or {})
+    overrides = {**STUDY_COMPUTE, **(overrides or {})}
     if randomisation_images is not None:
         overrides["randomisation_images"] = int(randomisation_images)
     if protocol == "paper" and int(image_size) == 128:

@@ -93,8 +93,10 @@ def cosine_learning_rate(epoch: int, epochs: int, learning_rate: float, minimum:
 
 # Sections written by `train` into the resolved config; accepted when reading a run back.
 RESOLVED_SECTIONS = ("preprocessing", "run", "split")
-# The splits of a run: train / val / test recorded in its [split], challenge = HC18 test_set.
-SPLITS = ("train", "val", "test", "challenge")
+# The splits of a run: train / val / test recorded in its [split], val+test = every image
+# the run held out (its val rows, then its test rows), challenge = HC18 test_set.
+HELD_OUT = "val+test"
+SPLITS = ("train", "val", "test", HELD_OUT, "challenge")
 
 _OVERRIDE_ALIASES = {
     "epochs": "train.epochs",

@@ -37,6 +37,7 @@ from fetalhc.data.pipeline import PREPROCESSING
 from fetalhc.files import atomic_path, write_csv, write_json
 from fetalhc.training.config import (
     DEFAULTS,
+    HELD_OUT,
     RESOLVED_SECTIONS,
     SPLITS,
     resolve_config,
@@ -104,7 +105,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 def run_split_index(run_config: dict[str, Any], data_dir: str | os.PathLike,
                     split: str = "test") -> pd.DataFrame:
     """The index rows of one split of a run: ``train``/``val``/``test`` from the file names
-    recorded in the run's config, ``challenge`` = the unlabelled HC18 test_set.
+    recorded in the run's config, ``val+test`` (:data:`HELD_OUT`) = its val rows then its
+    test rows (every image the run held out; a run without val gives its test rows),
+    ``challenge`` = the unlabelled HC18 test_set.
 
     Raises ``ValueError`` when the split is unknown, empty, or names files the data folder
     does not have.
@@ -118,7 +121,8 @@ def run_split_index(run_config: dict[str, Any], data_dir: str | os.PathLike,
         if len(index) == 0:
             raise ValueError(f"the challenge split of {data_dir} is empty")
         return index
-    names = list(run_config.get("split", {}).get(split, []))
+    parts = ("val", "test") if split == HELD_OUT else (split,)
+    names = [name for part in parts for name in run_config.get("split", {}).get(part, [])]
     if not names:
         raise ValueError(f"the {split!r} split of this run is empty (see [split] in config.toml)")
     index = load_index(data_dir, "training", validate=False)
