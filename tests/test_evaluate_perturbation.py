@@ -133,7 +133,7 @@ def test_random_order_is_seeded_and_missing_reference_gives_nan(one_region_setup
     assert np.all(np.isfinite(a.aopc("shift_mm", "random")))
 
 
-@pytest.mark.parametrize("perturbation", ["noise", "mean", "zeros", "blur"])
+@pytest.mark.parametrize("perturbation", evaluate.PERTURBATIONS)
 def test_every_perturbation_replaces_only_chosen_regions(perturbation):
     images = np.random.default_rng(2).normal(size=(2, SIZE, SIZE, 1)).astype(np.float32)
     replacement = evaluate.replacement_images(images, perturbation, noise_sd=0.3, seed=0)
@@ -143,6 +143,13 @@ def test_every_perturbation_replaces_only_chosen_regions(perturbation):
                                    atol=1e-6)
     if perturbation == "noise":
         assert replacement.std() == pytest.approx(0.3, rel=0.1)
+    if perturbation == "speckle":  # each image's own pixels, reordered, seeded by position
+        for i in range(2):
+            np.testing.assert_array_equal(np.sort(replacement[i].ravel()),
+                                          np.sort(images[i].ravel()))
+        assert not np.array_equal(replacement, images)
+        second = evaluate.replacement_images(images[1:], "speckle", seed=0, positions=[1])
+        np.testing.assert_array_equal(second[0], replacement[1])
     # A model that looks only at region 0: removing region 15 first (LeRF) changes nothing.
     weights = np.zeros(16)
     weights[0] = 1.0

@@ -64,3 +64,27 @@ def test_error_groups_by_threshold_and_quantiles():
         stats.error_groups(errors)
     with pytest.raises(ValueError, match="between 0 and 1"):
         stats.error_groups(errors, quantiles=[1.5])
+
+
+def test_holm_matches_the_hand_computed_step_down():
+    from fetalhc.evaluate.stats import holm
+
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, max(0.04, 0.06), max(0.06, 0.06), 0.5
+    adjusted = holm([0.03, 0.01, 0.5, 0.02, np.nan])
+    np.testing.assert_allclose(adjusted[:4], [0.06, 0.04, 0.5, 0.06])
+    assert np.isnan(adjusted[4])
+    np.testing.assert_allclose(holm([0.4, 0.4]), [0.8, 0.8])
+    assert np.isnan(holm([np.nan])).all()
+
+
+def test_paired_test_separates_a_shift_from_symmetric_noise():
+    from fetalhc.evaluate.stats import paired_test
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 1.0, 200)
+    shifted = paired_test(noise + 1.0, n_flips=2000)
+    assert shifted["p"] == pytest.approx(1 / 2001) and shifted["ci_low"] > 0.5
+    symmetric = paired_test(np.concatenate([noise, -noise]), n_flips=2000)
+    assert symmetric["p"] > 0.9 and symmetric["ci_low"] < 0 < symmetric["ci_high"]
+    single = paired_test([1.0, np.nan])
+    assert single["n"] == 1 and np.isnan(single["p"])

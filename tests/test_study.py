@@ -120,10 +120,22 @@ def test_study_writes_page_tables_and_figures(baseline):
     times = pd.read_csv(baseline / "tables" / "step_times.csv")
     assert times[["model", "step"]].values.tolist() == [
         [name, step] for name in ("tiny-mae", "tiny-mse")
-        for step in ("explain", "evaluate-paper", "evaluate-rich")]
+        for step in ("explain", "evaluate-paper", "evaluate-rich", "diagnose")]
     assert (times["wall time (s)"] > 0).all() and (times["CPU time (s)"] > 0).all()
+    # the floor: n (1 + K + 2 M K) passes for an AOPC protocol (n = 2, K = 15, M = 3)
+    floor = times.set_index(["model", "step"])["floor forward passes"]
+    assert floor[("tiny-mae", "evaluate-paper")] == 2 * (1 + 15 + 2 * 3 * 15)
+    assert np.isnan(floor[("tiny-mae", "explain")])
+    assert (times["forward rate (img/s)"] > 0).all()
     assert "## What was run, and how long it took" in page and "## In short" in page
-    assert "### The paper's claims, checked" in page
+    assert "## The seed paper's claims, decided" in page
+    claims = pd.read_csv(baseline / "tables" / "claims.csv")
+    assert set(claims["verdict"]) <= {"reproduced", "refuted", "undecided at this n"}
+    paired = pd.read_csv(baseline / "tables" / "paired_vs_random.csv")
+    assert len(paired) == 2 * 2 * 3 and paired["Holm p"].between(0, 1).all()
+    strength = pd.read_csv(baseline / "tables" / "perturbation_strength.csv")
+    assert set(strength["perturbation"]) == {"noise", "mean", "blur", "speckle"}
+    assert "## Why a map may not beat random: the perturbations" in page
 
 
 def test_rank_statistics_known_answers():
@@ -264,75 +276,111 @@ def test_unknown_run_is_one_line(phantoms, tmp_path):
 
 
 def test_report_folder_holds_the_page_and_what_it_quotes(runs, phantoms, tmp_path):
-    """--report: the page, study.json, tables/ and figures/ (evaluation figures copied) in
-    their own folder, the bulky steps in --out; another study into it is refused."""
+    """--report: the page, study.json, tables/, figures/ and each model's exported results
+    (models/<name>/) in their own folder, the bulky steps in --out; the report alone
+    completes the study on a machine without --out; a changed result file is recomputed;
+    a study of other options into it is refused."""
     out, report = tmp_path / "work", tmp_path / "docs" / "study"
     first = ("--protocols", "paper,rich", "--methods", "gradient,input_x_gradient")
     result = study(runs[:1], phantoms, out, *first, "--report", report)
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in report.iterdir()) == [
-        "figures", "provenance.json", "study.json", "study.md", "tables"]
+        "figures", "models", "provenance.json", "study.json", "study.md", "tables"]
     assert not (out / "study.md").exists() and (out / "models" / "tiny-mae").is_dir()
+    exported = report / "models" / "tiny-mae"
+    assert not (exported / "maps").exists() and not (exported / "explain").exists()
     info = json.loads((report / "study.json").read_text())
     for path in info["figures"].values():  # every figure inside the report folder
-        assert path.startswith("figures/") and (report / path).is_file()
+        assert path.startswith(("figures/", "models/tiny-mae/figures/"))
+        assert (report / path).is_file()
     assert any("evaluate" not in path and "perturbation" in path
                for path in info["figures"].values())
     page = (report / "study.md").read_bytes()
     result = study(runs[:1], phantoms, out, *first, "--report", report)  # resumes
-    assert result.exit_code == 0 and "explain already done" in result.output
-    assert (report / "study.md").read_bytes() == page
-    result = study(runs[1:], phantoms, tmp_path / "other", *first, "--report", report,
-                   catch=True)
+    assert result.exit_code == 0 and "steps skipped" in result.output
+    assert (report / "study.md").read_bytes() == page, "resumed"
+    shutil.rmtree(out)  # another machine: only the report folder is kept
+    result = study(runs[:1], phantoms, out, *first, "--report", report)
+    assert result.exit_code == 0 and "steps skipped" in result.output, result.output
+    assert not (out / "models" / "tiny-mae").exists()
+    assert (report / "study.md").read_bytes() == page, "from the report alone"
+    summary = (report / "tables" / "summary.csv").read_bytes()
+    table = exported / "evaluate-paper" / "per_image.csv"
+    table.write_text(table.read_text().replace("gradient", "gradient ", 1))
+    result = study(runs[:1], phantoms, out, *first, "--report", report)  # not reused
+    assert result.exit_code == 0 and "explain (2 methods)" in result.output, result.output
+    assert (report / "tables" / "summary.csv").read_bytes() == summary  # only times differ
+    page = (report / "study.md").read_bytes()
+    result = study(runs[1:], phantoms, tmp_path / "other", "--protocols", "paper",
+                   "--methods", "gradient,input_x_gradient", "--report", report, catch=True)
     assert result.exit_code == 1 and result.output.strip().count("\n") == 0
     assert str(report) in result.output and "--overwrite" in result.output
     assert (report / "study.md").read_bytes() == page
 
 
-def _claim_tables(folder: Path, our_ranks: dict, band: dict) -> Path:
-    """Minimal stored tables for :func:`paper_claims`: two models (plain and residual, MAE)
-    ranking four of the paper's methods as ``our_ranks`` says."""
-    from fetalhc.files import write_csv
+def _claim_frames(aopc: dict, band: dict, n: int = 40, spread: float = 0.3) -> dict:
+    """Per-image tables of two models (``p`` plain, ``r`` residual, MAE): each method's
+    AOPC (mm) and contour-band ratio per image = the given mean + an image effect shared
+    by every method + method noise of SD ``spread`` (0: methods of equal means give equal
+    values); the random order's AOPC is -1 mm + the image effect."""
+    rng = np.random.default_rng(0)
+    image_effect = rng.normal(0, 1.0, n)
+    frames = {}
+    for model in ("p", "r"):
+        rows = []
+        for method, mean in aopc[model].items():
+            noise = rng.normal(0, 1.0, (n, 2)) * spread
+            for image in range(n):
+                rows.append({"filename": f"{image:03d}.png", "method": method,
+                             "abs_error_mm": float(image % 7),
+                             "aopc_morf_abs_error_mm": mean + image_effect[image]
+                             + noise[image, 0],
+                             "aopc_random_abs_error_mm": -1.0 + image_effect[image],
+                             "band_ratio": band.get(method, 1.0) + noise[image, 1] / 3})
+        frame = pd.DataFrame(rows)
+        frames[(model, "paper")] = frame
+        frames[(model, "rich")] = frame
+    return frames
 
-    methods = ["gradient", "input_x_gradient", "integrated_gradients", "lrp_z"]
-    write_csv(pd.DataFrame([{"model": m, "paper model": "VGG16", "method": method,
-                             "our rank": our_ranks[m][i], "paper rank": i + 1}
-                            for m in our_ranks for i, method in enumerate(methods)]),
-              folder / "paper_ranks.csv")
-    write_csv(pd.DataFrame([{"model": "p", "backbone": "small_cnn", "loss": "MAE"},
-                            {"model": "r", "backbone": "small_resnet", "loss": "MAE"}]),
-              folder / "models.csv")
-    rows = [{"protocol": "paper", "model": m, "method": method,
-             "metric": "aopc_morf_abs_error_px_original", "mean (units)": mean,
-             "CI low (units)": mean - 1, "CI high (units)": mean + 1}
-            for m, mean in (("p", -2.0), ("r", -6.0)) for method in methods]
-    rows += [{"protocol": "rich", "model": m, "method": method, "metric": "band_ratio",
-              "mean (units)": band[method], "CI low (units)": 0, "CI high (units)": 9}
-             for m in ("p", "r") for method in band]
-    write_csv(pd.DataFrame(rows), folder / "summary.csv")
-    write_csv(pd.DataFrame(columns=["protocol", "model", "method", "error group", "metric",
-                                    "mean (units)"]), folder / "summary_by_error.csv")
-    return folder
 
+def test_paper_claims_known_answers():
+    """Planted differences of several SDs are decided; equal means stay undecided."""
+    from fetalhc.report import study_claims
 
-def test_paper_claims_known_answers(tmp_path):
-    from fetalhc.report.study_page import paper_claims
-
-    # p: IG best, IxG 2nd, LRP 4th; r: IxG 1st, LRP 2nd, IG below gradient
+    methods = ["gradient", "input_x_gradient", "integrated_gradients", "lrp_z",
+               "guided_backprop", "deep_taylor", "deconvnet"]
+    base = dict.fromkeys(methods, -3.0)
+    aopc = {"p": {**base, "input_x_gradient": -6.0, "lrp_z": -6.0,
+                  "integrated_gradients": -9.0},
+            "r": {**base, "input_x_gradient": -8.0, "lrp_z": -4.0,
+                  "integrated_gradients": -2.0}}
     band = {"guided_backprop": 3.0, "deep_taylor": 2.5, "gradient": 1.0, "deconvnet": 0.5}
-    claims = paper_claims(_claim_tables(tmp_path, {"p": [3, 2, 1, 4], "r": [3, 1, 4, 2]},
-                                        band)).set_index("paper's claim")["holds here?"]
-    verdicts = list(claims)
-    assert verdicts[0] == "yes"  # Input x Gradient in the top 3 of both
-    assert verdicts[1] == "partly"  # LRP-z: top 3 for r only
-    assert verdicts[2] == "yes"  # IG best for the plain MAE model
-    assert verdicts[3] == "yes"  # IG below gradient for r
-    assert verdicts[4] == "yes"  # residual's AOPC CIs below the plain one's for every method
-    assert verdicts[5] == "yes"  # GB and DT above G and DCN by band ratio for both
-    band = {"guided_backprop": 0.5, "deep_taylor": 2.5, "gradient": 3.0, "deconvnet": 1.0}
-    claims = paper_claims(_claim_tables(tmp_path, {"p": [1, 2, 3, 4], "r": [1, 2, 3, 4]},
-                                        band))
-    assert list(claims["holds here?"]) == ["yes", "no", "no", "yes", "yes", "no"]
+    frames = _claim_frames(aopc, band)
+    models = pd.DataFrame([{"model": "p", "backbone": "small_cnn", "loss": "MAE"},
+                           {"model": "r", "backbone": "small_resnet", "loss": "MAE"}])
+    versus_random = study_claims.paired_vs_random(frames, methods)
+    assert versus_random[versus_random["protocol"] == "paper"]["beats random"].all()
+    pairs = pd.concat([study_claims.paired_methods(frames, methods),
+                       study_claims.paired_methods(frames, methods, "band_ratio",
+                                                   protocols=("rich",))])
+    assert len(pairs) == 2 * 2 * 21 and pairs["Holm p"].between(0, 1).all()
+    claims = study_claims.claims(models, frames, methods, pairs, versus_random)
+    verdict = dict(zip(claims["claim"], claims["verdict"], strict=True))
+    by_start = {claim.split(" ")[0] + claim.split(" ")[1]: v for claim, v in verdict.items()}
+    # IxG: IG beats it on p -> refuted; LRP-z: IG beats it on p too -> refuted
+    assert by_start["Inputx"] == "refuted" and by_start["LRP-zis"] == "refuted"
+    assert by_start["IGis"] == "reproduced"  # IG significantly best on the plain MAE model
+    assert by_start["IGfails"] == "reproduced"  # on r IG (-2) is worse than Gradient (-3)
+    # r vs p: IxG better (-8 vs -6), LRP-z and IG worse -> refuted
+    assert by_start["ResNet50explains"] == "refuted"
+    assert by_start["GuidedBackprop"] == "reproduced"  # GB, DT above G, DCN everywhere
+    assert by_start["Mapquality"] == "undecided at this n"  # AOPC does not follow error
+    equal = _claim_frames({"p": base, "r": base}, {}, spread=0.0)
+    pairs = study_claims.paired_methods(equal, methods)
+    assert not pairs["significant"].any()
+    claims = study_claims.claims(models, equal, methods, pairs,
+                                 study_claims.paired_vs_random(equal, methods))
+    assert "reproduced" not in set(claims["verdict"][claims["claim"].str.contains("Holm")])
 
 
 def test_published_study_page_regenerates_unchanged(tmp_path):

@@ -144,7 +144,11 @@ def replacement_images(
     positions in a larger set, each image gets the noise it gets in the whole set, so
     shards reproduce an unsharded run); ``mean``: the image's own mean
     (0 under the z-score convention, computed anyway); ``zeros``: 0; ``blur``: the image
-    blurred with a Gaussian of ``blur_sigma`` pixels.
+    blurred with a Gaussian of ``blur_sigma`` pixels; ``speckle``: the image's own pixels in
+    a seeded random order (one permutation per image, drawn from ``seed`` and the image's
+    position): the replacement has exactly the image's intensity histogram (its speckle and
+    its dark background alike) and no structure; unlike real speckle it is uncorrelated
+    from pixel to pixel.
     """
     require_choice(perturbation, PERTURBATIONS, "perturbation")
     if perturbation == "noise":
@@ -161,6 +165,16 @@ def replacement_images(
         return np.broadcast_to(means, images.shape).astype(np.float32)
     if perturbation == "zeros":
         return np.zeros_like(images, dtype=np.float32)
+    if perturbation == "speckle":
+        where = np.arange(images.shape[0]) if positions is None else np.asarray(positions)
+        if where.shape != (images.shape[0],) or (where < 0).any():
+            raise ValueError(f"positions must be {images.shape[0]} non-negative image positions")
+        shuffled = np.empty(images.shape, dtype=np.float32)
+        for row, position in enumerate(where):
+            pixels = images[row].reshape(-1, images.shape[-1])
+            order = np.random.default_rng([int(seed), int(position)]).permutation(len(pixels))
+            shuffled[row] = pixels[order].reshape(images.shape[1:])
+        return shuffled
     if blur_sigma <= 0:
         raise ValueError(f"blur_sigma must be positive; got {blur_sigma}")
     return ndimage.gaussian_filter(

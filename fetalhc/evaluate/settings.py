@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 # ----------------------------------------------------------------------------- choices
 METRICS = ("aopc", "deletion", "insertion", "localisation", "randomisation")
 PROTOCOLS = ("paper",)
-PERTURBATIONS = ("noise", "mean", "zeros", "blur")  # region replacement, deletion baseline
+# region replacement, deletion baseline (speckle: the image's own pixels, shuffled)
+PERTURBATIONS = ("noise", "mean", "zeros", "blur", "speckle")
 AGGREGATIONS = ("mean", "abs")  # region / pixel ranking: signed mean or absolute
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # forward passes
 ORDERS = ("morf", "lerf", "random")  # region removal orders

@@ -126,3 +126,45 @@ def error_groups(abs_error_mm, threshold_mm=None, quantiles=None) -> np.ndarray:
     bins = np.searchsorted(edges, errors[finite], side="left")
     labels[finite] = np.asarray(names, dtype=object)[bins]
     return labels
+
+
+# ----------------------------------------------------------------------------- paired tests
+def paired_test(differences, confidence: float = 0.95, n_boot: int = 2000,
+                n_flips: int = 10000, seed: int = 0) -> dict:
+    """Per-image paired differences ``a - b`` (NaN left out) → ``mean`` with its percentile
+    bootstrap CI (``ci_low``, ``ci_high``), ``n`` and a two-sided ``p`` of the sign-flip
+    randomisation test (H0: the differences are symmetric about 0; each image's sign is
+    flipped at random ``n_flips`` times; ``p >= 1 / (n_flips + 1)``)."""
+    data = np.asarray(differences, dtype=np.float64).reshape(-1)
+    data = data[np.isfinite(data)]
+    mean, low, high, n = bootstrap_ci(data, confidence, n_boot, seed)
+    if n < 2:
+        return {"mean": mean, "ci_low": low, "ci_high": high, "n": n, "p": float("nan")}
+    rng = np.random.default_rng(seed + 1)
+    observed = abs(data.mean())
+    extreme = 0
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, int(n_flips), chunk):
+        count = min(chunk, int(n_flips) - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(count, n))
+        extreme += int((np.abs((signs * data).mean(axis=1)) >= observed - 1e-12).sum())
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n": n,
+            "p": (extreme + 1) / (int(n_flips) + 1)}
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN): the adjusted
+    p of the k-th smallest is ``max_{j <= k} min(1, (m - j + 1) p_(j))`` over the m finite
+    ones; reject at level alpha where the adjusted p is at most alpha."""
+    p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return adjusted
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted

@@ -182,10 +182,11 @@ def method_key(method: str, options: dict, target: str) -> str:
                        "target": target}, sort_keys=True)
 
 
-def _reusable(npz_path: Path, image_set_name: str, filename: str, key: str) -> bool:
-    """Whether ``npz_path`` and its overlay exist and the ``.npz`` records this image
-    (set and file name) and this method key."""
-    if not (npz_path.is_file() and npz_path.with_suffix(".png").is_file()):
+def _reusable(npz_path: Path, image_set_name: str, filename: str, key: str,
+              overlay: bool = True) -> bool:
+    """Whether ``npz_path`` (and its overlay, when ``overlay``) exist and the ``.npz``
+    records this image (set and file name) and this method key."""
+    if not (npz_path.is_file() and (not overlay or npz_path.with_suffix(".png").is_file())):
         return False
     try:
         with np.load(npz_path, allow_pickle=False) as stored:
@@ -201,7 +202,7 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
                        options: dict[str, dict] | None = None,
                        source: dict | None = None, split: str | None = None,
                        model_file=None, overwrite: bool = False, hc_range_mm=None,
-                       flip_threshold_mm: float | None = None) -> dict:
+                       flip_threshold_mm: float | None = None, overlays: bool = True) -> dict:
     """Explain the images of ``index`` (a ``fetalhc.data`` index) into the folder ``out``;
     returns what it wrote and reused (``written``, ``skipped`` maps).
 
@@ -220,7 +221,9 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     raise a one-line ``ValueError``; ``overwrite`` deletes an earlier explain folder first.
     ``progress``: a bar over images x methods. ``hc_range_mm`` (the training split's
     reference HC range, ``None`` = unknown) and ``flip_threshold_mm`` (``None``: 5 mm, the
-    library default) set the reliability flags stored with each map.
+    library default) set the reliability flags stored with each map. ``overlays=False``
+    skips the per-image ``.png`` overlays (a figure per image and method is most of the
+    time of a fast method; the maps, the index and the grid are written all the same).
     """
     from tqdm import tqdm
 
@@ -287,8 +290,8 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
         folder.mkdir(parents=True, exist_ok=True)
         key = method_key(method, options.get(method, {}), target)
         for chunk in batches:
-            if all(_reusable(folder / f"{stems[row]}.npz", sets[row], filenames[row], key)
-                   for row in chunk):
+            if all(_reusable(folder / f"{stems[row]}.npz", sets[row], filenames[row], key,
+                             overlays) for row in chunk):
                 skipped += len(chunk)
                 bar.update(len(chunk))
                 continue
@@ -321,7 +324,8 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
                     stored["annotation"] = arrays["annotation"][row][..., 0]
                 npz_path = folder / f"{stems[row]}.npz"
                 write_npz(npz_path, **stored)
-                render_overlay(npz_path, npz_path.with_suffix(".png"))
+                if overlays:
+                    render_overlay(npz_path, npz_path.with_suffix(".png"))
                 written += 1
                 bar.update(1)
     bar.close()
@@ -505,7 +509,8 @@ def index_frame(out: Path, methods: Sequence[str], stems: Sequence[str],
                     "conservation gap": get.get("conservation_gap", np.nan),
                     "map sum": float(stored["map"].sum()),
                     "map path": str(npz_path.relative_to(out)),
-                    "overlay path": str(npz_path.with_suffix(".png").relative_to(out)),
+                    "overlay path": str(npz_path.with_suffix(".png").relative_to(out))
+                    if npz_path.with_suffix(".png").is_file() else "",
                 })
                 if i in grid_rows:
                     grid_maps.setdefault(method, []).append(stored["map"])

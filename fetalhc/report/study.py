@@ -60,6 +60,8 @@ from fetalhc.report.provenance import (
     read_provenance,
     write_provenance,
 )
+from fetalhc.report.study_diagnosis import STEP as DIAGNOSE
+from fetalhc.report.study_diagnosis import diagnosis_record
 from fetalhc.report.study_page import (
     AOPC_MM,
     AOPC_PX,
@@ -67,6 +69,12 @@ from fetalhc.report.study_page import (
     STUDY_FILE,
     metric_units,
     write_page,
+)
+from fetalhc.report.study_results import (
+    STEPS_FILE,
+    TIMES_FILE,
+    export_results,
+    results_ready,
 )
 
 PROTOCOLS = ("paper", "rich")
@@ -84,7 +92,7 @@ RICH_SETTINGS = {**PAPER_SETTINGS, "grid": 8, "regions_per_step": 4}
 STUDY_COMPUTE = {"precision": "mixed_bfloat16", "randomisation_stages": 5,
                  "randomisation_fixed_cost": True}
 TARGET = "hc_mm"
-STEPS_FILE, TIMES_FILE = "steps.json", "times.json"
+FORWARD_RATE = "forward_rate"  # times.json: the model's forward rate when it was studied
 # settings.json keys that name inputs, not settings (paths stay out of the tables)
 INPUT_KEYS = ("model", "data", "filenames", "methods", "limit", "maps", "split")
 # the evaluations' own figures the page links to: (protocol, file stem)
@@ -251,9 +259,10 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
     study = make_provenance("study", options)
     check_folder(out, study, overwrite=overwrite, markers=(STUDY_FILE, PAGE_FILE))
     report = out if report is None or Path(report).resolve() == out.resolve() else Path(report)
-    report_record = make_provenance("study-report", {
-        **options, "models": {entry.name: record["result"] for entry, _, record in plans}})
-    if report is not out:  # a page of another study is refused, never overwritten silently
+    # the report holds studies of these options; each model's exported results are checked
+    # against its own record (study_results.results_ready), so models may be added later
+    report_record = make_provenance("study-report", options)
+    if report is not out:  # a page of other options is refused, never overwritten silently
         check_folder(report, report_record, overwrite=overwrite,
                      markers=(STUDY_FILE, PAGE_FILE))
     for entry, _, record in plans:
@@ -261,16 +270,23 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
     out.mkdir(parents=True, exist_ok=True)
     if read_provenance(out) is None:
         write_provenance(out, study)
-    for entry, settings, record in plans:
-        model_dir = out / "models" / entry.name
-        model_dir.mkdir(parents=True, exist_ok=True)
-        if read_provenance(model_dir) is None:
-            write_provenance(model_dir, record)
-        _run_model(entry, model_dir, methods, images, settings, progress, say)
     if report is not out:
         report.mkdir(parents=True, exist_ok=True)
         if read_provenance(report) is None:
             write_provenance(report, report_record)
+    for entry, settings, record in plans:
+        model_dir, results = out / "models" / entry.name, report / "models" / entry.name
+        precision = next(iter(settings.values())).precision
+        if results_ready(results, record,
+                         diagnosis_record(record["result"], methods, precision)):
+            say(f"{entry.name}: its results in {results} are this study's; steps skipped")
+            continue
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if read_provenance(model_dir) is None:
+            write_provenance(model_dir, record)
+        _run_model(entry, model_dir, methods, images, settings, progress, say)
+        _diagnose(entry, model_dir, methods, images, settings, record, say)
+        export_results(model_dir, results, list(settings), methods, EVALUATION_FIGURES)
     say("tables and figures ...")
     collect(out, [entry.name for entry in models], methods, report=report, command=command)
     return write_page(report)
@@ -289,7 +305,7 @@ def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, pr
                 entry.model, entry.index, entry.image_size, methods, model_dir / "explain",
                 limit=images, target=TARGET, progress=progress, source=entry.source,
                 split=entry.split, model_file=entry.model_file,
-                hc_range_mm=entry.hc_range_mm)
+                hc_range_mm=entry.hc_range_mm, overlays=False)
             stack_maps(model_dir / "explain", model_dir / "maps", methods)
         _step(model_dir, "explain", finish=True)
     for protocol, values in settings.items():
@@ -307,6 +323,50 @@ def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, pr
         _step(model_dir, step, finish=True)
 
 
+def _diagnose(entry: StudyModel, model_dir: Path, methods, images, settings, record,
+              say) -> None:
+    """The diagnose step (:mod:`fetalhc.report.study_diagnosis`) after the evaluations:
+    reused only when its folder's record is this model's, methods and settings."""
+    from fetalhc.report.study_diagnosis import diagnosis_done, write_diagnosis
+
+    precision = next(iter(settings.values())).precision
+    expected = diagnosis_record(record["result"], methods, precision)
+    if diagnosis_done(model_dir / DIAGNOSE, expected):
+        say(f"{entry.name}: {DIAGNOSE} already done")
+        return
+    say(f"{entry.name}: {DIAGNOSE} (perturbation strength and gaps) ...")
+    rows = entry.index if images is None else entry.index.head(images)
+    with _timed(model_dir, DIAGNOSE):
+        write_diagnosis(entry.model, rows, entry.image_size, model_dir / "maps",
+                        model_dir / DIAGNOSE, methods, expected, precision)
+    _record_time(model_dir, FORWARD_RATE, forward_rate(entry.model, entry.image_size,
+                                                       precision))
+
+
+def forward_rate(model, image_size: int, precision: str, batch: int = 256,
+                 repeats: int = 3) -> dict:
+    """The model's forward rate on this machine now: images per second of its HC output
+    on batches of ``batch`` images in ``precision`` (one warm-up pass, then ``repeats``)."""
+    from fetalhc.evaluate.forward import BatchedForward
+
+    forward = BatchedForward(model, batch, precision)
+    images = np.random.default_rng(0).standard_normal(
+        (batch, image_size, image_size, 1)).astype(np.float32)
+    forward._predict(images)  # warm-up and tracing (the memory of BatchedForward bypassed)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        forward._predict(images).numpy()
+    seconds = time.perf_counter() - start
+    return {"images_per_second": batch * repeats / seconds, "precision": precision,
+            "batch": batch, "cpu_count": os.cpu_count(), "load": os.getloadavg()[0]}
+
+
+def _record_time(model_dir: Path, key: str, value: dict) -> None:
+    path = model_dir / TIMES_FILE
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**done, key: value})
+
+
 @contextlib.contextmanager
 def _timed(model_dir: Path, step: str):
     """Record the wall and CPU seconds (this process, all threads) of a step that finishes
@@ -318,11 +378,9 @@ def _timed(model_dir: Path, step: str):
 
     wall, used, load = time.perf_counter(), cpu(), os.getloadavg()[0]
     yield
-    path = model_dir / TIMES_FILE
-    done = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**done, step: {
+    _record_time(model_dir, step, {
         "wall_seconds": time.perf_counter() - wall, "cpu_seconds": cpu() - used,
-        "cpu_count": os.cpu_count(), "load_before": load, "load_after": os.getloadavg()[0]}})
+        "cpu_count": os.cpu_count(), "load_before": load, "load_after": os.getloadavg()[0]})
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -369,19 +427,18 @@ def rho_interval(per_image: pd.DataFrame, methods, reference, column: str, n_boo
 # ----------------------------------------------------------------------------- tables
 def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
             command: str | None = None) -> dict:
-    """Every table and figure of the page, from the models' step folders in ``out``:
-    ``tables/*.csv``, ``figures/*.png`` and ``study.json`` in ``report`` (default ``out``);
-    returns what ``study.json`` holds."""
-    from fetalhc.evaluate.stats import bootstrap_ci
-
+    """Every table and figure of the page, from the models' exported results in
+    ``<report>/models/<name>`` (:mod:`fetalhc.report.study_results`): ``tables/*.csv``,
+    ``figures/*.png`` and ``study.json`` in ``report`` (default ``out``); returns what
+    ``study.json`` holds."""
     out = Path(out)
     report = out if report is None else Path(report)
     paper = paper_reference()
-    summaries, by_error, randomised, models, beats = [], [], [], [], []
+    summaries, by_error, randomised, models = [], [], [], []
     per_image: dict[tuple[str, str], pd.DataFrame] = {}
     settings: dict[str, dict] = {}
     for name in names:
-        model_dir = out / "models" / name
+        model_dir = report / "models" / name  # the model's exported results
         record = read_provenance(model_dir)["result"]
         protocols = [p for p in PROTOCOLS if p in record["protocols"]]
         for protocol in protocols:
@@ -400,17 +457,12 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
                        "input size (px)": record["image_size"],
                        **read_provenance(model_dir)["info"].get("description", {}),
                        "MAE on the studied images (mm)": float(first["abs_error_mm"].mean())})
-        aopc = next((p for p in protocols if p == "paper"), protocols[0])
-        frame = per_image[(name, aopc)]
-        for method in methods:
-            rows = frame[frame["method"] == method]
-            mean, low, high, _ = bootstrap_ci(rows["aopc_morf_abs_error_mm"].to_numpy()
-                                              - rows["aopc_random_abs_error_mm"].to_numpy())
-            beats.append({"model": name, "protocol": aopc, "method": method,
-                          "MoRF - random AOPC (mm)": mean, "CI low (mm)": low,
-                          "CI high (mm)": high, "beats random": bool(high < 0)})
     tables = report / "tables"
-    write_csv(step_times(out, names), tables / "step_times.csv")
+    studied = {name: len(per_image[(name, protocols[0])].drop_duplicates("filename"))
+               for name, protocols in ((n, [p for p in PROTOCOLS if (n, p) in per_image])
+                                       for n in names)}
+    write_csv(step_times(report, names, settings, len(methods), studied),
+              tables / "step_times.csv")
     summary = pd.concat(summaries, ignore_index=True)
 
     def tidy(frame, keys):
@@ -425,7 +477,7 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
                    ["protocol", "model", "method", "error group"]),
               tables / "summary_by_error.csv")
     write_csv(pd.DataFrame(models), tables / "models.csv")
-    write_csv(pd.DataFrame(beats), tables / "beats_random.csv")
+    _paired_tables(tables, report, names, methods, per_image, pd.DataFrame(models))
     if randomised:
         frame = pd.concat(randomised, ignore_index=True).drop_duplicates(["model", "method"])
         write_csv(frame[["model", "method", "similarity", "final_similarity", "flagged"]]
@@ -457,7 +509,7 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
                                        "paper AOPC (original px)": b, "paper rank": rb})
         write_csv(pd.DataFrame(correlation), tables / "paper_correlation.csv")
         write_csv(pd.DataFrame(comparison), tables / "paper_ranks.csv")
-    figures = _figures(out, report, names, methods, per_image, summary)
+    figures = _figures(report, names, methods, summary)
     if comparison:
         figures["our ranks against the paper's"] = _ranks_figure(
             report, pd.DataFrame(comparison), pd.DataFrame(correlation))
@@ -469,22 +521,93 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
     return info
 
 
-def step_times(out: Path, names: Sequence[str]) -> pd.DataFrame:
+def floor_passes(step: str, images: int, methods: int, settings: dict) -> float:
+    """The forward passes a step needs at the least (a perturbed image no two methods
+    share is predicted once, a shared one once in all): ``evaluate-paper`` / the richer
+    AOPC: the unperturbed image, one random curve and MoRF + LeRF per method
+    (``n (1 + K + 2 M K)``); deletion + insertion: per method every step but the
+    unperturbed and the fully replaced image, which all share (``2 n M (D - 1) + 2 n``);
+    ``diagnose``: a random curve per perturbation on every image and a MoRF curve per
+    method and perturbation on its first ``gap_images``. NaN for steps that explain
+    (explain, randomisation) rather than predict."""
+    from fetalhc.report.study_diagnosis import DIAGNOSIS, STEP
+
+    n, m = int(images), int(methods)
+    if step == STEP:
+        k, p = DIAGNOSIS["steps"], len(DIAGNOSIS["perturbations"])
+        return float(n * p * k + min(n, DIAGNOSIS["gap_images"]) * m * p * k)
+    protocol = settings.get(step.removeprefix("evaluate-"))
+    if not step.startswith("evaluate-") or protocol is None:
+        return float("nan")
+    k = int(protocol["steps"])
+    passes = n * (1 + k + 2 * m * k)
+    if {"deletion", "insertion"} & set(protocol.get("metrics", [])):
+        passes += 2 * n * m * (int(protocol["deletion_steps"]) - 1) + 2 * n
+    return float(passes)
+
+
+def _paired_tables(tables: Path, report: Path, names, methods, per_image: dict,
+                   models: pd.DataFrame) -> None:
+    """The per-image values the claims rest on (``per_image.csv``), the paired tests
+    (``paired_vs_random.csv``, ``paired_methods.csv``), the claims' verdicts
+    (``claims.csv``, :mod:`fetalhc.report.study_claims`) and the diagnosis tables
+    (:func:`fetalhc.report.study_diagnosis.diagnosis_tables`)."""
+    from fetalhc.report import study_claims
+    from fetalhc.report.study_diagnosis import diagnosis_tables
+
+    compact = []
+    for (name, protocol), frame in per_image.items():
+        columns = [c for c in study_claims.PER_IMAGE_COLUMNS if c in frame]
+        compact.append(frame[["method", "filename", *columns]].assign(model=name,
+                                                                       protocol=protocol))
+    compact = pd.concat(compact, ignore_index=True)
+    write_csv(compact[["model", "protocol", "method", "filename",
+                       *[c for c in study_claims.PER_IMAGE_COLUMNS if c in compact]]],
+              tables / "per_image.csv")
+    versus_random = study_claims.paired_vs_random(per_image, methods)
+    write_csv(versus_random, tables / "paired_vs_random.csv")
+    pairs = pd.concat([study_claims.paired_methods(per_image, methods),
+                       study_claims.paired_methods(per_image, methods, study_claims.BAND,
+                                                   protocols=("rich",))], ignore_index=True)
+    write_csv(pairs, tables / "paired_methods.csv")
+    write_csv(study_claims.claims(models, per_image, methods, pairs, versus_random),
+              tables / "claims.csv")
+    rich = {name: frame for (name, protocol), frame in per_image.items() if protocol == "rich"}
+    for key, table in diagnosis_tables({name: report / "models" / name for name in names},
+                                       rich).items():
+        write_csv(table, tables / f"{key}.csv")
+
+
+def step_times(out: Path, names: Sequence[str], settings: dict | None = None,
+               methods: int = 0, images: dict | None = None) -> pd.DataFrame:
     """Wall and CPU time of every finished step (``times.json`` of each model), with the
-    machine's cores and 1-minute load around it; NaN for a step timed by nothing."""
+    machine's cores and 1-minute load around it; NaN for a step timed by nothing. With the
+    protocols' ``settings``, the number of ``methods`` and each model's ``images``: the
+    step's forward-pass floor (:func:`floor_passes` at the model's measured forward
+    rate) and the wall time over it."""
     rows = []
     for name in names:
         path = out / "models" / name / TIMES_FILE
         times = json.loads(path.read_text()) if path.is_file() else {}
         done = json.loads((out / "models" / name / STEPS_FILE).read_text())
-        for step in done:
+        steps = [*done, *(step for step in times if step not in done and step != FORWARD_RATE)]
+        rate = times.get(FORWARD_RATE, {}).get("images_per_second", np.nan)
+        for step in steps:
             item = times.get(step, {})
+            passes = (floor_passes(step, (images or {}).get(name, 0), methods, settings)
+                      if settings is not None else np.nan)
+            floor = passes / rate
+            wall = item.get("wall_seconds", np.nan)
             rows.append({"model": name, "step": step,
-                         "wall time (s)": item.get("wall_seconds", np.nan),
+                         "wall time (s)": wall,
                          "CPU time (s)": item.get("cpu_seconds", np.nan),
                          "CPU cores": item.get("cpu_count", np.nan),
                          "load before (1 min)": item.get("load_before", np.nan),
-                         "load after (1 min)": item.get("load_after", np.nan)})
+                         "load after (1 min)": item.get("load_after", np.nan),
+                         "floor forward passes": passes,
+                         "forward rate (img/s)": rate,
+                         "floor time (s)": floor,
+                         "wall / floor (1)": wall / floor if floor > 0 else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -519,16 +642,14 @@ def _ranks_figure(report: Path, comparison: pd.DataFrame, correlation: pd.DataFr
     return str(save_figure(figure, report / "figures" / "paper_ranks.png").relative_to(report))
 
 
-def _figures(out: Path, report: Path, names, methods, per_image, summary) -> dict:
-    """The page's figures in ``report/figures`` (paths relative to ``report``): the AOPC
-    overview, maps of the lowest- and highest-error images per model, and copies of the
-    evaluations' own figures."""
-    import shutil
-
+def _figures(report: Path, names, methods, summary) -> dict:
+    """The page's figures (paths relative to ``report``): the AOPC overview in
+    ``report/figures``, and each model's exported figures (:mod:`.study_results`: maps of
+    the lowest- and highest-error images, the evaluations' own)."""
     from matplotlib.figure import Figure
 
+    from fetalhc.report.study_results import MAPS_FIGURE
     from fetalhc.viz.figures import save_figure
-    from fetalhc.viz.overlay import grid_figure
 
     folder, figures = report / "figures", {}
     rows = summary[summary["metric"] == AOPC_MM]
@@ -550,33 +671,10 @@ def _figures(out: Path, report: Path, names, methods, per_image, summary) -> dic
         figures["overview"] = str(save_figure(figure, folder / "aopc_overview.png")
                                   .relative_to(report))
     for name in names:
-        protocol = next(p for p in PROTOCOLS if (name, p) in per_image)
-        errors = (per_image[(name, protocol)].drop_duplicates("filename")
-                  .set_index("filename")["abs_error_mm"].sort_values(kind="stable"))
-        side = min(2, len(errors) // 2)
-        chosen = list(errors.index[:side]) + list(errors.index[-side:])
-        images, contours, maps, units = [], [], {}, {}
-        for method in methods:
-            for filename in chosen:
-                path = out / "models" / name / "explain" / method / f"{Path(filename).stem}.npz"
-                with np.load(path) as stored:
-                    maps.setdefault(method, []).append(np.asarray(stored["map"]))
-                    units[method] = str(stored["units"])
-                    if method == methods[0]:
-                        images.append(np.asarray(stored["image"]))
-                        contours.append(stored["annotation"] if "annotation" in stored
-                                        else None)
-        titles = [f"{'low' if i < side else 'high'} error: {Path(f).stem}\n"
-                  f"|error| {errors[f]:.1f} mm" for i, f in enumerate(chosen)]
-        figure = grid_figure(images, maps, contours if all(c is not None for c in contours)
-                             else None, column_titles=titles, units=units, cell_inches=1.4)
-        figures[f"maps {name}"] = str(save_figure(figure, folder / f"maps_{name}.png", dpi=72)
-                                      .relative_to(report))
+        results = report / "models" / name
+        figures[f"maps {name}"] = f"models/{name}/{MAPS_FIGURE}"
         for protocol, stem in EVALUATION_FIGURES:
-            source = out / "models" / name / f"evaluate-{protocol}" / "figures" / f"{stem}.png"
-            if source.is_file():
-                target = folder / f"{name}_{protocol}_{stem}.png"
-                if target.resolve() != source.resolve():
-                    shutil.copyfile(source, target)
-                figures[f"{protocol} protocol, {name}: {stem}"] = str(target.relative_to(report))
+            if (results / "figures" / f"{protocol}_{stem}.png").is_file():
+                figures[f"{protocol} protocol, {name}: {stem}"] = \
+                    f"models/{name}/figures/{protocol}_{stem}.png"
     return figures
