@@ -93,7 +93,7 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(f"{times[h]:.1f}" for h in header[1:]) + " |",
               flush=True)
     print("| total | " + " | ".join(f"{totals[h]:.1f}" for h in header[1:]) + " |")
-    print(f"seconds per image (randomisation per randomised image): "
+    print("seconds per image (randomisation per randomised image): "
           + ", ".join(f"{h} {totals[h] / (args.randomisation_images if h == 'randomisation' else n):.2f}"
                       for h in header[1:]))
 

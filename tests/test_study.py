@@ -393,3 +393,30 @@ def test_published_study_page_regenerates_unchanged(tmp_path):
     shutil.copytree(docs / "tables", tmp_path / "tables")
     shutil.copy(docs / "study.json", tmp_path / "study.json")
     assert write_page(tmp_path).read_bytes() == (docs / "study.md").read_bytes()
+
+
+def test_a_reference_diagnosis_goes_beside_the_models(runs, phantoms, baseline, tmp_path):
+    """--compare-diagnosis: a diagnose folder made elsewhere (here a copy of one model's,
+    with its model.json) appears as "phantoms (reference)" in the diagnosis tables; a
+    folder that is not one is refused in one line."""
+    out = Path(shutil.copytree(baseline, tmp_path / "study"))
+    reference = Path(shutil.copytree(baseline / "models" / "tiny-mse" / "diagnose",
+                                     tmp_path / "reference"))
+    (reference / "model.json").write_text(json.dumps({
+        "images": 2, "data": "14 phantoms", "overrides": {"train": {"epochs": 1}},
+        "MAE on the studied images (mm)": 9.5, "mean reference HC (mm)": 150.0,
+        "command": "python scripts/phantom_diagnosis.py --epochs 1"}))
+    result = study(runs, phantoms, out, "--compare-diagnosis", reference)
+    assert result.exit_code == 0, result.output
+    assert "steps skipped" in result.output
+    strength = pd.read_csv(out / "tables" / "perturbation_strength.csv")
+    assert set(strength["model"]) == {"tiny-mae", "tiny-mse", "phantoms (reference)"}
+    mine = strength.set_index(["model", "perturbation", "metric"])["mean"]
+    assert mine[("phantoms (reference)", "noise", "random_shift_mm")] == pytest.approx(
+        mine[("tiny-mse", "noise", "random_shift_mm")])
+    page = (out / "study.md").read_text()
+    assert "*phantoms (reference)*" in page and "scripts/phantom_diagnosis.py --epochs 1" in page
+    (reference / "model.json").unlink()
+    result = study(runs, phantoms, out, "--compare-diagnosis", reference, catch=True)
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+    assert "not a diagnose folder (no model.json)" in result.output

@@ -70,6 +70,10 @@ def resolve_runs(texts, data_dir: Path, split: str | None) -> list:
               help="Folder of the page and the files it quotes (study.md, study.json, "
                    "tables/, figures/; default: --out), e.g. under docs/ while the "
                    "bulky step folders stay in --out.")
+@click.option("--compare-diagnosis", type=click.Path(exists=True, file_okay=False,
+                                                     path_type=Path), default=None,
+              help="A diagnose folder made on other data (scripts/phantom_diagnosis.py: on "
+                   "phantoms) shown beside the models' perturbation diagnosis on the page.")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Which images of each run.")
 @click.option("--images", default="24", show_default=True, metavar="N|all",
@@ -96,7 +100,7 @@ def resolve_runs(texts, data_dir: Path, split: str | None) -> list:
               help="Delete an earlier study at --out and recompute it (a re-run with other "
                    "settings is refused without it; with the same, it resumes).")
 @progress_option
-def command(runs, data_dir, out, report, split, images, protocols, methods, randomisation_images,
+def command(runs, data_dir, out, report, compare_diagnosis, split, images, protocols, methods, randomisation_images,
             randomisation_stages, precision, n_boot, overwrite, progress):
     """Explain and evaluate several runs and compare the methods' ranking with the seed
     paper's (Zhang et al., iMIMIC 2020): <out>/study.md."""
@@ -125,5 +129,6 @@ def command(runs, data_dir, out, report, split, images, protocols, methods, rand
                              ("precision", precision), ("n_boot", n_boot))
                          if value is not None},
                      overwrite=overwrite, progress=show_progress(progress), log=click.echo,
-                     report=report, command=" ".join(["fetalhc study", *given]))
+                     report=report, command=" ".join(["fetalhc study", *given]),
+                     compare_diagnosis=compare_diagnosis)
     click.echo(f"wrote {page}")

@@ -218,7 +218,7 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
               protocols=PROTOCOLS, randomisation_images: int | None = None,
               evaluation_overrides: dict | None = None, overwrite: bool = False,
               progress: bool = False, log: Callable[[str], None] | None = None,
-              report=None, command: str | None = None) -> Path:
+              report=None, command: str | None = None, compare_diagnosis=None) -> Path:
     """Explain, evaluate (per protocol) and report ``models`` into ``out``; returns the
     page's path. ``images``: the first N images of each split (``None`` / ``"all"``:
     every image); ``evaluation_overrides``: ``EvaluationSettings`` fields set in every
@@ -226,8 +226,14 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
     is written; ``log`` receives one line per step. ``report``: the folder of the page and
     the files it quotes (``study.md``, ``study.json``, ``tables/``, ``figures/``; default
     ``out``), e.g. a docs folder while the bulky step folders stay in ``out``; ``command``:
-    the command line quoted on the page."""
+    the command line quoted on the page; ``compare_diagnosis``: a diagnose folder made
+    elsewhere (``scripts/phantom_diagnosis.py``: the same step on phantoms) shown beside the
+    models' on the page (page input only, not part of the study's record)."""
     say = log or (lambda _message: None)
+    if compare_diagnosis is not None:
+        from fetalhc.report.study_diagnosis import check_reference
+
+        check_reference(compare_diagnosis)
     methods, images = parse_methods(methods), parse_images(images)
     protocols = parse_protocols(protocols)
     if randomisation_images is not None:
@@ -288,7 +294,8 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
         _diagnose(entry, model_dir, methods, images, settings, record, say)
         export_results(model_dir, results, list(settings), methods, EVALUATION_FIGURES)
     say("tables and figures ...")
-    collect(out, [entry.name for entry in models], methods, report=report, command=command)
+    collect(out, [entry.name for entry in models], methods, report=report, command=command,
+            compare_diagnosis=compare_diagnosis)
     return write_page(report)
 
 
@@ -426,7 +433,7 @@ def rho_interval(per_image: pd.DataFrame, methods, reference, column: str, n_boo
 
 # ----------------------------------------------------------------------------- tables
 def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
-            command: str | None = None) -> dict:
+            command: str | None = None, compare_diagnosis=None) -> dict:
     """Every table and figure of the page, from the models' exported results in
     ``<report>/models/<name>`` (:mod:`fetalhc.report.study_results`): ``tables/*.csv``,
     ``figures/*.png`` and ``study.json`` in ``report`` (default ``out``); returns what
@@ -477,7 +484,8 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
                    ["protocol", "model", "method", "error group"]),
               tables / "summary_by_error.csv")
     write_csv(pd.DataFrame(models), tables / "models.csv")
-    _paired_tables(tables, report, names, methods, per_image, pd.DataFrame(models))
+    compared = _paired_tables(tables, report, names, methods, per_image,
+                              pd.DataFrame(models), compare_diagnosis)
     if randomised:
         frame = pd.concat(randomised, ignore_index=True).drop_duplicates(["model", "method"])
         write_csv(frame[["model", "method", "similarity", "final_similarity", "flagged"]]
@@ -516,7 +524,7 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
     info = {"models": list(names), "methods": list(methods), "protocols": list(settings),
             "settings": settings, "figures": figures, "paper": {
                 key: paper[key] for key in ("source", "units", "description", "loss")},
-            "paper_methods": overlap, "command": command}
+            "paper_methods": overlap, "command": command, "compare_diagnosis": compared}
     write_json(report / STUDY_FILE, info)
     return info
 
@@ -547,7 +555,7 @@ def floor_passes(step: str, images: int, methods: int, settings: dict) -> float:
 
 
 def _paired_tables(tables: Path, report: Path, names, methods, per_image: dict,
-                   models: pd.DataFrame) -> None:
+                   models: pd.DataFrame, compare_diagnosis=None) -> dict | None:
     """The per-image values the claims rest on (``per_image.csv``), the paired tests
     (``paired_vs_random.csv``, ``paired_methods.csv``), the claims' verdicts
     (``claims.csv``, :mod:`fetalhc.report.study_claims`) and the diagnosis tables
@@ -573,9 +581,16 @@ def _paired_tables(tables: Path, report: Path, names, methods, per_image: dict,
     write_csv(study_claims.claims(models, per_image, methods, pairs, versus_random),
               tables / "claims.csv")
     rich = {name: frame for (name, protocol), frame in per_image.items() if protocol == "rich"}
-    for key, table in diagnosis_tables({name: report / "models" / name for name in names},
-                                       rich).items():
+    folders = {name: report / "models" / name / DIAGNOSE for name in names}
+    reference = None
+    if compare_diagnosis is not None:
+        from fetalhc.report.study_diagnosis import REFERENCE, reference_info
+
+        reference = reference_info(compare_diagnosis, report)
+        folders[REFERENCE] = Path(compare_diagnosis)
+    for key, table in diagnosis_tables(folders, rich).items():
         write_csv(table, tables / f"{key}.csv")
+    return reference
 
 
 def step_times(out: Path, names: Sequence[str], settings: dict | None = None,

@@ -32,6 +32,36 @@ DIAGNOSIS = {"perturbations": ["noise", "mean", "blur", "speckle"], "grid": 4, "
              "regions_per_step": 1, "noise_sd": 0.3, "blur_sigma": 4.0, "seed": 0,
              "gap_images": 48}
 STRENGTH_FILE, GAP_FILE = "strength_per_image.csv", "gap_per_image.csv"
+REFERENCE, REFERENCE_FILE = "phantoms (reference)", "model.json"
+
+
+def check_reference(folder) -> None:
+    """A diagnose folder made elsewhere (``scripts/phantom_diagnosis.py``) to compare with:
+    it must hold the step's two tables, its provenance and ``model.json``; one-line
+    ``ValueError`` otherwise."""
+    folder = Path(folder)
+    missing = [name for name in (STRENGTH_FILE, GAP_FILE, "provenance.json", REFERENCE_FILE)
+               if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"--compare-diagnosis {folder}: not a diagnose folder (no "
+                         f"{', '.join(missing)}); scripts/phantom_diagnosis.py writes one")
+    record = read_provenance(folder)["result"]
+    if record.get("diagnosis") != DIAGNOSIS:
+        raise ValueError(f"--compare-diagnosis {folder}: made with other diagnosis settings "
+                         "than this study's; rerun scripts/phantom_diagnosis.py")
+
+
+def reference_info(folder, report: Path) -> dict:
+    """What the page says of the reference: its path (relative to ``report`` when inside
+    it) and its ``model.json``."""
+    import json
+
+    folder = Path(folder)
+    try:
+        where = str(folder.resolve().relative_to(Path(report).resolve()))
+    except ValueError:
+        where = str(folder)
+    return {"path": where, **json.loads((folder / REFERENCE_FILE).read_text())}
 
 
 def diagnosis_record(model_result: dict, methods: Sequence[str], precision: str) -> dict:
@@ -95,10 +125,10 @@ def write_diagnosis(model, index: pd.DataFrame, image_size: int, maps_dir: Path,
     return folder
 
 
-def diagnosis_tables(model_dirs: dict[str, Path], rich_per_image: dict[str, pd.DataFrame],
+def diagnosis_tables(folders: dict[str, Path], rich_per_image: dict[str, pd.DataFrame],
                      n_boot: int = 2000) -> dict[str, pd.DataFrame]:
-    """The page's diagnosis tables from each model's diagnose folder (models without one
-    are left out) and its richer protocol's per-image table (localisation columns):
+    """The page's diagnosis tables from each model's diagnose ``folders`` (a name without
+    one is left out) and its richer protocol's per-image table (localisation columns):
 
     - ``perturbation_strength``: model x perturbation x measure, mean and CI;
     - ``perturbation_gap``: model x perturbation x method, MoRF - random AOPC (mm) with CI
@@ -111,9 +141,9 @@ def diagnosis_tables(model_dirs: dict[str, Path], rich_per_image: dict[str, pd.D
     from fetalhc.evaluate.stats import summarise
 
     strength, gap, outside = [], [], []
-    for name, model_dir in model_dirs.items():
-        folder = model_dir / STEP
-        if (folder / STRENGTH_FILE).is_file():
+    for name in dict.fromkeys([*folders, *rich_per_image]):
+        folder = folders.get(name)
+        if folder is not None and (folder / STRENGTH_FILE).is_file():
             per_image = pd.read_csv(folder / STRENGTH_FILE)
             strength.append(strength_summary(per_image, n_boot=n_boot).assign(model=name))
             summary = summarise(pd.read_csv(folder / GAP_FILE), ["morf_minus_random_mm"],

@@ -259,6 +259,15 @@ def diagnosis_section(tables: Path, info: dict) -> list[str]:
                   "shuffled (its intensity histogram, no structure).\n",
                   markdown_table(["model", "perturbation", "measure", "mean [95 % CI]",
                                   "images"], body)]
+        reference = info.get("compare_diagnosis")
+        if reference:
+            parts.append(
+                f"\n*phantoms (reference)*: the same step on {reference['images']} phantoms "
+                f"(`{reference['path']}`): the recipe's network trained "
+                f"{reference['overrides']['train']['epochs']} epochs on "
+                f"{reference['data']}, MAE {number(reference['MAE on the studied images (mm)'])}"
+                f" mm, mean HC {number(reference['mean reference HC (mm)'])} mm. Command: "
+                f"`{reference['command']}`.\n")
     if gap_file.is_file():
         gap = pd.read_csv(gap_file)
         counts = (gap.groupby(["model", "perturbation"], sort=False)["beats random"].sum()
