@@ -50,8 +50,9 @@ def main() -> None:
     phantoms = args.work / "phantoms"
     if not phantoms.is_dir():
         write_phantom_dataset(phantoms, n=200, seed=0)
-    overrides = {"train": {"epochs": args.epochs, "tensorboard": False, "patience": args.epochs},
-                 "data": {"val_fraction": 0.1, "test_fraction": 0.1}}
+    overrides = {"train.epochs": args.epochs, "train.tensorboard": False,
+                 "train.patience": args.epochs, "data.val_fraction": 0.1,
+                 "data.test_fraction": 0.1}
     start = time.perf_counter()
     train_or_reuse(ROOT / "configs" / "hc18_best.toml", phantoms, args.work / "run",
                    overrides=overrides)

@@ -403,7 +403,7 @@ def test_a_reference_diagnosis_goes_beside_the_models(runs, phantoms, baseline, 
     reference = Path(shutil.copytree(baseline / "models" / "tiny-mse" / "diagnose",
                                      tmp_path / "reference"))
     (reference / "model.json").write_text(json.dumps({
-        "images": 2, "data": "14 phantoms", "overrides": {"train": {"epochs": 1}},
+        "images": 2, "data": "14 phantoms", "overrides": {"train.epochs": 1},
         "MAE on the studied images (mm)": 9.5, "mean reference HC (mm)": 150.0,
         "command": "python scripts/phantom_diagnosis.py --epochs 1"}))
     result = study(runs, phantoms, out, "--compare-diagnosis", reference)

@@ -221,6 +221,15 @@ def in_short(models: pd.DataFrame, beats: pd.DataFrame, randomised: pd.DataFrame
                        if method in passing.get(model, set())})
         lines.append(f"- **Both** (beats random and passes randomisation for at least one "
                      f"model): {_joined(both)}.")
+    if (tables / "perturbation_strength.csv").is_file():
+        strength = pd.read_csv(tables / "perturbation_strength.csv")
+        strength = strength[strength["metric"] == "random_shift_percent"]
+        lines.append("- **Perturbations** (how far a random order of replaced regions moves "
+                     "the HC, mean |shift| as % of HC over the curve): " + "; ".join(
+                         f"`{name}` " + ", ".join(f"{r['perturbation']} {number(r['mean'])}"
+                                                  for _, r in rows.iterrows())
+                         for name, rows in strength.groupby("model", sort=False))
+                     + " (*Why a map may not beat random*).")
     if (tables / "claims.csv").is_file():
         verdicts = pd.read_csv(tables / "claims.csv")["verdict"].value_counts()
         lines.append("- **The paper's claims**: " + ", ".join(
@@ -246,7 +255,9 @@ def diagnosis_section(tables: Path, info: dict) -> list[str]:
     if strength_file.is_file():
         strength = pd.read_csv(strength_file)
         wide = strength[strength["metric"].isin(["random_shift_mm", "random_shift_percent"])]
-        body = [[r["model"], r["perturbation"], r["metric"],
+        titles = {"random_shift_mm": "mean |shift| (mm)",
+                  "random_shift_percent": "mean |shift| (% of HC)"}
+        body = [[r["model"], r["perturbation"], titles[r["metric"]],
                  f"{number(r['mean'])} [{number(r['CI low'])}, {number(r['CI high'])}]",
                  int(r["images"])] for _, r in wide.iterrows()]
         parts += ["\n## Why a map may not beat random: the perturbations\n",
@@ -264,7 +275,7 @@ def diagnosis_section(tables: Path, info: dict) -> list[str]:
             parts.append(
                 f"\n*phantoms (reference)*: the same step on {reference['images']} phantoms "
                 f"(`{reference['path']}`): the recipe's network trained "
-                f"{reference['overrides']['train']['epochs']} epochs on "
+                f"{reference['overrides']['train.epochs']} epochs on "
                 f"{reference['data']}, MAE {number(reference['MAE on the studied images (mm)'])}"
                 f" mm, mean HC {number(reference['mean reference HC (mm)'])} mm. Command: "
                 f"`{reference['command']}`.\n")
@@ -285,10 +296,10 @@ def diagnosis_section(tables: Path, info: dict) -> list[str]:
         parts.append(
             f"\nThe study's protocols replace regions with **{used}** (the paper's, kept so "
             f"that its numbers compare). By this evidence {best} separates the most methods "
-            f"from random ({number(mean_counts.iloc[0], 1)} per model on average, against "
-            f"{number(mean_counts.get(used, float('nan')), 1)} for {used})"
-            + (", the same choice." if best == used else
-               f"; read the faithfulness verdicts under {used} with that in mind.") + "\n")
+            f"from random ({number(mean_counts.iloc[0], 1)} per model on average"
+            + (f"): {used} is also the choice the evidence makes." if best == used else
+               f", against {number(mean_counts.get(used, float('nan')), 1)} for {used}); "
+               f"read the faithfulness verdicts under {used} with that in mind.") + "\n")
     outside_file = tables / "relevance_outside_head.csv"
     if outside_file.is_file():
         outside = pd.read_csv(outside_file)
