@@ -53,7 +53,8 @@ def main() -> None:
     from fetalhc.evaluate import evaluate_maps
     from fetalhc.evaluate.forward import BatchedForward
     from fetalhc.report.explanations import write_explanations
-    from fetalhc.report.study import floor_passes, forward_rate, protocol_settings
+    from fetalhc.report.study import protocol_settings
+    from fetalhc.report.study_times import floor_passes, forward_rate
     from fetalhc.training import resolve_model_split
 
     run = resolve_model_split(args.model, args.data, args.split)

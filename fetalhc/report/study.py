@@ -24,13 +24,8 @@ quotes them share one file layout and one set of column names.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import itertools
 import json
-import os
-import resource
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -60,6 +55,7 @@ from fetalhc.report.provenance import (
     read_provenance,
     write_provenance,
 )
+from fetalhc.report.study_claims import permutation_p, ranks, rho_interval, spearman
 from fetalhc.report.study_diagnosis import STEP as DIAGNOSE
 from fetalhc.report.study_diagnosis import diagnosis_record
 from fetalhc.report.study_page import (
@@ -70,11 +66,13 @@ from fetalhc.report.study_page import (
     metric_units,
     write_page,
 )
-from fetalhc.report.study_results import (
-    STEPS_FILE,
-    TIMES_FILE,
-    export_results,
-    results_ready,
+from fetalhc.report.study_results import STEPS_FILE, export_results, results_ready
+from fetalhc.report.study_times import (
+    FORWARD_RATE,
+    forward_rate,
+    record_time,
+    step_times,
+    timed,
 )
 
 PROTOCOLS = ("paper", "rich")
@@ -92,7 +90,6 @@ RICH_SETTINGS = {**PAPER_SETTINGS, "grid": 8, "regions_per_step": 4}
 STUDY_COMPUTE = {"precision": "mixed_bfloat16", "randomisation_stages": 5,
                  "randomisation_fixed_cost": True}
 TARGET = "hc_mm"
-FORWARD_RATE = "forward_rate"  # times.json: the model's forward rate when it was studied
 # settings.json keys that name inputs, not settings (paths stay out of the tables)
 INPUT_KEYS = ("model", "data", "filenames", "methods", "limit", "maps", "split")
 # the evaluations' own figures the page links to: (protocol, file stem)
@@ -307,7 +304,7 @@ def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, pr
         say(f"{entry.name}: explain already done")
     else:
         say(f"{entry.name}: explain ({len(methods)} methods) ...")
-        with _timed(model_dir, "explain"):
+        with timed(model_dir, "explain"):
             write_explanations(
                 entry.model, entry.index, entry.image_size, methods, model_dir / "explain",
                 limit=images, target=TARGET, progress=progress, source=entry.source,
@@ -321,7 +318,7 @@ def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, pr
             say(f"{entry.name}: {step} already done")
             continue
         say(f"{entry.name}: {step} ...")
-        with _timed(model_dir, step):
+        with timed(model_dir, step):
             write_evaluation(
                 entry.model, entry.index, methods, PROTOCOL_METRICS[protocol], values,
                 model_dir / step, image_size=entry.image_size, split=entry.split,
@@ -343,92 +340,11 @@ def _diagnose(entry: StudyModel, model_dir: Path, methods, images, settings, rec
         return
     say(f"{entry.name}: {DIAGNOSE} (perturbation strength and gaps) ...")
     rows = entry.index if images is None else entry.index.head(images)
-    with _timed(model_dir, DIAGNOSE):
+    with timed(model_dir, DIAGNOSE):
         write_diagnosis(entry.model, rows, entry.image_size, model_dir / "maps",
                         model_dir / DIAGNOSE, methods, expected, precision)
-    _record_time(model_dir, FORWARD_RATE, forward_rate(entry.model, entry.image_size,
+    record_time(model_dir, FORWARD_RATE, forward_rate(entry.model, entry.image_size,
                                                        precision))
-
-
-def forward_rate(model, image_size: int, precision: str, batch: int = 256,
-                 repeats: int = 3) -> dict:
-    """The model's forward rate on this machine now: images per second of its HC output
-    on batches of ``batch`` images in ``precision`` (one warm-up pass, then ``repeats``)."""
-    from fetalhc.evaluate.forward import BatchedForward
-
-    forward = BatchedForward(model, batch, precision)
-    images = np.random.default_rng(0).standard_normal(
-        (batch, image_size, image_size, 1)).astype(np.float32)
-    forward._predict(images)  # warm-up and tracing (the memory of BatchedForward bypassed)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        forward._predict(images).numpy()
-    seconds = time.perf_counter() - start
-    return {"images_per_second": batch * repeats / seconds, "precision": precision,
-            "batch": batch, "cpu_count": os.cpu_count(), "load": os.getloadavg()[0]}
-
-
-def _record_time(model_dir: Path, key: str, value: dict) -> None:
-    path = model_dir / TIMES_FILE
-    done = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**done, key: value})
-
-
-@contextlib.contextmanager
-def _timed(model_dir: Path, step: str):
-    """Record the wall and CPU seconds (this process, all threads) of a step that finishes
-    in ``times.json``, with the machine's cores and 1-minute load before and after. An
-    interrupted step records nothing; when it resumes, only the resumed part is timed."""
-    def cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    wall, used, load = time.perf_counter(), cpu(), os.getloadavg()[0]
-    yield
-    _record_time(model_dir, step, {
-        "wall_seconds": time.perf_counter() - wall, "cpu_seconds": cpu() - used,
-        "cpu_count": os.cpu_count(), "load_before": load, "load_after": os.getloadavg()[0]})
-
-
-# ----------------------------------------------------------------------------- statistics
-def ranks(values) -> np.ndarray:
-    """Rank 1 = most negative (best AOPC); ties share the mean rank."""
-    from scipy.stats import rankdata
-
-    return rankdata(np.asarray(values, dtype=float))
-
-
-def spearman(a, b) -> float:
-    """Spearman's rank correlation of two equally long sequences."""
-    a, b = ranks(a) - ranks(a).mean(), ranks(b) - ranks(b).mean()
-    scale = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / scale) if scale > 0 else float("nan")
-
-
-def permutation_p(a, b) -> float:
-    """Exact one-sided p of a Spearman rho at least the observed one over every ordering
-    of ``b`` (NaN above 9 methods)."""
-    if len(a) > 9:
-        return float("nan")
-    rho = np.array([spearman(a, order) for order in itertools.permutations(ranks(b))])
-    return float(np.mean(rho >= spearman(a, b) - 1e-12))
-
-
-def rho_interval(per_image: pd.DataFrame, methods, reference, column: str, n_boot: int = 2000,
-                 seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of Spearman's rho between the per-method means and
-    ``reference`` over bootstrap resamples of the images (the same for every method)."""
-    wide = per_image.pivot_table(index="filename", columns="method", values=column)
-    values = wide[list(methods)].to_numpy(float)
-    rng = np.random.default_rng(seed)
-    resampled = (np.nanmean(values[rng.integers(0, len(values), len(values))], axis=0)
-                 for _ in range(n_boot))
-    rho = [spearman(means, reference) for means in resampled
-           if np.all(np.isfinite(means)) and np.ptp(means) > 0]
-    if not rho:
-        return float("nan"), float("nan")
-    low, high = np.quantile(rho, [0.025, 0.975])
-    return float(low), float(high)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -529,31 +445,6 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
     return info
 
 
-def floor_passes(step: str, images: int, methods: int, settings: dict) -> float:
-    """The forward passes a step needs at the least (a perturbed image no two methods
-    share is predicted once, a shared one once in all): ``evaluate-paper`` / the richer
-    AOPC: the unperturbed image, one random curve and MoRF + LeRF per method
-    (``n (1 + K + 2 M K)``); deletion + insertion: per method every step but the
-    unperturbed and the fully replaced image, which all share (``2 n M (D - 1) + 2 n``);
-    ``diagnose``: a random curve per perturbation on every image and a MoRF curve per
-    method and perturbation on its first ``gap_images``. NaN for steps that explain
-    (explain, randomisation) rather than predict."""
-    from fetalhc.report.study_diagnosis import DIAGNOSIS, STEP
-
-    n, m = int(images), int(methods)
-    if step == STEP:
-        k, p = DIAGNOSIS["steps"], len(DIAGNOSIS["perturbations"])
-        return float(n * p * k + min(n, DIAGNOSIS["gap_images"]) * m * p * k)
-    protocol = settings.get(step.removeprefix("evaluate-"))
-    if not step.startswith("evaluate-") or protocol is None:
-        return float("nan")
-    k = int(protocol["steps"])
-    passes = n * (1 + k + 2 * m * k)
-    if {"deletion", "insertion"} & set(protocol.get("metrics", [])):
-        passes += 2 * n * m * (int(protocol["deletion_steps"]) - 1) + 2 * n
-    return float(passes)
-
-
 def _paired_tables(tables: Path, report: Path, names, methods, per_image: dict,
                    models: pd.DataFrame, compare_diagnosis=None) -> dict | None:
     """The per-image values the claims rest on (``per_image.csv``), the paired tests
@@ -591,39 +482,6 @@ def _paired_tables(tables: Path, report: Path, names, methods, per_image: dict,
     for key, table in diagnosis_tables(folders, rich).items():
         write_csv(table, tables / f"{key}.csv")
     return reference
-
-
-def step_times(out: Path, names: Sequence[str], settings: dict | None = None,
-               methods: int = 0, images: dict | None = None) -> pd.DataFrame:
-    """Wall and CPU time of every finished step (``times.json`` of each model), with the
-    machine's cores and 1-minute load around it; NaN for a step timed by nothing. With the
-    protocols' ``settings``, the number of ``methods`` and each model's ``images``: the
-    step's forward-pass floor (:func:`floor_passes` at the model's measured forward
-    rate) and the wall time over it."""
-    rows = []
-    for name in names:
-        path = out / "models" / name / TIMES_FILE
-        times = json.loads(path.read_text()) if path.is_file() else {}
-        done = json.loads((out / "models" / name / STEPS_FILE).read_text())
-        steps = [*done, *(step for step in times if step not in done and step != FORWARD_RATE)]
-        rate = times.get(FORWARD_RATE, {}).get("images_per_second", np.nan)
-        for step in steps:
-            item = times.get(step, {})
-            passes = (floor_passes(step, (images or {}).get(name, 0), methods, settings)
-                      if settings is not None else np.nan)
-            floor = passes / rate
-            wall = item.get("wall_seconds", np.nan)
-            rows.append({"model": name, "step": step,
-                         "wall time (s)": wall,
-                         "CPU time (s)": item.get("cpu_seconds", np.nan),
-                         "CPU cores": item.get("cpu_count", np.nan),
-                         "load before (1 min)": item.get("load_before", np.nan),
-                         "load after (1 min)": item.get("load_after", np.nan),
-                         "floor forward passes": passes,
-                         "forward rate (img/s)": rate,
-                         "floor time (s)": floor,
-                         "wall / floor (1)": wall / floor if floor > 0 else np.nan})
-    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- figures

@@ -315,3 +315,44 @@ def _overall(verdicts: list[str]) -> str:
 
 def _signed(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:+.2f}".replace("-", "−")
+
+
+# ----------------------------------------------------------------------------- ranks
+def ranks(values) -> np.ndarray:
+    """Rank 1 = most negative (best AOPC); ties share the mean rank."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(values, dtype=float))
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two equally long sequences."""
+    a, b = ranks(a) - ranks(a).mean(), ranks(b) - ranks(b).mean()
+    scale = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / scale) if scale > 0 else float("nan")
+
+
+def permutation_p(a, b) -> float:
+    """Exact one-sided p of a Spearman rho at least the observed one over every ordering
+    of ``b`` (NaN above 9 methods)."""
+    if len(a) > 9:
+        return float("nan")
+    rho = np.array([spearman(a, order) for order in itertools.permutations(ranks(b))])
+    return float(np.mean(rho >= spearman(a, b) - 1e-12))
+
+
+def rho_interval(per_image: pd.DataFrame, methods, reference, column: str, n_boot: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of Spearman's rho between the per-method means and
+    ``reference`` over bootstrap resamples of the images (the same for every method)."""
+    wide = per_image.pivot_table(index="filename", columns="method", values=column)
+    values = wide[list(methods)].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    resampled = (np.nanmean(values[rng.integers(0, len(values), len(values))], axis=0)
+                 for _ in range(n_boot))
+    rho = [spearman(means, reference) for means in resampled
+           if np.all(np.isfinite(means)) and np.ptp(means) > 0]
+    if not rho:
+        return float("nan"), float("nan")
+    low, high = np.quantile(rho, [0.025, 0.975])
+    return float(low), float(high)

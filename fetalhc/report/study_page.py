@@ -114,7 +114,7 @@ def write_page(out) -> Path:
                   "Other work on the machine slows a step; the load says how much ran. The "
                   "floor of a step that predicts is the forward passes it needs at the least "
                   "(a perturbed image shared by every method counted once; "
-                  "`fetalhc.report.study.floor_passes`) at the model's forward rate measured "
+                  "`fetalhc.report.study_times.floor_passes`) at the model's forward rate measured "
                   "when it was studied; explaining (the explain step, the randomisation "
                   "inside the richer protocol) has no such floor.\n",
                   _frame_table(times)]

@@ -19,6 +19,9 @@ A crop run (``[data] crop_margin > 0``) records the crop pre-processing and its 
 statistics in crop input px, and is validated and scored on its localiser's crops (else on
 reference crops, optimistic; see ``fetalhc.training.setup.validation_index``); a localiser
 trained on the run's val or test images is refused (``setup.check_localiser_split``).
+
+One job in one module (over 400 lines): every file of the run folder and every split of
+a run (train, val, test, val+test, challenge) is read and written here, nowhere else.
 """
 
 from __future__ import annotations
