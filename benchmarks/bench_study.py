@@ -25,7 +25,6 @@ Run: ``.venv/bin/python benchmarks/bench_study.py --model models/hc18-plain-mae
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -33,13 +32,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from study_inputs import load_study_inputs, study_parser  # noqa: E402
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/hc18-plain-mae")
-    parser.add_argument("--data", default=os.environ.get("FETALHC_HC18", "../shared/data/hc18"))
-    parser.add_argument("--split", default="val+test")
-    parser.add_argument("--images", type=int, default=16)
+    parser = study_parser(__doc__.splitlines()[0], images=16, split="val+test")
     parser.add_argument("--randomisation-images", type=int, default=2)
     parser.add_argument("--methods", default="all")
     parser.add_argument("--skip", default="", help="comma-separated levers to skip")
@@ -47,20 +44,14 @@ def main() -> None:
 
     import dataclasses
 
-    import fetalhc
     import fetalhc.explain as fe
-    from fetalhc.data import load_arrays
     from fetalhc.evaluate import evaluate_maps
     from fetalhc.evaluate.forward import BatchedForward
     from fetalhc.report.explanations import write_explanations
     from fetalhc.report.study import protocol_settings
     from fetalhc.report.study_times import floor_passes, forward_rate
-    from fetalhc.training import resolve_model_split
 
-    run = resolve_model_split(args.model, args.data, args.split)
-    model = fetalhc.load_model(run.model_file)
-    rows = run.index.head(args.images)
-    arrays = load_arrays(rows, image_size=run.image_size)
+    run, model, rows, arrays = load_study_inputs(args)
     images, pixel, reference = arrays["image"], arrays["pixel_size_mm"], arrays["hc_mm"]
     methods = fe.available_methods() if args.methods == "all" else args.methods.split(",")
     skip = set(filter(None, args.skip.split(",")))

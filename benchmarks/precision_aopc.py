@@ -15,7 +15,6 @@ Run: ``.venv/bin/python benchmarks/precision_aopc.py --model models/hc18-plain-m
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -24,33 +23,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from study_inputs import load_study_inputs, study_parser  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/hc18-plain-mae")
-    parser.add_argument("--data", default=os.environ.get("FETALHC_HC18", "../shared/data/hc18"))
-    parser.add_argument("--split", default="val+test")
-    parser.add_argument("--images", type=int, default=48)
+    parser = study_parser(__doc__.splitlines()[0], images=48, split="val+test")
     parser.add_argument("--protocol", default="paper", choices=("paper", "rich"))
     parser.add_argument("--methods",
                         default="gradient,input_x_gradient,lrp_epsilon,gradcam,occlusion")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    import fetalhc
     import fetalhc.explain as fe
-    from fetalhc.data import load_arrays
     from fetalhc.evaluate import evaluate_maps
     from fetalhc.evaluate.forward import BatchedForward
     from fetalhc.evaluate.stats import bootstrap_ci
     from fetalhc.report.study import protocol_settings
-    from fetalhc.training import resolve_model_split
 
-    run = resolve_model_split(args.model, args.data, args.split)
-    model = fetalhc.load_model(run.model_file)
-    rows = run.index.head(args.images)
-    arrays = load_arrays(rows, image_size=run.image_size)
+    run, model, rows, arrays = load_study_inputs(args)
     images, pixel, reference = arrays["image"], arrays["pixel_size_mm"], arrays["hc_mm"]
     settings = protocol_settings(args.protocol, run.image_size)
     column = "aopc_morf_abs_error_mm"

@@ -13,38 +13,28 @@ Run: ``.venv/bin/python benchmarks/profile_study.py --model models/hc18-plain-ma
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from study_inputs import load_study_inputs, study_parser  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/hc18-plain-mae")
-    parser.add_argument("--data", default=os.environ.get("FETALHC_HC18", "../shared/data/hc18"))
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--images", type=int, default=8)
+    parser = study_parser(__doc__.splitlines()[0], images=8, split="val")
     parser.add_argument("--randomisation-images", type=int, default=2)
     parser.add_argument("--methods", default="all")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip")
     args = parser.parse_args()
 
-    import fetalhc
     import fetalhc.explain as fe
-    from fetalhc.data import load_arrays
     from fetalhc.evaluate import evaluate_maps
     from fetalhc.evaluate.forward import BatchedForward
     from fetalhc.report.study import protocol_settings
-    from fetalhc.training import resolve_model_split
 
-    run = resolve_model_split(args.model, args.data, args.split)
-    model = fetalhc.load_model(run.model_file)
-    rows = run.index.head(args.images)
-    arrays = load_arrays(rows, image_size=run.image_size, with_annotation=True)
+    run, model, rows, arrays = load_study_inputs(args, with_annotation=True)
     images, pixel, reference = arrays["image"], arrays["pixel_size_mm"], arrays["hc_mm"]
     original = rows["pixel_size_mm"].to_numpy(np.float32)
     n = len(images)

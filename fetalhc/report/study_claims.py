@@ -98,6 +98,14 @@ def paired_methods(per_image: dict, methods: Sequence[str], column: str = AOPC,
     return pd.DataFrame(rows)
 
 
+def _directions(family: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Holm over ``family``; the significant rows with a positive and a negative mean
+    difference."""
+    family = _holm(family)
+    return ([r for r in family if r["significant"] and r["mean difference"] > 0],
+            [r for r in family if r["significant"] and r["mean difference"] < 0])
+
+
 def _pair(pairs: pd.DataFrame, model: str, a: str, b: str, metric: str = AOPC):
     """The row of ``a`` vs ``b`` (either order) as ``(difference a − b, significant)``."""
     rows = pairs[(pairs["model"] == model) & (pairs["metric"] == metric)]
@@ -203,13 +211,11 @@ def _residual_claims(kinds, per_image, methods) -> list[dict]:
             wide_a, wide_b = _wide(per_image[(a, "paper")], AOPC), _wide(per_image[(b, "paper")],
                                                                          AOPC)
             shared = wide_a.index.intersection(wide_b.index)
-            family = _holm([{"method": m, **_test(wide_b.loc[shared, m].to_numpy()
-                                                  - wide_a.loc[shared, m].to_numpy())}
-                            for m in methods if m in wide_a and m in wide_b])
-            better = [r["method"] for r in family if r["significant"]
-                      and r["mean difference"] < 0]
-            worse = [r["method"] for r in family if r["significant"]
-                     and r["mean difference"] > 0]
+            family = [{"method": m, **_test(wide_b.loc[shared, m].to_numpy()
+                                            - wide_a.loc[shared, m].to_numpy())}
+                      for m in methods if m in wide_a and m in wide_b]
+            higher, lower = _directions(family)
+            better, worse = [r["method"] for r in lower], [r["method"] for r in higher]
             verdict = (REPRODUCED if better and not worse else REFUTED if worse
                        else UNDECIDED)
             rows.append({
@@ -241,9 +247,7 @@ def _contour_claim(names, per_image) -> dict | None:
                    for a, b in pairs if a in wide and b in wide]
     if not family:
         return None
-    family = _holm(family)
-    higher = [r for r in family if r["significant"] and r["mean difference"] > 0]
-    lower = [r for r in family if r["significant"] and r["mean difference"] < 0]
+    higher, lower = _directions(family)
     return {
         "claim": "Guided Backprop and DeepTaylor trace the contour more clearly than Gradient "
                  "and DeConvNet (shown, not measured, in the paper)",
@@ -289,9 +293,7 @@ def _error_claim(names, per_image, methods) -> dict | None:
                            "p": _two_sample_p(aopc[high], aopc[~high])})
     if not family:
         return None
-    family = _holm(family)
-    worse = [r for r in family if r["significant"] and r["mean difference"] > 0]
-    better = [r for r in family if r["significant"] and r["mean difference"] < 0]
+    worse, better = _directions(family)
     return {
         "claim": "Map quality is worse where the prediction error is high (shown with "
                  "examples, not measured, in the paper)",
