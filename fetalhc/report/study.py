@@ -543,6 +543,10 @@ def _figures(report: Path, names, methods, summary) -> dict:
         figure.tight_layout()
         figures["overview"] = str(save_figure(figure, folder / "aopc_overview.png")
                                   .relative_to(report))
+    strength_file = report / "tables" / "perturbation_strength.csv"
+    if strength_file.is_file():
+        figures["how far each perturbation moves the HC"] = _strength_figure(
+            report, pd.read_csv(strength_file))
     for name in names:
         results = report / "models" / name
         figures[f"maps {name}"] = f"models/{name}/{MAPS_FIGURE}"
@@ -551,3 +555,32 @@ def _figures(report: Path, names, methods, summary) -> dict:
                 figures[f"{protocol} protocol, {name}: {stem}"] = \
                     f"models/{name}/figures/{protocol}_{stem}.png"
     return figures
+
+
+def _strength_figure(report: Path, strength: pd.DataFrame) -> str:
+    """Mean |shift| of the HC in a random order (% of HC, 95 % CI) per perturbation, one
+    marker per model (and the reference, if any)."""
+    from matplotlib.figure import Figure
+
+    from fetalhc.viz.figures import save_figure
+
+    rows = strength[strength["metric"] == "random_shift_percent"]
+    models = list(dict.fromkeys(rows["model"]))
+    perturbations = list(dict.fromkeys(rows["perturbation"]))
+    figure = Figure(figsize=(6.4, 0.45 * len(perturbations) * max(1, len(models)) / 2 + 1.4),
+                    dpi=100)
+    axis = figure.add_subplot(1, 1, 1)
+    offsets = np.linspace(-0.3, 0.3, len(models)) if len(models) > 1 else [0.0]
+    for offset, name in zip(offsets, models, strict=True):
+        mine = rows[rows["model"] == name].set_index("perturbation").reindex(perturbations)
+        axis.errorbar(mine["mean"], np.arange(len(perturbations)) + offset, fmt="o",
+                      xerr=[mine["mean"] - mine["CI low"], mine["CI high"] - mine["mean"]],
+                      markersize=4, capsize=2, label=name)
+    axis.set_yticks(range(len(perturbations)), perturbations)
+    axis.invert_yaxis()
+    axis.set_xlabel("mean |shift| of the HC in a random order (% of HC)")
+    axis.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return str(save_figure(figure, report / "figures" / "perturbation_strength.png")
+               .relative_to(report))
+
