@@ -273,3 +273,21 @@ def test_a_shared_forward_answers_the_random_curve_and_step_zero_once(one_region
                                          grid=GRID, steps=steps, forward=shared)
     assert shared.passes == before  # the same request is answered from memory
     np.testing.assert_array_equal(again.hc_mm, curves[0].hc_mm)
+
+
+def test_a_kept_forward_follows_the_weights(one_region_setup):
+    """The memory of a BatchedForward is keyed by the weights too: after the model's
+    weights change, the same request is predicted again, not answered from memory."""
+    from fetalhc.evaluate.forward import BatchedForward
+
+    _, images, _ = one_region_setup
+    weights = np.zeros(16)
+    weights[5] = 10.0
+    model = linear_region_model(weights)
+    forward = BatchedForward(model, batch_size=64)
+    before = forward.predict(images)
+    layer = model.get_layer("hc_px_input")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias + 7.0])
+    np.testing.assert_allclose(forward.predict(images), before + 7.0, rtol=1e-6)
+    assert forward.passes == 2 * len(images)

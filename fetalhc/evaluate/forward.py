@@ -5,8 +5,8 @@ The model is reduced to its HC output with ``fetalhc.explain.hc_output_model`` (
 shared HC output rule, cached per model); predictions are HC in input pixels, float32.
 
 One :class:`BatchedForward` remembers what it has predicted: a request it has answered
-before (the same images, replacement, ranks and counts, compared by digest) is answered
-from memory, and the unperturbed step of a curve (count 0) is the prediction of the
+before (the same images, replacement, ranks and counts, and the same weights, compared by
+digest) is answered from memory, and the unperturbed step of a curve (count 0) is the prediction of the
 images themselves. Shared by every method of an evaluation, the seeded random-order curve
 and the unperturbed predictions cost one forward pass per image, not one per method.
 """
@@ -56,7 +56,6 @@ class BatchedForward:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
         self.model = cast_model(hc_output_model(model), precision)
         self.batch_size = int(batch_size)
-        self.precision = precision
         self._answers: dict[str, np.ndarray] = {}  # request digest -> predictions
         self.passes = 0  # images sent through the model (the memory's hits excluded)
         self._predict = tf.function(self._predict_graph, reduce_retracing=True)
@@ -75,10 +74,11 @@ class BatchedForward:
         outputs = tf.cast(self.model(flat, training=False), tf.float32)
         return tf.reshape(outputs, [batch, steps])
 
-    @staticmethod
-    def _digest(kind: str, *arrays) -> str:
+    def _digest(self, kind: str, *arrays) -> str:
+        """The key of a request: its kind, its arrays and the model's current weights (a
+        forward kept while the weights train must not answer from an earlier state)."""
         digest = hashlib.sha1(kind.encode("utf-8"))
-        for array in arrays:
+        for array in (*arrays, *(keras.ops.convert_to_numpy(w) for w in self.model.weights)):
             array = np.ascontiguousarray(array)
             digest.update(f"{array.dtype.str}{array.shape}".encode())
             digest.update(array.data)
