@@ -279,16 +279,16 @@ def run_study(models: Sequence[StudyModel], out, *, methods="all", images=None,
             write_provenance(report, report_record)
     for entry, settings, record in plans:
         model_dir, results = out / "models" / entry.name, report / "models" / entry.name
-        precision = next(iter(settings.values())).precision
-        if results_ready(results, record,
-                         diagnosis_record(record["result"], methods, precision)):
+        diagnosis = diagnosis_record(record["result"], methods,
+                                     next(iter(settings.values())).precision)
+        if results_ready(results, record, diagnosis):
             say(f"{entry.name}: its results in {results} are this study's; steps skipped")
             continue
         model_dir.mkdir(parents=True, exist_ok=True)
         if read_provenance(model_dir) is None:
             write_provenance(model_dir, record)
         _run_model(entry, model_dir, methods, images, settings, progress, say)
-        _diagnose(entry, model_dir, methods, images, settings, record, say)
+        _diagnose(entry, model_dir, images, diagnosis, say)
         export_results(model_dir, results, list(settings), methods, EVALUATION_FIGURES)
     say("tables and figures ...")
     collect(out, [entry.name for entry in models], methods, report=report, command=command,
@@ -327,19 +327,18 @@ def _run_model(entry: StudyModel, model_dir: Path, methods, images, settings, pr
         _step(model_dir, step, finish=True)
 
 
-def _diagnose(entry: StudyModel, model_dir: Path, methods, images, settings, record,
-              say) -> None:
+def _diagnose(entry: StudyModel, model_dir: Path, images, expected: dict, say) -> None:
     """The diagnose step (:mod:`fetalhc.report.study_diagnosis`) after the evaluations:
-    reused only when its folder's record is this model's, methods and settings."""
+    reused only when its folder's record is ``expected`` (this model's, methods and
+    settings)."""
     from fetalhc.report.study_diagnosis import diagnosis_done, write_diagnosis
 
-    precision = next(iter(settings.values())).precision
-    expected = diagnosis_record(record["result"], methods, precision)
     if diagnosis_done(model_dir / DIAGNOSE, expected):
         say(f"{entry.name}: {DIAGNOSE} already done")
         return
     say(f"{entry.name}: {DIAGNOSE} (perturbation strength and gaps) ...")
     rows = entry.index if images is None else entry.index.head(images)
+    methods, precision = expected["result"]["methods"], expected["result"]["precision"]
     with timed(model_dir, DIAGNOSE):
         write_diagnosis(entry.model, rows, entry.image_size, model_dir / "maps",
                         model_dir / DIAGNOSE, methods, expected, precision)

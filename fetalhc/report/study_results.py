@@ -53,11 +53,9 @@ def results_ready(folder: Path, record: dict, diagnosis: dict | None = None) -> 
         if not path.is_file() or _sha256(path) != digest:
             return False
     if diagnosis is not None:
-        from fetalhc.report.study_diagnosis import STEP
+        from fetalhc.report.study_diagnosis import STEP, diagnosis_done
 
-        step = read_provenance(folder / STEP) if (folder / STEP).is_dir() else None
-        if step is None or step.get("result") != diagnosis["result"]:
-            return False
+        return diagnosis_done(folder / STEP, diagnosis)
     return True
 
 
