@@ -31,10 +31,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check fetalhc tests benchmarks scripts
 
-# The HC18 recipe (docs/hc18-model.md), localise then measure: stage 1 trains
-# configs/hc18_best.toml into $(HC18_LOCALISER), stage 2 configs/hc18_crop.toml into
-# $(HC18_RUN) with stage 1 as its localiser. Each resumes an interrupted run; a finished run
-# is left alone (delete it to retrain). HC18_TRAIN_ARGS passes extra `fetalhc train` options
+# The HC18 recipe (docs/hc18-model.md), localise then measure: stage 1 trains the shipped
+# config hc18_best (fetalhc/configs/hc18_best.toml) into $(HC18_LOCALISER), stage 2
+# hc18_crop into $(HC18_RUN) with stage 1 as its localiser. Each resumes an interrupted
+# run; a finished run is left alone (delete it to retrain). HC18_TRAIN_ARGS passes extra `fetalhc train` options
 # to both (the tests shorten the runs with it).
 HC18_RUN ?= runs/hc18-best
 HC18_LOCALISER ?= $(HC18_RUN)-localiser
@@ -48,8 +48,8 @@ define hc18_stage
 	fi
 endef
 hc18-model: $(STAMP)
-	$(call hc18_stage,configs/hc18_best.toml,$(HC18_LOCALISER),)
-	$(call hc18_stage,configs/hc18_crop.toml,$(HC18_RUN),--set data.localiser=$(HC18_LOCALISER))
+	$(call hc18_stage,hc18_best,$(HC18_LOCALISER),)
+	$(call hc18_stage,hc18_crop,$(HC18_RUN),--set data.localiser=$(HC18_LOCALISER))
 	@echo "model: $(HC18_RUN)/model.keras (localiser $(HC18_LOCALISER)); metrics: $(HC18_RUN)/metrics.json"
 
 clean:

@@ -12,8 +12,8 @@ recomputed from its ``model.keras``.
 images both files hold. ``docs/hc18-model.md`` (scripts/hc18_model_report.py) reads the
 same files.
 
-    python scripts/hc18_levers.py run base-e20 --config configs/hc18_best.toml --epochs 20
-    python scripts/hc18_levers.py run ema-e20 --config configs/hc18_best.toml --epochs 20 \\
+    python scripts/hc18_levers.py run base-e20 --config hc18_best --epochs 20
+    python scripts/hc18_levers.py run ema-e20 --config hc18_best --epochs 20 \\
         --set train.ema_momentum=0.99
     python scripts/hc18_levers.py compare base-e20 ema-e20
 """
@@ -76,15 +76,15 @@ def git_revision() -> str:
         return "unknown"
 
 
-def train_variant(name: str, config_path: Path, overrides: dict, data_dir: Path) -> Path:
+def train_variant(name: str, config: str, overrides: dict, data_dir: Path) -> Path:
     """Train ``runs/levers/<name>`` (resuming a killed run), or reuse a finished run of the
     same resolved config, data folder and split (``fetalhc.training.fit.train_or_reuse``);
-    returns the run folder."""
+    ``config`` is a shipped config's name or a TOML path; returns the run folder."""
     from fetalhc.training.fit import train_or_reuse
 
     out = RUNS / name
     try:
-        train_or_reuse(config_path, data_dir, out, overrides=overrides, verbose=2)
+        train_or_reuse(config, data_dir, out, overrides=overrides, verbose=2)
     except ValueError as error:
         raise SystemExit(f"{error} (delete it or pick another name)") from None
     return out
@@ -139,7 +139,7 @@ def run_command(args) -> None:
     if args.epochs:
         overrides["train.epochs"] = args.epochs
     started = time.perf_counter()
-    run = train_variant(args.name, Path(args.config), overrides, data_dir)
+    run = train_variant(args.name, args.config, overrides, data_dir)
     table = predict_variant(run, data_dir)
     from fetalhc.files import write_csv, write_json
     from fetalhc.training.config import read_toml
@@ -230,7 +230,8 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train a variant and predict val + test")
     run.add_argument("name")
-    run.add_argument("--config", default=str(ROOT / "configs" / "hc18_best.toml"))
+    run.add_argument("--config", default="hc18_best",
+                     help="a shipped config's name (fetalhc/configs/) or a TOML path")
     run.add_argument("--epochs", type=int, default=0)
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     run.add_argument("--data", default=os.environ.get("FETALHC_HC18",

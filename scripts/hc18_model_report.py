@@ -351,9 +351,9 @@ def header_lines() -> list[str]:
         "## Command",
         "",
         "```",
-        "make hc18-model                        # stage 1: fetalhc train --config configs/hc18_best.toml"
+        "make hc18-model                        # stage 1: fetalhc train --config hc18_best"
         " --data $FETALHC_HC18 --out runs/hc18-best-localiser",
-        "                                       # stage 2: fetalhc train --config configs/hc18_crop.toml"
+        "                                       # stage 2: fetalhc train --config hc18_crop"
         " --data $FETALHC_HC18 --out runs/hc18-best --set data.localiser=runs/hc18-best-localiser",
         "fetalhc predict --model models/hc18-recipe --data $FETALHC_HC18 --split test"
         " --out docs/hc18-model/final/test.csv   # the final section's numbers",

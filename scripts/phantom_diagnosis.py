@@ -2,7 +2,7 @@
 
 Writes 200 phantoms (``fetalhc.data.write_phantom_dataset``, seed 0) to
 ``runs/phantom-diagnosis/phantoms``, trains the HC18 recipe's whole-image network
-(``configs/hc18_best.toml``) on them for ``--epochs`` epochs into
+(the shipped config ``hc18_best``) on them for ``--epochs`` epochs into
 ``runs/phantom-diagnosis/run`` (reused when its config is the same), explains its val + test
 phantoms with every method and runs the study's diagnose step on them
 (:func:`fetalhc.report.study_diagnosis.write_diagnosis`: how far each perturbation moves the
@@ -26,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "hc18_best"  # the shipped config (fetalhc/configs/hc18_best.toml)
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
                  "train.patience": args.epochs, "data.val_fraction": 0.1,
                  "data.test_fraction": 0.1}
     start = time.perf_counter()
-    train_or_reuse(ROOT / "configs" / "hc18_best.toml", phantoms, args.work / "run",
+    train_or_reuse(CONFIG, phantoms, args.work / "run",
                    overrides=overrides)
     train_seconds = time.perf_counter() - start
     run = resolve_model_split(args.work / "run", phantoms, "val+test")
@@ -77,7 +78,7 @@ def main() -> None:
     error = np.abs(hc_mm - arrays["hc_mm"])
     write_json(args.out / "model.json", {
         "data": "200 phantoms, fetalhc.data.write_phantom_dataset(n=200, seed=0)",
-        "config": "configs/hc18_best.toml", "overrides": overrides,
+        "config": CONFIG, "overrides": overrides,
         "images": int(len(error)), "split": run.split,
         "MAE on the studied images (mm)": float(error.mean()),
         "mean reference HC (mm)": float(np.mean(arrays["hc_mm"])),

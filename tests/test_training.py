@@ -44,11 +44,11 @@ def quick_run(phantoms, tmp_path_factory):
 def test_defaults_resolve_and_shipped_configs_are_valid():
     config = resolve_config(None)
     assert config["model"]["backbone"] == "small_cnn"
-    accuracy = resolve_config(REPO / "configs" / "paper_accuracy.toml")
+    accuracy = resolve_config("paper_accuracy")  # shipped configs by name (tests/test_configs.py)
     assert accuracy["data"]["image_size"] == 224
     assert accuracy["train"]["learning_rate"] == 1e-4 and accuracy["train"]["batch_size"] == 16
-    assert resolve_config(REPO / "configs" / "paper_explain.toml")["data"]["image_size"] == 128
-    assert resolve_config(REPO / "configs" / "quick_cpu.toml")["model"]["backbone"] == "small_cnn"
+    assert resolve_config("paper_explain")["data"]["image_size"] == 128
+    assert resolve_config("quick_cpu")["model"]["backbone"] == "small_cnn"
 
 
 @pytest.mark.parametrize("config, message", [

@@ -21,7 +21,8 @@ import click
 
 from fetalhc.cli.options import Command, progress_option, show_progress
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick_cpu.toml"
+# the shipped config the demo trains (package data: fetalhc/configs/quick_cpu.toml)
+DEMO_CONFIG = "quick_cpu"
 
 
 def _step(number: int, total: int, text: str) -> None:
@@ -70,12 +71,12 @@ def run_demo(ctx: click.Context, out: Path, data_dir: Path | None = None, n: int
     start = begin(f"training the small CNN ({epochs} epochs at {image_size} px) into {run_dir}")
     explain_every = max(1, epochs // 3)
     if not (run_dir / "model.keras").is_file() or not (run_dir / "metrics.json").is_file():
-        ctx.invoke(train.command, config_path=REPO_CONFIG, data_dir=data_dir, out_dir=run_dir,
+        ctx.invoke(train.command, config_path=DEMO_CONFIG, data_dir=data_dir, out_dir=run_dir,
                    epochs=epochs, seed=seed, settings=(f"data.image_size={image_size}",),
                    resume=(run_dir / "config.toml").is_file(), explain_every=explain_every,
                    explain_methods="gradient,integrated_gradients")
     commands.append(
-        f"fetalhc train --config configs/quick_cpu.toml --data {shlex.quote(str(data_dir))} "
+        f"fetalhc train --config {DEMO_CONFIG} --data {shlex.quote(str(data_dir))} "
         f"--out {shlex.quote(str(run_dir))} --epochs {epochs} --set data.image_size={image_size} "
         f"--seed {seed} --explain-every {explain_every} "
         "--explain-methods gradient,integrated_gradients"

@@ -1,6 +1,7 @@
 """``fetalhc train``: train a regression CNN from a TOML config into a run folder.
 
-Every option is checked before the run folder is created: the config with its overrides
+Every option is checked before the run folder is created: the config (a path, or a shipped
+config's name: ``fetalhc.training.config_file``) with its overrides
 (``fetalhc.training.resolve_config``), ``--out``, the data folder and every image of the
 split (``fetalhc.training.check_training_request``), the ``--explain-methods`` (the explain
 registry) and the model the config describes (built by ``train`` before it creates the
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 
 from fetalhc.cli.options import Command, progress_option, show_progress
-from fetalhc.training.config import STRATEGIES
+from fetalhc.training.config import STRATEGIES, shipped_configs
 
 
 def fit_verbosity(quiet: bool, progress: bool | None) -> int:
@@ -67,9 +68,9 @@ def train_with_saliency(config_path, data_dir, out_dir, overrides=None, explain_
 
 
 @click.command("train", cls=Command)
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False,
-                                                        path_type=Path),
-              default=None, help="TOML config (see configs/); defaults apply to missing keys.")
+@click.option("--config", "config_path", metavar="NAME|PATH", default=None,
+              help="A shipped config by name (" + ", ".join(shipped_configs()) + ") or the "
+                   "path of a TOML file; defaults apply to missing keys.")
 @click.option("--data", "data_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="HC18-layout data folder (training_set/ and its CSV).")

@@ -1,8 +1,8 @@
 """Training: TOML config → ``model.fit`` → run folder, and helpers that read runs back.
 
-One job per module: ``config`` (TOML, defaults, validation), ``run_folder`` (the run
-folder: reading runs back, starting or resuming one, writing its results), ``sources``
-(what a command's ``--model`` and ``--split`` resolve to), ``setup``
+One job per module: ``config`` (TOML, defaults, validation, the shipped configs by name),
+``run_folder`` (the run folder: reading runs back, starting or resuming one, writing its
+results), ``sources`` (what a command's ``--model`` and ``--split`` resolve to), ``setup``
 (model, optimizer, loss and datasets of a config), ``strategy`` (``tf.distribute``
 strategies and what they scale), ``fit`` (``train`` with ``model.fit``), ``backup`` (the
 epoch backup of ``fit``, committed so that a kill at any moment resumes) and ``multiworker``
@@ -26,8 +26,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
        for name in ("predict_and_score", "predict_hc_mm", "prediction_table")},
     "evaluate_split": ("fetalhc.models.prediction", "predict_and_score"),  # the former name
     **{name: ("fetalhc.training.config", name)
-       for name in ("DEFAULTS", "SPLITS", "STRATEGIES", "parse_set_option", "read_toml",
-                    "resolve_config", "write_config")},
+       for name in ("DEFAULTS", "SPLITS", "STRATEGIES", "config_file", "parse_set_option",
+                    "read_toml", "resolve_config", "shipped_configs", "write_config")},
     **{name: ("fetalhc.training.fit", name) for name in ("check_training_request", "train",
                                                              "train_or_reuse")},
     **{name: ("fetalhc.training.run_folder", name)
@@ -49,6 +49,7 @@ __all__ = [
     "TrainResult",
     "check_training_data",
     "check_training_request",
+    "config_file",
     "evaluate_split",
     "load_run",
     "model_input_size",
@@ -61,6 +62,7 @@ __all__ = [
     "read_toml",
     "resolve_config",
     "run_split_index",
+    "shipped_configs",
     "standardise_ellipse",
     "train",
     "train_or_reuse",

@@ -5,6 +5,10 @@ A config has the sections ``[data]``, ``[model]`` and ``[train]``; every key has
 ``ValueError`` naming the key. ``resolve_config`` fills the defaults; ``train`` adds the
 sections ``[preprocessing]``, ``[run]`` and ``[split]`` before writing ``config.toml`` into
 the run folder.
+
+The configs fetalhc ships are package data, ``fetalhc/configs/<name>.toml``: wherever a
+config file is taken, ``config_file`` also takes such a bare name (``"quick_cpu"``), so
+``fetalhc train --config quick_cpu`` works from any folder and from an installed wheel.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -97,6 +102,10 @@ RESOLVED_SECTIONS = ("preprocessing", "run", "split")
 # the run held out (its val rows, then its test rows), challenge = HC18 test_set.
 HELD_OUT = "val+test"
 SPLITS = ("train", "val", "test", HELD_OUT, "challenge")
+# What predict / explain / evaluate / study may name: a run's splits, or every image of the
+# data folder (fetalhc.data.plain.load_folder_index), the default on a folder not the run's.
+ALL_IMAGES = "all"
+DATA_SPLITS = (*SPLITS, ALL_IMAGES)
 
 _OVERRIDE_ALIASES = {
     "epochs": "train.epochs",
@@ -222,6 +231,38 @@ def _check_ranges(config: dict[str, dict[str, Any]]) -> None:
         )
 
 
+# The configs shipped with fetalhc: package data (setup.cfg), one TOML file per name.
+CONFIGS_FOLDER = Path(__file__).resolve().parents[1] / "configs"
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with fetalhc (``fetalhc/configs/<name>.toml``), sorted."""
+    if not CONFIGS_FOLDER.is_dir():
+        return []
+    return sorted(path.stem for path in CONFIGS_FOLDER.glob("*.toml") if path.is_file())
+
+
+def config_file(config: str | os.PathLike) -> Path:
+    """The TOML file ``config`` stands for: an existing file as it is (a path always works),
+    else a bare name (letters, digits, ``_`` and ``-``: no folder, no ``.toml``) is the
+    shipped config of that name, e.g. ``"quick_cpu"`` →
+    ``fetalhc/configs/quick_cpu.toml``. One-line errors: an unknown name lists the shipped
+    names; a missing file says so (and names the shipped config of the same stem, if any)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    names = shipped_configs()
+    text = os.fspath(config)
+    if _CONFIG_NAME.fullmatch(text):
+        if text in names:
+            return CONFIGS_FOLDER / f"{text}.toml"
+        raise ValueError(f"no shipped config named {text!r}; shipped configs: "
+                         f"{', '.join(names) or 'none'} (or give the path of a TOML file)")
+    hint = f"; the shipped config of that name is {path.stem!r}" if path.stem in names else ""
+    raise FileNotFoundError(f"config file not found: {path}{hint}")
+
+
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -238,7 +279,8 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     allow_resolved: bool = False,
 ) -> dict[str, Any]:
-    """Validate a config (dict or TOML path), fill defaults, apply ``overrides``.
+    """Validate a config (dict, TOML path or shipped config name: :func:`config_file`),
+    fill defaults, apply ``overrides``.
 
     ``overrides`` maps ``"section.key"`` (or the aliases ``epochs``, ``batch_size``, ``seed``,
     ``fold``, ``learning_rate``) to values. With ``allow_resolved`` the run sections
@@ -247,11 +289,12 @@ def resolve_config(
     if config is None:
         raw: dict[str, Any] = {}
     elif isinstance(config, (str, os.PathLike)):
-        raw = read_toml(config)
+        raw = read_toml(config_file(config))
     elif isinstance(config, dict):
         raw = copy.deepcopy(config)
     else:
-        raise ValueError(f"config must be a dict or a TOML file path, got {type(config).__name__}")
+        raise ValueError(f"config must be a dict, a TOML file path or a shipped config name, "
+                         f"got {type(config).__name__}")
     resolved = copy.deepcopy(DEFAULTS)
     extra: dict[str, Any] = {}
     for section, values in raw.items():
