@@ -7,11 +7,15 @@ result = fetalhc.explain.explain_batch(...)   # Explanation: maps + per-image me
 fetalhc.explain.check_methods(model, ["gradcam"], options={"gradcam": {...}})  # no map run
 fetalhc.explain.available_methods(); fetalhc.explain.get_method(name)
 fetalhc.explain.hc_output_model(model, output=None)
+ig = fetalhc.explain.IntegratedGradients(model, steps=64)   # the object API: one class per
+result = ig.explain(images, pixel_size=mm_per_px)           # method, the same Explanation
+fetalhc.explain.explainer("occlusion", model, patch=8)      # by registry name
 ```
 
 Every module of this package that is not infrastructure (``_INFRASTRUCTURE`` below) registers
 its method(s) on import; this package imports all of them, so new method modules are picked up
-automatically.
+automatically, and each registered method gets its explainer class
+(:mod:`fetalhc.explain.objects`) in this namespace.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pkgutil
 from fetalhc.explain.api import Explanation, check_methods, explain, explain_batch
 from fetalhc.explain.inputs import normalise_inputs
 from fetalhc.explain.method import ExplainContext, Method
+from fetalhc.explain.objects import Explainer, explainer, explainer_class, explainer_classes
 from fetalhc.explain.registry import available_methods, get_method, register
 from fetalhc.explain.targets import TARGETS, Target, get_target
 from fetalhc.explain.views import (
@@ -33,12 +38,13 @@ from fetalhc.explain.views import (
 )
 
 # Modules of this package that register no method: the core (targets, views, the method
-# contract, inputs, the entry points, the registry) and the relevance engine. Every other
-# module is a method module and is imported below.
+# contract, inputs, the entry points, the registry, the object API) and the relevance
+# engine. Every other module is a method module and is imported below.
 _INFRASTRUCTURE = frozenset({
     "api",
     "inputs",
     "method",
+    "objects",
     "registry",
     "targets",
     "views",
@@ -58,9 +64,24 @@ def _import_method_modules() -> None:
 
 _import_method_modules()
 
+
+def _export_explainers() -> list[str]:
+    """Bind every registered method's explainer class here (IntegratedGradients, ...)."""
+    classes = explainer_classes()
+    taken = sorted(name for name in classes if name in globals())
+    if taken:
+        raise ValueError(f"explainer class name(s) {', '.join(taken)} would hide names of "
+                         "fetalhc.explain; rename the method(s)")
+    globals().update(classes)
+    return sorted(classes)
+
+
+_EXPLAINERS = _export_explainers()
+
 __all__ = [
     "TARGETS",
     "ExplainContext",
+    "Explainer",
     "Explanation",
     "Method",
     "Target",
@@ -71,10 +92,14 @@ __all__ = [
     "default_conv_layer_name",
     "explain",
     "explain_batch",
+    "explainer",
+    "explainer_class",
+    "explainer_classes",
     "get_method",
     "get_target",
     "hc_output_model",
     "normalise_inputs",
     "register",
     "tracing_counts",
+    *_EXPLAINERS,
 ]

@@ -108,7 +108,9 @@ class Method:
       completeness tolerance); used where that adaptation is not what is measured.
 
     :meth:`attribute` always runs inside a cached ``tf.function`` (see
-    :mod:`fetalhc.explain.api`).
+    :mod:`fetalhc.explain.api`). A method is built from its options only
+    (``get_method(name)(**options)``); the classes bound to a model
+    (``fetalhc.explain.IntegratedGradients(model, ...)``) are :mod:`fetalhc.explain.objects`.
     """
 
     name: ClassVar[str] = ""
@@ -117,7 +119,14 @@ class Method:
     map_units: ClassVar[str] = "{target}"
     fixed_cost: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, **options):
+    def __init__(self, *arguments, **options):
+        if arguments:  # e.g. get_method(name)(model): the object API is what was meant
+            raise TypeError(
+                f"{type(self).__name__} (method {self.name!r}) takes its options only, as "
+                f"keywords; to explain a model use fetalhc.explain.explainer({self.name!r}, "
+                "model, **options) or fetalhc.explain.explain_batch(model, images, "
+                f"method={self.name!r}, **options)"
+            )
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             allowed = ", ".join(sorted(self.defaults)) or "none"
