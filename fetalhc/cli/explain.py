@@ -20,7 +20,7 @@ from fetalhc.cli.options import Command, progress_option, show_progress
 # TensorFlow-free names for --help: the run's splits, and the explain targets' names
 # (tests/test_cli_options_evaluate.py checks EXPLAIN_TARGETS against fetalhc.explain.TARGETS)
 from fetalhc.evaluate.settings import EXPLAIN_TARGETS as TARGETS
-from fetalhc.training.config import SPLITS
+from fetalhc.training.config import DATA_SPLITS
 
 DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
 
@@ -103,11 +103,12 @@ def list_methods_text() -> str:
 @click.command("explain", cls=Command)
 @click.option("--model", "model_path", default=None,
               type=click.Path(exists=True, path_type=Path),
-              help="Run folder, or the model.keras inside one (a bare .keras file: "
-                   "challenge split only). Required unless --list.")
+              help="Run folder, or the model.keras inside one, or a bare .keras file. "
+                   "Required unless --list.")
 @click.option("--data", "data_dir", default=None,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="HC18-layout data folder the run was trained on. Required unless --list.")
+              type=click.Path(exists=True, path_type=Path),
+              help="Data: an HC18-layout folder, or a plain folder of images with a CSV "
+                   "filename,pixel_size_mm[,hc_mm] (or that CSV).")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated registered methods (see `fetalhc explain --list`).")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
@@ -115,9 +116,10 @@ def list_methods_text() -> str:
                    "--list.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Explain only the first N images of the split.")
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="Which images (default: the run's test split; challenge for a bare "
-                   ".keras file).")
+@click.option("--split", type=click.Choice(DATA_SPLITS), default=None,
+              help="Which images: a split of the run (default test, when --data holds it), "
+                   "challenge (HC18 test_set/), or all (every image of --data; "
+                   "the default for a bare .keras file or another folder).")
 @click.option("--target", type=click.Choice(TARGETS), default="hc_mm", show_default=True,
               help="What is explained: hc_mm (predicted HC in mm), hc_px_input (in input "
                    "pixels) or abs_error_mm (the error, needs reference HCs).")

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from fetalhc.cli.options import Command, progress_option, show_progress
-from fetalhc.training.config import SPLITS  # TensorFlow-free, for --help
+from fetalhc.training.config import DATA_SPLITS  # TensorFlow-free, for --help
 
 # = fetalhc.models.reliability.DEFAULT_FLIP_THRESHOLD_MM, which imports TensorFlow (so not
 # importable for --help); tests/test_reliability.py checks that the two agree
@@ -69,11 +69,13 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
               help="A fetalhc model.keras, or the run folder holding it (its config.toml "
                    "gives the pre-processing and the splits).")
 @click.option("--data", "data_dir", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="HC18-layout data folder.")
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="Which images (default: the run's test split; a model without its run "
-                   "folder: challenge only).")
+              type=click.Path(exists=True, path_type=Path),
+              help="Data: an HC18-layout folder, or a plain folder of images with a CSV "
+                   "filename,pixel_size_mm[,hc_mm] (or that CSV).")
+@click.option("--split", type=click.Choice(DATA_SPLITS), default=None,
+              help="Which images: a split of the run (default test, when --data holds it), "
+                   "challenge (HC18 test_set/), or all (every image of --data; "
+                   "the default for a bare .keras file or another folder).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Prediction CSV (filename,head circumference (mm)); tables, plots and "
                    "provenance go beside it.")

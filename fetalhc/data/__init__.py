@@ -39,6 +39,7 @@ from fetalhc.data.pipeline import (
     rasterise_outline,
     reference_regions,
 )
+from fetalhc.data.plain import data_layout, load_folder_index, load_plain_index, write_plain_dataset
 from fetalhc.data.shortcut import shortcut_phantoms, write_shortcut_dataset
 from fetalhc.data.splits import kfold_split, split_index
 
@@ -53,11 +54,14 @@ __all__ = [
     "annotation_ellipse",
     "annotation_ellipses",
     "check_images",
+    "data_layout",
     "clamp_regions",
     "crop_geometry",
     "ellipse_regions",
     "ellipse_perimeter",
     "fit_ellipse",
+    "load_folder_index",
+    "load_plain_index",
     "group_id_of",
     "hc_from_annotation",
     "index_problems",
@@ -73,6 +77,7 @@ __all__ = [
     "split_index",
     "with_regions",
     "write_phantom_dataset",
+    "write_plain_dataset",
     "shortcut_phantoms",
     "write_shortcut_dataset",
 ]

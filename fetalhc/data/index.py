@@ -116,6 +116,21 @@ def _header_size(path: str, mtime_ns: int, file_size: int, verify: bool) -> tupl
         return image.size
 
 
+def header_size(path) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header, or ``None`` when it is missing or
+    unreadable (memoised per file version)."""
+    from PIL import UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        stat = path.stat()
+        if not path.is_file():
+            return None
+        return _header_size(str(path), stat.st_mtime_ns, stat.st_size, False)
+    except (OSError, UnidentifiedImageError, SyntaxError):
+        return None
+
+
 def _image_size(path: Path, problems: _Problems, where: str, what: str, verify: bool):
     from PIL import UnidentifiedImageError
 

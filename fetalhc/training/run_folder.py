@@ -134,7 +134,8 @@ def run_split_index(run_config: dict[str, Any], data_dir: str | os.PathLike,
     if missing:
         raise ValueError(
             f"{data_dir} lacks {len(missing)} file(s) of the run's {split!r} split, "
-            f"e.g. {missing[0]}: is it the data folder the run was trained on?"
+            f"e.g. {missing[0]}: is it the data folder the run was trained on? (--split all "
+            "takes every image of the folder)"
         )
     return by_name.loc[names].reset_index(drop=True)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fetalhc.data.index import PARTS
+from fetalhc.training.config import ALL_IMAGES, DATA_SPLITS
 from fetalhc.training.run_folder import CONFIG_FILE, MODEL_FILE, Run, load_run, run_split_index
 from fetalhc.training.setup import crop_margin_of
 
@@ -34,20 +36,20 @@ class ModelSplit:
 
 
 def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLike,
-                        split: str | None = None, *, whole_set: bool = False,
-                        crop_runs: bool = False) -> ModelSplit:
+                        split: str | None = None, *, crop_runs: bool = False) -> ModelSplit:
     """``--model`` (a run folder, the ``model.keras`` inside one, or a bare ``.keras`` file)
     and ``--split`` → the model file and the index rows to work on, without loading the
     model (so a bad split fails at once).
 
-    With a run folder: ``train`` / ``val`` / ``test`` (the default) from the run's record,
-    or ``challenge``. A bare model file has no record of what it trained on, so only
-    ``challenge`` (the default). ``whole_set`` also allows ``all``, the whole training part
-    of ``data_dir``, and makes it a bare file's default. A crop run (the measuring stage of
+    ``split``: a split of the run's record (``train`` / ``val`` / ``test`` / ``val+test``),
+    ``challenge`` (an HC18 folder's ``test_set/``), or ``all``: every image of ``data_dir``
+    (:func:`fetalhc.data.plain.load_folder_index`; HC18 or plain layout). Default: ``test``
+    when ``data_dir`` holds the run's test split, else ``all`` (a bare model file, another
+    clinic's folder, a plain folder). A crop run (the measuring stage of
     localise-then-measure, ``[data] crop_margin > 0``) is refused unless ``crop_runs``: only
     prediction places its crops (:func:`fetalhc.training.setup.prediction_index`) so far.
-    One-line errors otherwise."""
-    from fetalhc.data import load_index
+    One-line errors otherwise, each naming the option that fixes it."""
+    from fetalhc.data.plain import data_layout, load_folder_index
 
     path = Path(model_path)
     if path.is_dir():
@@ -67,19 +69,31 @@ def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLi
             f"--model {path} is a crop run (it measures crops placed by its localiser, "
             f"{run.config['data'].get('localiser') or 'none recorded'}): only `fetalhc predict` "
             "runs it so far; explain or evaluate its localiser or a whole-image model")
-    bare_splits = ("all", "challenge") if whole_set else ("challenge",)
-    if run is None:
-        split = split or bare_splits[0]
-        if split not in bare_splits:
-            raise ValueError(
-                f"{model_file} has no run folder ({CONFIG_FILE} beside it), so only "
-                + " or ".join(f"--split {name}" for name in bare_splits) + " is possible")
+    layout = data_layout(data_dir)
+    if split is None:
+        split = "test" if run is not None and _holds_run_split(run, data_dir, layout) \
+            else ALL_IMAGES
+    if split not in DATA_SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {', '.join(DATA_SPLITS)}")
+    if split == ALL_IMAGES:
+        index = load_folder_index(data_dir)
+    elif layout == "plain":
+        raise ValueError(f"--data {data_dir} is a plain image folder: it has no {split!r} "
+                         "split; --split all takes every image of its CSV")
+    elif split == "challenge":
+        if not (Path(data_dir) / PARTS["challenge"][0]).is_dir():
+            raise ValueError(f"--data {data_dir} has no {PARTS['challenge'][0]}/ (the HC18 "
+                             "challenge part); --split all takes every image it has")
+        index = run_split_index({}, data_dir, split)
+    elif not (Path(data_dir) / PARTS["training"][0]).is_dir():
+        raise ValueError(f"--data {data_dir} has no {PARTS['training'][0]}/, so not the run's "
+                         f"{split!r} split; --split all takes every image it has")
+    elif run is None:
+        raise ValueError(
+            f"{model_file} has no run folder ({CONFIG_FILE} beside it), so it has no "
+            f"{split!r} split; use --split all (every image of --data) or challenge")
     else:
-        split = split or "test"
-    if split == "all" and whole_set:
-        index = load_index(data_dir, "training", validate=False)
-    else:
-        index = run_split_index(run.config if run is not None else {}, data_dir, split)
+        index = run_split_index(run.config, data_dir, split)
     from fetalhc.models.reliability import training_hc_range_mm
 
     return ModelSplit(model_file=model_file, run=run, split=split,
@@ -87,6 +101,17 @@ def resolve_model_split(model_path: str | os.PathLike, data_dir: str | os.PathLi
                       image_size=run.image_size if run is not None else None,
                       hc_range_mm=training_hc_range_mm(run.config, data_dir)
                       if run is not None else None)
+
+
+def _holds_run_split(run: Run, data_dir, layout: str) -> bool:
+    """Whether ``data_dir`` (an HC18 folder) has every image of the run's test split."""
+    if layout != "hc18" or not (Path(data_dir) / PARTS["training"][0]).is_dir():
+        return False
+    from fetalhc.data import load_index
+
+    names = run.config.get("split", {}).get("test", [])
+    return bool(names) and set(names) <= set(load_index(data_dir, "training",
+                                                        validate=False)["filename"])
 
 
 def model_input_size(model, model_file=None) -> int:
