@@ -37,11 +37,8 @@ from fetalhc.evaluate.settings import (
     parse_numbers,
     split_list,
 )
-from fetalhc.training.config import SPLITS
+from fetalhc.training.config import DATA_SPLITS
 
-# --split: a run's splits, or "all" (the whole training part of --data, e.g. for a bare
-# .keras file without a run folder)
-EVALUATE_SPLITS = (*SPLITS, "all")
 DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients"
 DEFAULT_METRICS = "aopc,deletion,insertion"
 
@@ -195,7 +192,7 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
     import fetalhc
     from fetalhc.training import model_input_size, resolve_model_split
 
-    resolved = resolve_model_split(model_path, data_dir, split, whole_set=True)
+    resolved = resolve_model_split(model_path, data_dir, split)
     model = None
     size = image_size or resolved.image_size
     if size is None:
@@ -209,17 +206,19 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
               type=click.Path(exists=True, path_type=Path),
               help="Run folder (or the model.keras inside one), or a bare .keras file.")
 @click.option("--data", "data_dir", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="HC18-layout data folder (real or phantom).")
+              type=click.Path(exists=True, path_type=Path),
+              help="Data: an HC18-layout folder, or a plain folder of images with a CSV "
+                   "filename,pixel_size_mm[,hc_mm] (or that CSV).")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated registered explain methods (`fetalhc explain --list`); "
                    "methods whose maps are in --maps may have other names.")
 @click.option("--metrics", type=CommaChoice(METRICS, parse_metrics), default=DEFAULT_METRICS,
               show_default=True, help=f"Comma-separated, any of: {', '.join(METRICS)}.")
 @settings_options("protocol")
-@click.option("--split", type=click.Choice(EVALUATE_SPLITS), default=None,
-              help="A split of the run (default test), or all (the whole training part of "
-                   "--data; the default for a bare .keras file).")
+@click.option("--split", type=click.Choice(DATA_SPLITS), default=None,
+              help="Which images: a split of the run (default test, when --data holds it), "
+                   "challenge (HC18 test_set/), or all (every image of --data; "
+                   "the default for a bare .keras file or another folder).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate the first N images of the split only.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
@@ -237,10 +236,13 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
 @settings_options("n_boot", "precision")
 @click.option("--maps", "maps_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None,
-              help="Folder of precomputed maps <method>.npy, float (N, S, S), in the order "
+              help="Precomputed maps: a `fetalhc explain` output folder (its model, target, "
+                   "split and image size must be these; it must hold maps of at least the "
+                   "evaluated images, which are its first ones; unfinished or sharded folders "
+                   "are refused), or a folder of <method>.npy, float (N, S, S) in the order "
                    "of the evaluated images, with the provenance.json of the explain folder "
-                   "they come from (fetalhc.report.explanations.stack_maps writes both); "
-                   "other methods go through fetalhc.explain.")
+                   "they come from (fetalhc.report.explanations.stack_maps writes both). "
+                   "Methods without maps there go through fetalhc.explain.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Evaluate only shard I of N (1-based, round robin over the split's order); "
                    "combine the shard folders with `fetalhc merge`.")

@@ -32,9 +32,11 @@ deletes the folder and recomputes); the same value resumes. The methods are not 
 each method folder's ``provenance.json`` holds the folder's ``result``, the method's name and,
 for maps from ``--maps``, their digest, and a method is reused only when that matches and its
 ``done.json`` exists; its tables are then read back exactly (``.npz``), so a resumed folder
-equals an uninterrupted run's. Maps from ``--maps`` must come with the ``provenance.json``
+equals an uninterrupted run's. ``--maps`` takes a ``fetalhc explain`` output folder (its
+first images' ``.npz`` maps are read) or ``<method>.npy`` stacks with the ``provenance.json``
 of the explain folder they were stacked from (``fetalhc.report.explanations.stack_maps``);
-their model, target, pre-processing and images are checked against the evaluation's.
+their model, target, pre-processing and images are checked against the evaluation's
+(:func:`~fetalhc.report.evaluation_provenance.check_maps`).
 
 :mod:`.evaluation_provenance` builds and checks the records, :mod:`.evaluation_summary`
 writes the summaries (shared with the merge). Every file goes through :mod:`fetalhc.files`
@@ -56,7 +58,9 @@ from fetalhc.report.evaluation_provenance import (
     DERIVED_FIELDS,
     MAKE_MAPS,
     check_maps,
+    check_unsharded,
     evaluation_provenance,
+    load_maps,
     method_record,
 )
 from fetalhc.report.evaluation_summary import write_summaries
@@ -73,7 +77,6 @@ SHARD_PER_IMAGE, SHARD_CURVES, SHARD_STEPS = ("shard_per_image.npz", "shard_curv
 # files that make a folder an evaluate folder (besides provenance.json), for --overwrite
 MARKERS = ("settings.json", "summary.csv")
 # result fields that follow from the settings: a re-run names the setting, not these
-# what maps from --maps must share with the evaluation, in the order a mismatch is named
 
 
 # ----------------------------------------------------------------------------- checks
@@ -102,7 +105,8 @@ def check_evaluation_request(methods: Sequence[str], metrics, settings, maps_dir
     """Check what is asked before any model or image is loaded: the metrics, every
     setting against its choices and range, the error split, ``limit``, the ``shard``
     spec, the methods (registered, their options) and ``maps_dir``. Returns the parsed
-    metrics and the methods whose maps come from ``maps_dir`` (``<method>.npy``). What
+    metrics and the methods whose maps come from ``maps_dir`` (those of a ``fetalhc
+    explain`` folder, which must not be a shard's, else those with a ``<method>.npy``). What
     depends on the images (the grid against the input size, the maps' shapes) is checked
     by :func:`write_evaluation` before it writes anything."""
     from fetalhc.evaluate.settings import (
@@ -128,7 +132,14 @@ def check_evaluation_request(methods: Sequence[str], metrics, settings, maps_dir
     if maps_dir is not None:
         if not Path(maps_dir).is_dir():
             raise FileNotFoundError(f"--maps folder not found: {maps_dir}")
-        external = {m for m in methods if (Path(maps_dir) / f"{m}.npy").is_file()}
+        from fetalhc.report.explanations import explain_folder_record
+
+        explained = explain_folder_record(maps_dir)
+        if explained is not None:
+            check_unsharded(maps_dir, explained)
+            external = {m for m in methods if m in explained["result"]["methods"]}
+        else:
+            external = {m for m in methods if (Path(maps_dir) / f"{m}.npy").is_file()}
         if external and read_provenance(maps_dir) is None:
             raise ProvenanceError(
                 f"the maps in {maps_dir} have no provenance.json, so nothing says which "
@@ -220,8 +231,9 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
 
     Before anything is created: a bad request (:func:`check_evaluation_request`), settings
     that do not fit the images (the grid against ``image_size``, ...), bad image files,
-    maps from ``maps_dir`` made for something else or of the wrong count, shape or values,
-    an ``out`` folder holding results of something else
+    maps from ``maps_dir`` made for something else or of the wrong count, shape or values
+    (an explain folder: fewer images than evaluated, or unfinished), an ``out`` folder
+    holding results of something else
     (:class:`~fetalhc.report.provenance.ProvenanceError` naming the first differing field)
     or a model that does not take ``image_size`` raise a one-line ``ValueError``;
     ``overwrite`` deletes an earlier evaluate folder once all of these have passed. The
@@ -242,6 +254,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
                                                  error_threshold_mm, error_quantiles,
                                                  limit=limit, shard=shard)
     size = int(require_range(image_size, POSITIVE_INT, "image_size"))
+    split_rows = index.reset_index(drop=True)  # an explain folder's images must lead them
     if limit is not None:
         index = index.head(int(limit))
     index = index.reset_index(drop=True)
@@ -263,7 +276,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
         error_threshold_mm=error_threshold_mm, error_quantiles=error_quantiles,
         info={**source, "maps": None if maps_dir is None else str(maps_dir)})
     maps_keys = check_maps(maps_dir, record, sorted(external), total,
-                           selected if shard is not None else None) if external else {}
+                           selected if shard is not None else None,
+                           split_rows=split_rows) if external else {}
     out = Path(out)
 
     computed = [method for method in methods if method not in maps_keys]
@@ -320,7 +334,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
         if tables is None:
             (folder / "done.json").unlink(missing_ok=True)  # unfinished until rewritten
             if method in maps_keys:
-                maps = np.load(Path(maps_dir) / f"{method}.npy", allow_pickle=False)
+                maps = load_maps(maps_dir, method, maps_keys[method], total)
                 if positions is not None and len(maps) == total != len(positions):
                     maps = maps[positions]  # maps of the whole split → this shard's
             else:

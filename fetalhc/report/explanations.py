@@ -23,14 +23,17 @@ compares it: another value refuses with one line naming the field and ``--overwr
 batches of a clean run (images ``[0, b)``, ``[b, 2b)``, ... of the whole list) and reuses a
 batch only when every ``.npz`` and ``.png`` of it exists and each ``.npz`` records the
 expected set, file name and method key; any other batch is recomputed whole, so a resumed
-folder equals an uninterrupted run's. :func:`stack_maps` stacks the maps of a folder into
-``<method>.npy`` files for ``fetalhc evaluate --maps``, with the folder's provenance.
+folder equals an uninterrupted run's. ``fetalhc evaluate --maps`` reads a folder itself
+(:func:`explain_folder_record` tells one, :func:`read_explain_maps` reads the maps of its
+first images, checked image by image); :func:`stack_maps` stacks them into
+``<method>.npy`` files with the folder's provenance.
 Every file goes through :mod:`fetalhc.files`, so an interrupted run leaves no partial files.
 
 Before anything is created, :func:`check_request` (cheap, before a model is loaded),
 :func:`check_references` and :func:`check_model` refuse a request that would fail later.
 The module is one job, the explain folder: the checks, writing, resuming, indexing and
-reading it back (``stack_maps``) all follow its layout, kept in one place.
+reading it back (``read_explain_maps``, ``stack_maps``) all follow its layout, kept in
+one place.
 """
 
 from __future__ import annotations
@@ -383,15 +386,16 @@ def _reliability_columns(get: dict) -> dict:
 def stack_maps(explain_dir, maps_dir, methods: Sequence[str],
                filenames: Sequence[str] | None = None) -> dict:
     """Stack the maps of the explain folder ``explain_dir`` into ``<maps_dir>/<method>.npy``
-    (float32 ``(N, S, S)``, in the folder's image order) for ``fetalhc evaluate --maps``,
-    with ``filenames.json`` and a copy of the folder's ``provenance.json`` (kind
-    ``explain``), so the evaluation can check the model, target, index and pre-processing.
+    (float32 ``(N, S, S)``, in the folder's image order), with ``filenames.json`` and a copy
+    of the folder's ``provenance.json`` (kind ``explain``), so the evaluation can check the
+    model, target, index and pre-processing. (``fetalhc evaluate --maps`` also reads an
+    explain folder itself, :func:`read_explain_maps`.)
 
     ``filenames``, when given, must be the folder's images in its order (the provenance
     describes those); a ``.npy`` whose bytes would not change is not rewritten. Raises a
     one-line ``ValueError`` for a folder without provenance, a shard folder, another image
-    list, a method the folder lacks or an ``.npz`` of another image; ``FileNotFoundError``
-    for a missing ``.npz``. Returns the paths."""
+    list, a method the folder lacks or an ``.npz`` of another image or method;
+    ``FileNotFoundError`` for a missing ``.npz``. Returns the paths."""
     explain_dir, maps_dir = Path(explain_dir), Path(maps_dir)
     record = read_provenance(explain_dir)
     if record is None or record.get("kind") != "explain":
@@ -401,8 +405,7 @@ def stack_maps(explain_dir, maps_dir, methods: Sequence[str],
     if result.get("shard") is not None:
         raise ValueError(f"{explain_dir} holds shard {result['shard']}; merge the shards "
                          "with `fetalhc merge` and stack the merged folder")
-    keys = [tuple(key) for key in result["image_keys"]]
-    names = [name for _, name in keys]
+    names = [name for _, name in result["image_keys"]]
     if filenames is not None and list(map(str, filenames)) != names:
         raise ValueError(f"{explain_dir} holds maps of other images (or another order) than "
                          f"asked: {len(names)} images starting {names[:2]}")
@@ -412,17 +415,7 @@ def stack_maps(explain_dir, maps_dir, methods: Sequence[str],
     maps_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for method in methods:
-        maps = []
-        for set_name, name in keys:
-            path = explain_dir / method / f"{Path(name).stem}.npz"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: did the explain run finish?")
-            with np.load(path, allow_pickle=False) as stored:
-                if str(stored["filename"]) != name or str(stored["set"]) != set_name:
-                    raise ValueError(f"{path} holds {stored['set']}/{stored['filename']} "
-                                     f"where {set_name}/{name} was expected")
-                maps.append(np.asarray(stored["map"], dtype=np.float32))
-        buffer = _npy_bytes(np.stack(maps))
+        buffer = _npy_bytes(read_explain_maps(explain_dir, record, method)[0])
         target = maps_dir / f"{method}.npy"
         if not target.is_file() or target.read_bytes() != buffer:
             write_bytes(target, buffer)
@@ -430,6 +423,60 @@ def stack_maps(explain_dir, maps_dir, methods: Sequence[str],
     written["filenames"] = write_json(maps_dir / "filenames.json", names, indent=None)
     written["provenance"] = write_provenance(maps_dir, record)
     return written
+
+
+def explain_folder_record(folder) -> dict | None:
+    """The provenance record of ``folder`` when it is a ``fetalhc explain`` output folder
+    (kind ``explain`` with the image keys and methods an explain run records, and a method
+    folder of ``.npz`` maps, or no stacked ``<method>.npy`` instead: a run killed before
+    its first map), else ``None`` (e.g. maps stacked by :func:`stack_maps`)."""
+    folder = Path(folder)
+    record = read_provenance(folder) or {}
+    result = record.get("result") or {}
+    if record.get("kind") != "explain" or "image_keys" not in result or \
+            not isinstance(result.get("methods"), dict):
+        return None
+    if any((folder / method).is_dir() for method in result["methods"]):
+        return record
+    return None if any((folder / f"{m}.npy").is_file() for m in result["methods"]) else record
+
+
+def read_explain_maps(folder, record: dict, method: str, count: int | None = None
+                      ) -> tuple[np.ndarray, str]:
+    """The maps of ``method`` of the first ``count`` images (default: all) of the explain
+    ``folder`` with provenance ``record``, float32 ``(count, S, S)`` in its image order,
+    and their digest (``sha256:`` of the ``.npy`` :func:`stack_maps` writes of them).
+
+    Every ``.npz`` must record its image (set, file name) and the method key of
+    ``record`` (method, options, target); a missing one is a one-line
+    ``FileNotFoundError``, an unreadable one or one of another image or method key a
+    ``ValueError``, each saying to finish the explain run (re-running it resumes it)."""
+    import hashlib
+
+    folder, result = Path(folder), record["result"]
+    key = json.dumps({"method": method, "options": result["methods"][method],
+                      "target": result["target"]}, sort_keys=True)  # as method_key writes
+    finish = (f"the `fetalhc explain` run into {folder} is unfinished; finish it (re-run "
+              "the same command, which resumes it)")
+    maps = []
+    for set_name, name in [tuple(key) for key in result["image_keys"]][:count]:
+        path = folder / method / f"{Path(name).stem}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {finish}")
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                found = (str(stored["set"]), str(stored["filename"]), str(stored["method_key"]))
+                maps.append(np.asarray(stored["map"], dtype=np.float32))
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            raise ValueError(f"{path} is unreadable: {finish}") from None
+        if found[:2] != (set_name, name):
+            raise ValueError(f"{path} holds {found[0]}/{found[1]} where {set_name}/{name} "
+                             f"was expected: {finish}")
+        if found[2] != key:
+            raise ValueError(f"{path} holds a map of other method options or another target "
+                             f"than {folder}'s provenance.json records: {finish}")
+    stacked = np.stack(maps) if maps else np.zeros((0, 0, 0), np.float32)
+    return stacked, f"sha256:{hashlib.sha256(_npy_bytes(stacked)).hexdigest()}"
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
