@@ -28,6 +28,7 @@ COMMAND_MODULES: dict[str, str] = {
     "data": "fetalhc.cli.data",
     "train": "fetalhc.cli.train",
     "predict": "fetalhc.cli.predict",
+    "export": "fetalhc.cli.export",
     "explain": "fetalhc.cli.explain",
     "evaluate": "fetalhc.cli.evaluate",
     "demo": "fetalhc.cli.demo",

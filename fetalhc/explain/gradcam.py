@@ -3,7 +3,8 @@
 On a 4-D layer ``A`` (``layer_name``; default: the backbone's recorded Grad-CAM layer from
 ``fetalhc.models`` when available, else the model's last 4-D layer):
 ``weights_k = mean_ij d target / d A_ijk``, ``cam = sum_k weights_k A_k``, upsampled
-bilinearly to the input size. The map keeps its sign (positive: the region raises the
+bilinearly to the input size (an exported model's raw image: through its pre-processing's
+geometry, :meth:`~fetalhc.models.export_layers.RawImagePreprocessing.map_to_raw`). The map keeps its sign (positive: the region raises the
 target); ``relu=True`` clips it as in the classification paper. Units: the target's units
 per ``A`` unit times ``A`` units, i.e. the target's units, but the map is not conservative.
 """
@@ -15,6 +16,7 @@ import tensorflow as tf
 from fetalhc.explain.method import Method
 from fetalhc.explain.registry import register
 from fetalhc.explain.views import check_conv_layer, default_conv_layer_name, layer_view
+from fetalhc.models.export import preprocessing_layer
 
 
 class _CamMethod(Method):
@@ -53,11 +55,18 @@ class _CamMethod(Method):
             value = context.target(prediction, pixel_size, reference)
         return activations, tape.gradient(value, activations)
 
-    def finish(self, cam, images):
+    def finish(self, context, cam, images):
+        """The layer's map upsampled to the input (an exported model's: to its network's
+        input, then the content box back to the raw image's size)."""
         if self.options["relu"]:
             cam = tf.nn.relu(cam)
         size = tf.shape(images)[1:3]
-        return tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
+        preprocessing = preprocessing_layer(context.hc_model)
+        if preprocessing is None:
+            return tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
+        side = preprocessing.image_size
+        network_input = tf.image.resize(cam[..., None], (side, side), method="bilinear")
+        return preprocessing.map_to_raw(network_input[..., 0], size[0], size[1])
 
 
 @register()
@@ -69,4 +78,4 @@ class GradCam(_CamMethod):
         activations, gradients = self.activations_and_gradients(context, images, pixel_size, reference)
         weights = tf.reduce_mean(gradients, axis=[1, 2])  # (B, K)
         cam = tf.einsum("bk,bijk->bij", weights, activations)
-        return {"map": self.finish(cam, images)}
+        return {"map": self.finish(context, cam, images)}

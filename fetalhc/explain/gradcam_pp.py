@@ -31,4 +31,4 @@ class GradCamPlusPlus(_CamMethod):
         kept = tf.nn.relu(gradients) if self.options["relu"] else gradients
         weights = tf.reduce_sum(alpha * kept, axis=[1, 2])  # (B, K)
         cam = tf.einsum("bk,bijk->bij", weights, activations)
-        return {"map": self.finish(cam, images)}
+        return {"map": self.finish(context, cam, images)}

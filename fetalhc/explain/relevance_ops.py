@@ -1,7 +1,7 @@
 """What one step of a replay plan is and computes: step kinds, :class:`Step`, :class:`LinearOp`.
 
 - step kinds (``linear``, ``relu``, ``activation``, ``maxpool``, ``structural``,
-  ``identity``, ``opaque``) and the families of linear steps (``conv``, ``dense``, ``pool``,
+  ``identity``, ``resample``, ``opaque``) and the families of linear steps (``conv``, ``dense``, ``pool``,
   ``add``, ``affine``) the relevance rules select by;
 - the rectifiers the modified backward passes swap (ReLU, ReLU6, swish/SiLU): their forward,
   local derivative and :func:`swapped`;
@@ -29,6 +29,9 @@ MAXPOOL = "maxpool"  # max pooling: winner takes all
 STRUCTURAL = "structural"  # copies / selects / rearranges values: relevance by the transpose
 IDENTITY = "identity"  # dropout and friends at inference
 OPAQUE = "opaque"  # anything else: called as is, refused by the relevance engine
+# an exported model's raw-image pre-processing (resize, z-score, pad): relevance goes back by
+# the step's own `backward` (fetalhc.models.export_layers.RawImagePreprocessing)
+RESAMPLE = "resample"
 
 # Linear step families (the rule tables select rules by family).
 CONV = "conv"
@@ -72,6 +75,8 @@ class Step:
     hidden_relu: bool = False  # opaque step that applies a ReLU we cannot swap
     max_value: float | None = None  # relu steps: upper clip (6.0 for ReLU6)
     activation: str = ""  # activation steps: Keras activation name ("silu", "sigmoid")
+    # resample steps: (inputs, relevance of the output) -> relevance of each input
+    backward: Callable[[list, tf.Tensor], list] | None = None
 
 
 # --------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from fetalhc.explain.relevance_ops import (
     MAXPOOL,
     POOL,
     RELU,
+    RESAMPLE,
     STRUCTURAL,
     LinearOp,
 )
@@ -298,6 +299,14 @@ def _affine_bounds(op, low, high):
     return lo, hi
 
 
+def _image_range(values):
+    """Per-image (min, max) of ``values``, broadcast to its shape."""
+    axes = list(range(1, len(values.shape)))
+    ones = tf.ones_like(values)
+    return (tf.reduce_min(values, axis=axes, keepdims=True) * ones,
+            tf.reduce_max(values, axis=axes, keepdims=True) * ones)
+
+
 def _preprocessing_steps(plan: Plan) -> set:
     """Indices of the elementwise affine steps between the image and the first weighted layer
     (only structural, identity and other such affine steps on the way)."""
@@ -305,7 +314,7 @@ def _preprocessing_steps(plan: Plan) -> set:
     for index, step in enumerate(plan.steps):
         if not all(key in region for key in step.inputs):
             continue
-        if step.kind in (STRUCTURAL, IDENTITY):
+        if step.kind in (STRUCTURAL, IDENTITY, RESAMPLE):
             region.add(step.output)
         elif (step.kind == LINEAR and step.linear.family == AFFINE
               and step.linear.relevant_inputs is None):
@@ -380,6 +389,8 @@ def propagate_relevance(
             highs = [bounds[key][1] for key in step.inputs]
             if step.kind in (STRUCTURAL, IDENTITY, MAXPOOL, RELU):
                 bounds[step.output] = (step.forward(lows), step.forward(highs))
+            elif step.kind == RESAMPLE:  # bounds of what it made: each image's min and max
+                bounds[step.output] = _image_range(values[step.output])
             elif step.kind == LINEAR:
                 bounded_linear.add(index)
                 if step.linear.family == AFFINE:
@@ -412,6 +423,8 @@ def propagate_relevance(
             r_in = [r_out]
         elif step.kind in (MAXPOOL, STRUCTURAL):
             r_in = _transpose(step, xs, r_out)
+        elif step.kind == RESAMPLE:
+            r_in = step.backward(xs, r_out)
         elif step.kind == LINEAR:
             op = step.linear
             if op.relevant_inputs is not None and op.relevant_inputs < len(xs):

@@ -19,7 +19,10 @@
   ``OutputAffine``, ``Rescaling`` and ``Normalization`` are ``affine`` steps;
 - ``Multiply`` of a tensor by a broadcast gate (squeeze-and-excitation) is an ``affine``
   step whose scale is the gate, held constant: relevance flows to the gated tensor only;
-- pooling, ``Add``, reshaping, padding and dropout layers get their own kinds.
+- pooling, ``Add``, reshaping, padding and dropout layers get their own kinds;
+- an exported model's ``RawImagePreprocessing`` (resize, z-score, pad of the raw image) is a
+  ``resample`` step: relevance goes back by its ``relevance_to_raw`` (padding dropped,
+  z-score passed, the resize transposed); its ``InputToRawPixels`` an ``affine`` step.
 
 A layer no entry covers (or covers only in part) becomes one ``opaque`` step: called as it
 is by the modified-gradient methods, refused by the relevance engine.
@@ -51,6 +54,7 @@ from fetalhc.explain.relevance_ops import (
     PASS_THROUGH_ACTIVATIONS,
     POOL,
     RELU,
+    RESAMPLE,
     STRUCTURAL,
     LinearOp,
     Step,
@@ -65,6 +69,7 @@ from fetalhc.explain.relevance_ops import (
     pointwise_linear,
     weight_part,
 )
+from fetalhc.models.export_layers import InputToRawPixels, RawImagePreprocessing
 from fetalhc.models.graph import producing_layer
 from fetalhc.models.layers import GrayscaleAdapter, OutputAffine
 
@@ -401,6 +406,25 @@ def _structural_steps(call: LayerCall) -> list[Step]:
     return call.step(STRUCTURAL, call.call_forward())
 
 
+def _raw_preprocessing_steps(call: LayerCall) -> list[Step]:
+    layer = call.layer
+    return call.step(RESAMPLE, call.call_forward(),
+                     backward=lambda xs, relevance: [layer.relevance_to_raw(xs[0], relevance)])
+
+
+def _raw_pixels_steps(call: LayerCall) -> list[Step]:
+    """HC in network px times ``max(H, W) / S``: an affine step, the images held constant."""
+    layer = call.layer
+
+    def apply(inputs, part):
+        return inputs[0] * weight_part(layer.factor(inputs[1]), part)
+
+    op = LinearOp(family=AFFINE, apply=apply, bias=lambda: None, relevant_inputs=1)
+    return [Step(call.name, call.layer_class, LINEAR, call.in_keys, call.out_key,
+                 lambda values: values[0] * layer.factor(values[1]), linear=op,
+                 note="the images' size held constant")]
+
+
 def _nested_model_steps(call: LayerCall) -> list[Step]:
     return call.opaque("nested model; build the model flat")
 
@@ -418,6 +442,8 @@ LAYER_RULES: tuple[tuple[tuple[type, ...], StepBuilder], ...] = (
     ((keras.layers.BatchNormalization,), _batch_norm_steps),
     ((OutputAffine,), _output_affine_steps),
     ((GrayscaleAdapter,), _grayscale_adapter_steps),
+    ((RawImagePreprocessing,), _raw_preprocessing_steps),
+    ((InputToRawPixels,), _raw_pixels_steps),
     ((keras.layers.Rescaling,), _rescaling_steps),
     ((keras.layers.ReLU,), _relu_layer_steps),
     ((keras.layers.Activation,), _activation_layer_steps),

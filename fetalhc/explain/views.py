@@ -19,7 +19,13 @@ import keras
 import tensorflow as tf
 
 from fetalhc.models import gradcam_layer_name
-from fetalhc.models.graph import clone_with_dtype, hc_output_view, is_mixed_precision, model_inputs
+from fetalhc.models.graph import (
+    clone_with_dtype,
+    hc_output_view,
+    is_mixed_precision,
+    layer_output_in,
+    model_inputs,
+)
 
 
 class ModelCache:
@@ -123,9 +129,10 @@ def layer_view(model, layer_name: str, output=None) -> keras.Model:
     cache = model_cache(model)
     key = ("layer", output, layer_name)
     if key not in cache.views:
-        layer = conv_layer(hc_model, layer_name)
+        conv_layer(hc_model, layer_name)  # a one-line error unless 4-D
         cache.views[key] = keras.Model(model_inputs(hc_model),
-                                       [layer.output, hc_model.outputs[0]])
+                                       [layer_output_in(hc_model, layer_name),
+                                        hc_model.outputs[0]])
     return cache.views[key]
 
 

@@ -9,8 +9,11 @@ Keras changes them, this file is the one to mend (``tests/test_architecture.py``
 no other module reads them).
 
 The HC output rule (docs/architecture.md): ``output`` when given (a name or an index), else
-the output named ``hc_px_input``, else the only output; anything else is a ``ValueError``
-that lists the outputs.
+the output named ``hc_px_input``, else the one named ``hc_px_raw`` (an exported model's,
+:mod:`fetalhc.models.export`), else the only output; anything else is a ``ValueError`` that
+lists the outputs. The HC output's view takes the one image input it depends on (an
+exported model's pixel-size input is left out: the explained targets multiply by the pixel
+size themselves).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import keras
 import numpy as np
 
 HC_OUTPUT = "hc_px_input"  # the HC output layer of every fetalhc model (HC in input px)
+# the HC output of an exported end-to-end model (fetalhc.models.export): in pixels of its
+# raw image input, the pixel size being its other input
+RAW_HC_OUTPUT = "hc_px_raw"
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -70,8 +76,9 @@ def hc_output_index(model, output: str | int | None = None) -> int:
     if not names:
         raise ValueError(f"model {getattr(model, 'name', '?')!r} has no symbolic outputs")
     if output is None:
-        if HC_OUTPUT in names:
-            return names.index(HC_OUTPUT)
+        for name in (HC_OUTPUT, RAW_HC_OUTPUT):
+            if name in names:
+                return names.index(name)
         if len(names) == 1:
             return 0
         raise ValueError(
@@ -120,7 +127,14 @@ def hc_output_view(model, output: str | int | None = None) -> keras.Model:
             f"the HC output {output_names(model)[index]!r} must have one unit per image; "
             f"its shape is {tuple(tensor.shape)}"
         )
-    return keras.Model(model_inputs(model), tensor, name=f"{model.name}_hc_view")
+    name = f"{model.name}_hc_view"
+    if len(model.inputs) > 1:  # e.g. an exported model: the HC in px needs the image only
+        for candidate in model.inputs:
+            try:
+                return keras.Model(candidate, tensor, name=name)
+            except ValueError:  # the output needs other inputs too
+                continue
+    return keras.Model(model_inputs(model), tensor, name=name)
 
 
 # ----------------------------------------------------------------------------- graph walk
@@ -140,6 +154,32 @@ def nodes_in_order(model) -> list:
                 continue
             ordered.append(node)
     return ordered
+
+
+def replay_on(model, tensor):
+    """Apply the layers of a single-input functional ``model`` to ``tensor`` one node at a
+    time and return what its (first) output becomes: a flat graph that shares ``model``'s
+    layers, where calling ``model`` would nest it as one layer."""
+    import keras.tree
+
+    values = {id(model.inputs[0]): tensor}
+    for node in nodes_in_order(model):
+        args, kwargs = node.arguments.fill_in(values)
+        outputs = keras.tree.flatten(node.operation(*args, **kwargs))
+        for symbolic, value in zip(node.outputs, outputs, strict=True):
+            values[id(symbolic)] = value
+    return values[id(model_outputs(model)[0])]
+
+
+def layer_output_in(model, layer_name: str):
+    """The output tensor of the layer ``layer_name`` in ``model``'s own graph (a layer shared
+    with another model, as an exported model shares its network's, has a node in each; its
+    ``output`` attribute is the first model's)."""
+    layer = model.get_layer(layer_name)
+    for node in reversed(nodes_in_order(model)):
+        if node.operation is layer and len(node.outputs) == 1:
+            return node.outputs[0]
+    return layer.output
 
 
 def all_layers(model) -> list:

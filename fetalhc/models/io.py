@@ -18,6 +18,7 @@ import keras
 
 import fetalhc.losses  # noqa: F401 - registers fetalhc's Keras losses
 import fetalhc.metrics  # noqa: F401 - registers fetalhc's Keras metrics
+import fetalhc.models.export_layers  # noqa: F401 - registers the exported models' layers
 import fetalhc.models.layers  # noqa: F401 - registers fetalhc's Keras layers
 from fetalhc.models.graph import HC_OUTPUT, output_names
 
