@@ -164,11 +164,11 @@ def test_non_fetalhc_and_unsafe_model_files_are_refused(data, tmp_path):
     (tmp_path / "t.keras").write_text("hello")
     _assert_one_line_error(_predict("--model", tmp_path / "t.keras", "--data", data, "--out",
                                     out, "--split", "challenge"), "not a Keras v3", out)
-    # without a run folder only the challenge split exists (the default then): said before
-    # the model loads
+    # without a run folder there is no run split (all of --data is the default): said
+    # before the model loads
     _assert_one_line_error(_predict("--model", tmp_path / "t.keras", "--data", data, "--out",
-                                    out, "--split", "test"), "only --split challenge is possible",
-                           out)
+                                    out, "--split", "test"),
+                           "so it has no 'test' split; use --split all", out)
 
 
 def test_wrong_image_size_empty_split_and_missing_run_folder(run_dir, data, tmp_path):
@@ -195,7 +195,7 @@ def test_wrong_image_size_empty_split_and_missing_run_folder(run_dir, data, tmp_
     _assert_one_line_error(
         _predict("--model", alone / "model.keras", "--data", data, "--out", out,
                  "--split", "test"),
-        "only --split challenge is possible", out)
+        "so it has no 'test' split; use --split all", out)
     result = _predict("--model", alone / "model.keras", "--data", data, "--out", out,
                       "--split", "challenge")
     assert result.exit_code == 0 and len(pd.read_csv(out)) == 4

@@ -138,7 +138,10 @@ def test_multi_output_without_hc_name_needs_output():
         fe.hc_output_model(model)
     with pytest.raises(ValueError, match="choose one with output="):
         fe.explain(model, images(), method="gradient", pixel_size=0.5)
-    maps = fe.explain(model, images(), method="gradient", pixel_size=0.5, output="head")
+    with pytest.raises(ValueError, match="does not say its unit"):  # "head": in mm or px?
+        fe.explain(model, images(), method="gradient", pixel_size=0.5, output="head")
+    maps = fe.explain(model, images(), method="gradient", pixel_size=0.5, output="head",
+                      output_units="px")
     assert maps.shape == (3, SIZE, SIZE)
     with pytest.raises(ValueError, match="one unit per image"):
         fe.hc_output_model(model, output="ellipse")

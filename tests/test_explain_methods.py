@@ -390,7 +390,8 @@ def test_every_registered_method(network, method):
     for kind in CONTAINERS:
         images, extra = _as(kind, x, pixel_size)
         try:
-            maps = fe.explain(model, images, method=method, batch_size=2, **extra, **options)
+            maps = fe.explain(model, images, method=method, batch_size=2, output_units="px",
+                              **extra, **options)
         except (ValueError, NotImplementedError) as error:
             message = str(error)
             assert reason is not None, (
@@ -410,5 +411,6 @@ def test_every_registered_method(network, method):
         return  # refused on every container, as the table says
     for other in results[1:]:  # same inputs, three containers, identical maps
         np.testing.assert_allclose(results[0], other, rtol=1e-5, atol=1e-7)
-    again = fe.explain(model, x, method=method, pixel_size=pixel_size, batch_size=2, **options)
+    again = fe.explain(model, x, method=method, pixel_size=pixel_size, batch_size=2,
+                       output_units="px", **options)
     np.testing.assert_array_equal(results[0], again)

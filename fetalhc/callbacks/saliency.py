@@ -88,6 +88,9 @@ class SaliencyCallback(keras.callbacks.Callback):
         pixel_size: mm per pixel of the network input (one number, or one per image of
             ``validation_data``), for data that does not carry it.
         update_logs: also write the scalars into Keras' epoch ``logs`` (default True).
+        output_units: ``"mm"`` or ``"px"``, the unit of the HC output of a model whose
+            output is not a fetalhc one (``hc_px_input``); undeclared, such a model is
+            refused for the targets in mm rather than guessed.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class SaliencyCallback(keras.callbacks.Callback):
         band_mm: float = 3.0,
         pixel_size=None,
         update_logs: bool = True,
+        output_units: str | None = None,
     ):
         super().__init__()
         if isinstance(methods, str):
@@ -138,6 +142,12 @@ class SaliencyCallback(keras.callbacks.Callback):
         self.subset = validation_subset(validation_data, int(max_images), pixel_size)
         self._check_target()
         self.scores = self._resolve_scores(scores)
+        if output_units not in (None, "px", "mm"):
+            raise ValueError(f"output_units must be 'mm', 'px' or None; got {output_units!r}")
+        if output_units == "mm" and "aopc" in self.scores:
+            raise ValueError("score 'aopc' works on a model whose HC output is in px only so "
+                             "far; leave it out for a model in mm")
+        self.output_units = output_units
         self._writer = None
         self._forward_model = None
         self._forward = None  # one traced forward pass for the AOPC curves, built lazily
@@ -184,7 +194,7 @@ class SaliencyCallback(keras.callbacks.Callback):
         explain.check_methods(
             self.model, self.methods, target=self.target, options=self.method_options,
             images=self.subset["image"], pixel_size=self.subset.get("pixel_size_mm"),
-            reference=self.subset.get("hc_mm"),
+            reference=self.subset.get("hc_mm"), output_units=self.output_units,
         )
 
     # ------------------------------------------------------------------ Keras hooks
@@ -214,7 +224,7 @@ class SaliencyCallback(keras.callbacks.Callback):
         return explain.explain_batch(
             self.model, self.subset["image"], method=method, target=self.target,
             pixel_size=self.subset.get("pixel_size_mm"), reference=self.subset.get("hc_mm"),
-            **self.method_options[method],
+            output_units=self.output_units, **self.method_options[method],
         )
 
     def log_epoch(self, epoch: int) -> dict[str, float]:
@@ -228,7 +238,9 @@ class SaliencyCallback(keras.callbacks.Callback):
         if pixel_size is not None and reference is not None:
             hc_model = explain.hc_output_model(self.model)
             prediction_px = np.asarray(hc_model(images, training=False), np.float64).reshape(-1)
-            error = np.abs(prediction_px * pixel_size - reference)
+            in_mm = explain.resolve_output_units(self.model, self.target, None,
+                                                 self.output_units) == "mm"
+            error = np.abs(prediction_px * (1.0 if in_mm else pixel_size) - reference)
             scalars["saliency/subset_mae_mm"] = float(np.mean(error))
         for method in self.methods:
             start = time.perf_counter()

@@ -200,6 +200,7 @@ class SmoothGradCallback(_SingleMethodCallback):
                 self.model, subset["image"][one], method=method, target=self.target,
                 pixel_size=_rows(subset.get("pixel_size_mm"), one),
                 reference=_rows(subset.get("hc_mm"), one), batch_size=1,
+                output_units=self.output_units,
                 **{**options, "noise_level": level},
             ))
         first = parts[0]

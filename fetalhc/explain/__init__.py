@@ -28,7 +28,7 @@ from fetalhc.explain.inputs import normalise_inputs
 from fetalhc.explain.method import ExplainContext, Method
 from fetalhc.explain.objects import Explainer, explainer, explainer_class, explainer_classes
 from fetalhc.explain.registry import available_methods, get_method, register
-from fetalhc.explain.targets import TARGETS, Target, get_target
+from fetalhc.explain.targets import TARGETS, Target, get_target, resolve_output_units
 from fetalhc.explain.views import (
     clear_cache,
     conv_layer_candidates,
@@ -100,6 +100,7 @@ __all__ = [
     "hc_output_model",
     "normalise_inputs",
     "register",
+    "resolve_output_units",
     "tracing_counts",
     *_EXPLAINERS,
 ]

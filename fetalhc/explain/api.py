@@ -21,7 +21,7 @@ import tensorflow as tf
 from fetalhc.explain.inputs import normalise_inputs
 from fetalhc.explain.method import ExplainContext, Method
 from fetalhc.explain.registry import get_method
-from fetalhc.explain.targets import get_target
+from fetalhc.explain.targets import get_target, resolve_output_units
 from fetalhc.explain.views import hc_output_model, model_cache, model_input_shape
 
 DEFAULT_BATCH_SIZE = 8
@@ -66,7 +66,8 @@ def _traced(context: ExplainContext, method: Method, extras: Mapping[str, np.nda
     cache = model_cache(context.model)
     extra_names = tuple(sorted(extras))
     key = (
-        method.name, method.cache_key(), context.target.name, context.output,
+        method.name, method.cache_key(), context.target.name, context.output_units,
+        context.output,
         tuple(context.input_shape), context.batch_size, context.chunk_size,
         tuple((name, tuple(extras[name].shape[1:])) for name in extra_names),
     )
@@ -93,7 +94,7 @@ def _traced(context: ExplainContext, method: Method, extras: Mapping[str, np.nda
 
 def _forward(context: ExplainContext):
     cache = model_cache(context.model)
-    key = ("__forward__", context.output, tuple(context.input_shape))
+    key = ("__forward__", context.output, tuple(context.input_shape))  # the raw HC output
     if key not in cache.functions:
         cache.functions[key] = tf.function(
             context.predict_px,
@@ -161,7 +162,8 @@ def _check_target_inputs(target, inputs) -> None:
 def check_methods(model, methods, target: str = "hc_mm", options: Mapping[str, Mapping] | None = None,
                   *, images=None, pixel_size=None, reference=None, input_shape=None,
                   output: str | int | None = None, batch_size: int | None = None,
-                  chunk_size: int | None = None) -> dict[str, Method]:
+                  chunk_size: int | None = None,
+                  output_units: str | None = None) -> dict[str, Method]:
     """Everything :func:`explain_batch` would refuse about ``methods`` on ``model``, checked
     without computing a map, so a caller can refuse a request before it writes anything.
 
@@ -182,7 +184,8 @@ def check_methods(model, methods, target: str = "hc_mm", options: Mapping[str, M
         raise ValueError(f"options given for {', '.join(map(repr, stray))}, which is not among "
                          f"the methods ({', '.join(methods) or 'none'})")
     instances = {name: get_method(name)(**dict(options.get(name, {}))) for name in methods}
-    target_object = get_target(target)
+    units = resolve_output_units(model, target, output, output_units)
+    target_object = get_target(target, units)
     batch_size, chunk_size = _resolve_sizes(batch_size, chunk_size)
     hc_model = hc_output_model(model, output)
     declared = model_input_shape(hc_model)
@@ -202,7 +205,7 @@ def check_methods(model, methods, target: str = "hc_mm", options: Mapping[str, M
         shape = tuple(int(d) for d in shape)
     context = ExplainContext(model=model, hc_model=hc_model, target=target_object,
                              input_shape=shape, batch_size=batch_size, chunk_size=chunk_size,
-                             output=output)
+                             output=output, output_units=units)
     for name, method in instances.items():
         with _named_errors(name):
             method.setup(context)
@@ -221,17 +224,21 @@ def explain_batch(
     output: str | int | None = None,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    output_units: str | None = None,
     **options,
 ) -> Explanation:
     """Explain the HC prediction of ``model`` on ``images`` with a registered method.
 
     ``batch_size``: images per traced call; ``chunk_size``: model inputs per forward /
-    backward pass (images x samples, path points or patches). Other keyword arguments are
+    backward pass (images x samples, path points or patches). ``output_units``: ``"mm"``
+    or ``"px"``, the unit of a model's HC output that does not say it (a fetalhc output is
+    in px; an undeclared unit is an error for a target in mm). Other keyword arguments are
     the method's options (see ``get_method(name).defaults``).
     """
     method_class = get_method(method)
     method_instance = method_class(**options)
-    target_object = get_target(target)
+    units = resolve_output_units(model, target, output, output_units)
+    target_object = get_target(target, units)
     batch_size, chunk_size = _resolve_sizes(batch_size, chunk_size)
     hc_model = hc_output_model(model, output)
     declared_shape = model_input_shape(hc_model)
@@ -241,7 +248,7 @@ def explain_batch(
     context = ExplainContext(
         model=model, hc_model=hc_model, target=target_object,
         input_shape=tuple(int(d) for d in inputs.images.shape[1:]),
-        batch_size=batch_size, chunk_size=chunk_size, output=output,
+        batch_size=batch_size, chunk_size=chunk_size, output=output, output_units=units,
     )
     with _named_errors(method_instance.name):
         method_instance.setup(context)
@@ -261,10 +268,13 @@ def explain_batch(
         np.asarray(forward(tf.constant(inputs.images[start:start + batch_size])), np.float32)
         for start in range(0, n, batch_size)
     ]
-    prediction_px = np.concatenate(predictions)
-    prediction_mm = prediction_px * pixel_size_array
+    raw_output = np.concatenate(predictions)
+    if units == "mm":
+        prediction_mm, prediction_px = raw_output, raw_output / pixel_size_array
+    else:
+        prediction_mm, prediction_px = raw_output * pixel_size_array, raw_output
     target_value = np.asarray(
-        target_object(tf.constant(prediction_px), tf.constant(pixel_size_array), tf.constant(reference_array)),
+        target_object(tf.constant(raw_output), tf.constant(pixel_size_array), tf.constant(reference_array)),
         np.float32,
     )
     metadata = {
@@ -281,6 +291,7 @@ def explain_batch(
         "method": method_instance.name,
         "target": target_object.name,
         "target_units": target_object.units,
+        "output_units": units,
         "units": method_instance.units(target_object),
         "batch_size": batch_size,
         "chunk_size": chunk_size,
@@ -309,11 +320,12 @@ def explain(
     output: str | int | None = None,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    output_units: str | None = None,
     **options,
 ) -> np.ndarray:
     """Signed saliency maps, float32 ``(N, H, W)``; see :func:`explain_batch`."""
     return explain_batch(
         model, images, method=method, target=target, pixel_size=pixel_size,
         reference=reference, output=output, batch_size=batch_size, chunk_size=chunk_size,
-        **options,
+        output_units=output_units, **options,
     ).maps

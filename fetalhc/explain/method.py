@@ -36,6 +36,7 @@ class ExplainContext:
     batch_size: int
     chunk_size: int
     output: str | int | None = None
+    output_units: str = "px"  # of the HC output: "px" (fetalhc's) or "mm" (declared)
 
     @property
     def points_per_pass(self) -> int:
@@ -43,7 +44,8 @@ class ExplainContext:
         return max(1, self.chunk_size // self.batch_size)
 
     def predict_px(self, images: tf.Tensor) -> tf.Tensor:
-        """HC output in input pixels, shape ``(B,)``; ``training=False``."""
+        """The HC output (in input pixels, or in mm for ``output_units="mm"``), shape
+        ``(B,)``; ``training=False``. The target converts it."""
         prediction = self.hc_model(images, training=False)
         return tf.reshape(tf.cast(prediction, tf.float32), [-1])
 

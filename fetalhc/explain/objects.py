@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from fetalhc.explain.api import Explanation, _resolve_sizes, check_methods, explain_batch
 from fetalhc.explain.registry import available_methods, get_method
-from fetalhc.explain.targets import get_target
+from fetalhc.explain.targets import get_target, resolve_output_units
 from fetalhc.explain.views import hc_output_model, model_input_shape
 
 # words of registry names spelled otherwise than word.capitalize() in a class name
@@ -61,7 +61,8 @@ class Explainer:
     ``target``: ``"hc_mm"`` (default), ``"hc_px_input"`` or ``"abs_error_mm"``; ``output``:
     the HC output (name or index; default: the output named ``hc_px_input``, else the only
     one); ``batch_size`` / ``chunk_size``: images per traced call / model inputs per pass
-    (default 8 / 8). Every other keyword is an option of the method (``defaults``).
+    (default 8 / 8); ``output_units``: ``"mm"`` or ``"px"`` for a model whose HC output does
+    not say its unit (see :func:`explain_batch`). Every other keyword is an option of the method (``defaults``).
     """
 
     method: ClassVar[str] = ""  # the registry name
@@ -69,7 +70,8 @@ class Explainer:
     defaults: ClassVar[MappingProxyType] = MappingProxyType({})
 
     def __init__(self, model, *, target: str = "hc_mm", output: str | int | None = None,
-                 batch_size: int | None = None, chunk_size: int | None = None, **options):
+                 batch_size: int | None = None, chunk_size: int | None = None,
+                 output_units: str | None = None, **options):
         if not self.method:
             raise TypeError("Explainer is the base class; build a method's class, e.g. "
                             "fetalhc.explain.IntegratedGradients(model), or "
@@ -79,6 +81,7 @@ class Explainer:
             raise ValueError(
                 f"{self.method}: pass {', '.join(misplaced)} to .explain(images, "
                 f"pixel_size=..., reference=...), not to {type(self).__name__}(...)")
+        self.output_units = output_units
         self.options: dict[str, Any] = self._check(model, target, output, batch_size,
                                                    chunk_size, options)
         self.model = model
@@ -95,11 +98,13 @@ class Explainer:
         options with its defaults filled in."""
         method = get_method(self.method)(**options)
         get_target(target)
+        resolve_output_units(model, target, output, self.output_units)
         _resolve_sizes(batch_size, chunk_size)
         shape = model_input_shape(hc_output_model(model, output))
         if shape is not None and len(shape) == 3 and all(d is not None for d in shape):
             check_methods(model, [self.method], target, {self.method: options}, output=output,
-                          batch_size=batch_size, chunk_size=chunk_size, input_shape=shape)
+                          batch_size=batch_size, chunk_size=chunk_size, input_shape=shape,
+                          output_units=self.output_units)
         # else no fixed input size: the method meets the model when the images come
         return dict(method.options)
 
@@ -114,14 +119,15 @@ class Explainer:
         return explain_batch(
             self.model, images, method=self.method, target=self.target,
             pixel_size=pixel_size, reference=reference, output=self.output,
-            batch_size=self.batch_size, chunk_size=self.chunk_size, **self.options,
+            batch_size=self.batch_size, chunk_size=self.chunk_size,
+            output_units=self.output_units, **self.options,
         )
 
     def __repr__(self) -> str:
         model = getattr(self.model, "name", type(self.model).__name__)
         settings = [f"model={model!r}", f"target={self.target!r}"]
         settings += [f"{name}={getattr(self, name)!r}"
-                     for name in ("output", "batch_size", "chunk_size")
+                     for name in ("output", "batch_size", "chunk_size", "output_units")
                      if getattr(self, name) is not None]
         settings += [f"{name}={_short(self.options[name])}" for name in self._given]
         return f"{type(self).__name__}({', '.join(settings)})"

@@ -27,6 +27,7 @@ HC_OUTPUT = "hc_px_input"  # the HC output layer of every fetalhc model (HC in i
 # the HC output of an exported end-to-end model (fetalhc.models.export): in pixels of its
 # raw image input, the pixel size being its other input
 RAW_HC_OUTPUT = "hc_px_raw"
+OUTPUT_UNITS = ("px", "mm")  # what a model's HC output may be in (declared for other models)
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -92,6 +93,24 @@ def hc_output_index(model, output: str | int | None = None) -> int:
     if isinstance(output, str) and output in names:
         return names.index(output)
     raise ValueError(f"unknown output {output!r}; outputs: {', '.join(names)}")
+
+
+def hc_output_units(model, output: str | int | None = None,
+                    units: str | None = None) -> str | None:
+    """The unit of the model's HC output: ``"px"`` (HC in pixels of the model's input; times
+    mm per input pixel gives mm) or ``"mm"``. A fetalhc output (``hc_px_input``, or an
+    exported model's ``hc_px_raw``) is in px; any other is what ``units`` declares, ``None``
+    when nothing does (the caller refuses to guess where the unit matters). Declaring ``mm``
+    for a px output is a one-line ValueError."""
+    if units is not None and units not in OUTPUT_UNITS:
+        raise ValueError(f"output units must be one of {', '.join(OUTPUT_UNITS)}; got {units!r}")
+    name = output_names(model)[hc_output_index(model, output)] if model_outputs(model) else None
+    if name in (HC_OUTPUT, RAW_HC_OUTPUT):
+        if units == "mm":
+            raise ValueError(f"the HC output {name!r} of model {model.name!r} is in pixels "
+                             "(a fetalhc output); it cannot be declared in mm")
+        return "px"
+    return units
 
 
 def hc_output_tensor(model, output: str | int | None = None):

@@ -20,15 +20,19 @@ import fetalhc.losses  # noqa: F401 - registers fetalhc's Keras losses
 import fetalhc.metrics  # noqa: F401 - registers fetalhc's Keras metrics
 import fetalhc.models.export_layers  # noqa: F401 - registers the exported models' layers
 import fetalhc.models.layers  # noqa: F401 - registers fetalhc's Keras layers
-from fetalhc.models.graph import HC_OUTPUT, output_names
+from fetalhc.models.graph import HC_OUTPUT, OUTPUT_UNITS, RAW_HC_OUTPUT, output_names
 
 
-def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
+def load_model(path: str | os.PathLike, compile: bool = False,
+               output_units: str | None = None) -> keras.Model:
     """Load a ``.keras`` fetalhc model with ``safe_mode=True``.
 
     Raises ``FileNotFoundError`` for a missing file and a one-line ``ValueError`` for a
     file that is not a ``.keras`` archive, needs unsafe deserialisation (e.g. ``Lambda``
-    layers), or is not a fetalhc model (no output named ``hc_px_input``).
+    layers), or is not a fetalhc model (no output named ``hc_px_input``, or an exported
+    model's ``hc_px_raw``). Any other Keras regression model loads when ``output_units``
+    (``"mm"`` or ``"px"``) declares the unit of its HC output (its only output, or the one
+    the caller names later).
     """
     path = Path(path)
     if not path.is_file():
@@ -46,10 +50,16 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
             ) from None
         raise ValueError(f"cannot load {path} as a fetalhc model: {message[:200]}") from None
     names = output_names(model)
-    if HC_OUTPUT not in names:
+    if output_units is not None:
+        if output_units not in OUTPUT_UNITS:
+            raise ValueError(f"output units must be one of {', '.join(OUTPUT_UNITS)}; got "
+                             f"{output_units!r}")
+        return model
+    if HC_OUTPUT not in names and RAW_HC_OUTPUT not in names:
         raise ValueError(
             f"{path} is not a fetalhc model: it has no output named {HC_OUTPUT!r} "
-            f"(outputs: {', '.join(names) or 'none'})"
+            f"(outputs: {', '.join(names) or 'none'}); for your own model, declare the unit "
+            "of its HC output (--output-units mm|px)"
         )
     return model
 
