@@ -184,3 +184,10 @@ def test_relevance_passes_back_through_the_preprocessing_conserved():
     prepared = layer(raw).numpy()
     assert np.all(prepared[:, :8] == 0) and np.all(prepared[:, 24:] == 0)
     np.testing.assert_allclose(prepared[:, 8:24].mean(axis=(1, 2, 3)), 0, atol=1e-5)
+
+
+def test_commands_refuse_an_exported_model_with_what_to_do_instead(exported, phantoms,
+                                                                   tmp_path):
+    result = CliRunner().invoke(cli, ["predict", "--model", str(exported), "--data",
+                                      str(phantoms), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "exported end-to-end model" in result.output

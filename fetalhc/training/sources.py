@@ -117,6 +117,13 @@ def _holds_run_split(run: Run, data_dir, layout: str) -> bool:
 def model_input_size(model, model_file=None) -> int:
     """The square input size a loaded model declares; a one-line error for a model that
     takes any size (give the size then, or use its run folder)."""
+    from fetalhc.models.export import preprocessing_layer
+
+    if preprocessing_layer(model) is not None:
+        raise ValueError(f"{model_file or model.name} is an exported end-to-end model (raw "
+                         "images and pixel sizes in): the commands feed pre-processed images; "
+                         "give its run folder, or use it from Python (README: 'Import a "
+                         "fetalhc model into your Keras project')")
     side = model.inputs[0].shape[1]
     if side is None:
         raise ValueError(f"{model_file or model.name} takes any input size; use its run "
