@@ -68,3 +68,11 @@ def test_readme_own_images_and_import_sections_run(scratch, capsys):
     assert re.search(r"HC \d+\.\d mm", out)
     height, width = namespace["image"].shape
     assert namespace["relevance"].maps.shape == (1, height, width)
+
+
+def test_readme_own_model_section_runs(capsys):
+    example = _blocks(_section("Use your own model"), "python")[0]
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["result"].maps.shape == (2, 64, 64)
+    assert "(2, 64, 64) mm" in capsys.readouterr().out
