@@ -22,11 +22,12 @@ import numpy as np
 import tensorflow as tf
 
 from fetalhc.callbacks.validation import validation_subset
+from fetalhc.callbacks.writer import EpochWriterCallback
 from fetalhc.explain import hc_output_model
 from fetalhc.explain.views import check_conv_layer, layer_view
 
 
-class ActivationsVisualizationCallback(keras.callbacks.Callback):
+class ActivationsVisualizationCallback(EpochWriterCallback):
     """Log the activations of the 4-D layers ``layers_name`` to TensorBoard.
 
     Args:
@@ -61,7 +62,6 @@ class ActivationsVisualizationCallback(keras.callbacks.Callback):
         self.max_channels = max_channels
         self.update_logs = bool(update_logs)
         self.images = validation_subset(validation_data, max_images)["image"]
-        self._writer = None
 
     def views(self) -> list[keras.Model]:
         """Per layer, the view ``image -> [activation, HC]`` of ``fetalhc.explain`` (cached
@@ -72,27 +72,10 @@ class ActivationsVisualizationCallback(keras.callbacks.Callback):
             check_conv_layer(hc_model, name, what="layers_name", model_name=self.model.name)
         return [layer_view(self.model, name) for name in self.layers_name]
 
-    def on_train_begin(self, logs=None):
-        self.views()  # a wrong layer name stops fit() before the first epoch
-        self._writer = tf.summary.create_file_writer(self.output_dir)
+    def check(self) -> None:
+        self.views()  # a mistake stops fit() before the first epoch, not after it
 
-    def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch % self.every_n_epochs:
-            return
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.output_dir)
-        with self._writer.as_default(step=epoch):
-            scalars = self.log_epoch()
-        self._writer.flush()
-        if self.update_logs and logs is not None:
-            logs.update(scalars)
-
-    def log_epoch(self) -> dict[str, float]:
+    def log_epoch(self, epoch: int = 0) -> dict[str, float]:
         """One forward pass per layer; writes the grids and scalars, returns the scalars."""
         scalars: dict[str, float] = {}
         for name, view in zip(self.layers_name, self.views(), strict=True):

@@ -43,12 +43,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from fetalhc import evaluate, explain
 from fetalhc.callbacks.validation import PACKED_HINT, validation_subset
+from fetalhc.callbacks.writer import EpochWriterCallback
 from fetalhc.viz import overlay
 from fetalhc.viz.figures import figure_to_rgb
 
@@ -56,7 +56,7 @@ SCORES = ("aopc", "localisation")
 DEFAULT_SCORES = ("localisation",)  # cheap; skipped without annotations
 
 
-class SaliencyCallback(keras.callbacks.Callback):
+class SaliencyCallback(EpochWriterCallback):
     """Log signed saliency maps and explanation scores of the HC output to TensorBoard and
     to Keras' epoch ``logs``.
 
@@ -148,7 +148,6 @@ class SaliencyCallback(keras.callbacks.Callback):
             raise ValueError("score 'aopc' works on a model whose HC output is in px only so "
                              "far; leave it out for a model in mm")
         self.output_units = output_units
-        self._writer = None
         self._forward_model = None
         self._forward = None  # one traced forward pass for the AOPC curves, built lazily
 
@@ -198,25 +197,8 @@ class SaliencyCallback(keras.callbacks.Callback):
         )
 
     # ------------------------------------------------------------------ Keras hooks
-    def on_train_begin(self, logs=None):
+    def check(self) -> None:
         self.check_model()  # a mistake stops fit() before the first epoch, not after it
-        self._writer = tf.summary.create_file_writer(self.output_dir)
-
-    def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch % self.every_n_epochs:
-            return
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.output_dir)
-        with self._writer.as_default(step=epoch):
-            scalars = self.log_epoch(epoch)
-        self._writer.flush()
-        if self.update_logs and logs is not None:
-            logs.update(scalars)
 
     # ------------------------------------------------------------------ the work
     def explain_subset(self, method: str) -> explain.Explanation:

@@ -9,11 +9,11 @@ atomically. The file loads with plain ``keras.models.load_model`` after ``import
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
 
+from fetalhc.files import sha256_of_file
 from fetalhc.training.run_folder import METRICS_FILE, load_run, save_model_atomically
 from fetalhc.training.setup import crop_margin_of
 
@@ -39,14 +39,6 @@ def accuracy_of(metrics: dict) -> dict:
                 entry[key] = float(scores[key])
         accuracy[split] = entry
     return accuracy
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_run(run_path: str | os.PathLike, out: str | os.PathLike, *,
@@ -87,7 +79,7 @@ def export_run(run_path: str | os.PathLike, out: str | os.PathLike, *,
             "epochs_run": metrics.get("epochs_run"),
         },
         accuracy=accuracy_of(metrics),
-        source={"run": str(run.run_dir), "model_sha256": _sha256(run.model_path),
+        source={"run": str(run.run_dir), "model_sha256": sha256_of_file(run.model_path),
                 "fetalhc": fetalhc.__version__})
     model = fetalhc.load_model(run.model_path)
     exported = export_model(model, run.image_size, card, name=model.name)
