@@ -96,7 +96,7 @@ def test_explain_usage_errors_create_nothing(run_dir, data, tmp_path, args, opti
 
 def test_explain_help_shows_the_choices_and_every_option_has_help():
     text = _invoke("explain", "--help").output
-    assert "[train|val|test|val+test|challenge]" in text
+    assert "[train|val|test|val+test|challenge|all]" in text
     assert "[hc_mm|hc_px_input|abs_error_mm]" in text
     assert "--progress / --no-progress" in text
     for module in COMMAND_MODULES:
@@ -111,7 +111,7 @@ def test_tensorflow_free_choices_match_their_registries():
     from fetalhc.training.run_folder import SPLITS
 
     assert tuple(explain_cli.TARGETS) == tuple(fe.TARGETS)
-    assert tuple(explain_cli.SPLITS) == tuple(predict_cli.SPLITS) == tuple(SPLITS)
+    assert tuple(explain_cli.DATA_SPLITS) == tuple(predict_cli.DATA_SPLITS) == (*SPLITS, "all")
     assert merge_cli.KINDS == tuple(KINDS)
 
 
@@ -239,7 +239,7 @@ def test_predict_usage_errors_create_nothing(run_dir, data, tmp_path, args, opti
 
 def test_predict_help_and_run_folder(run_dir, data, tmp_path):
     text = _invoke("predict", "--help").output
-    assert "[train|val|test|val+test|challenge]" in text
+    assert "[train|val|test|val+test|challenge|all]" in text
     bad = _invoke("predict", "--model", run_dir, "--data", data, "--out", tmp_path / "p.txt")
     _one_line_error(bad, "--out must be a .csv file")
     assert list(tmp_path.iterdir()) == []
