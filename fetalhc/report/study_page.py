@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fetalhc.files import markdown_table, write_text
+from fetalhc.report.study_diagnosis import REFERENCE
 
 STUDY_FILE, PAGE_FILE = "study.json", "study.md"
 AOPC_PX, AOPC_MM = "aopc_morf_abs_error_px_original", "aopc_morf_abs_error_mm"
@@ -290,13 +291,15 @@ def diagnosis_section(tables: Path, info: dict) -> list[str]:
                   markdown_table(["model", *counts.columns],
                                  [[name, *[str(int(v)) for v in row]]
                                   for name, row in counts.iterrows()])]
-        mean_counts = counts.mean(axis=0).sort_values(ascending=False)
+        # the choice is made on the studied models; the phantom reference is context
+        studied = counts.drop(index=REFERENCE, errors="ignore")
+        mean_counts = studied.mean(axis=0).sort_values(ascending=False)
         used = info["settings"][info["protocols"][0]].get("perturbation", "noise")
         best = mean_counts.index[0]
         parts.append(
             f"\nThe study's protocols replace regions with **{used}** (the paper's, kept so "
             f"that its numbers compare). By this evidence {best} separates the most methods "
-            f"from random ({number(mean_counts.iloc[0], 1)} per model on average"
+            f"from random ({number(mean_counts.iloc[0], 1)} per studied model on average"
             + (f"): {used} is also the choice the evidence makes." if best == used else
                f", against {number(mean_counts.get(used, float('nan')), 1)} for {used}); "
                f"read the faithfulness verdicts under {used} with that in mind.") + "\n")
