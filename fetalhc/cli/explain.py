@@ -25,7 +25,8 @@ from fetalhc.training.config import DATA_SPLITS
 DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
 
 
-def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
+def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None,
+                          output_units: str | None = None):
     """(model, its file, image size, index of the split, the split's name, the training HC
     range in mm or None) from a run folder or a bare .keras file
     (:func:`fetalhc.training.resolve_model_split`)."""
@@ -33,7 +34,7 @@ def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None):
     from fetalhc.training import model_input_size, resolve_model_split
 
     resolved = resolve_model_split(model_path, data_dir, split)
-    model = fetalhc.load_model(resolved.model_file)
+    model = fetalhc.load_model(resolved.model_file, output_units=output_units)
     size = resolved.image_size or model_input_size(model, resolved.model_file)
     return (model, resolved.model_file, size, resolved.index, resolved.split,
             resolved.hc_range_mm)
@@ -71,7 +72,8 @@ def parse_options(texts, methods: list[str]) -> dict[str, dict]:
 def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: Path,
                     limit: int | None = None, split: str | None = None, target: str = "hc_mm",
                     batch_size: int = 8, progress: bool = True, shard: str | None = None,
-                    options: dict[str, dict] | None = None, overwrite: bool = False) -> dict:
+                    options: dict[str, dict] | None = None, overwrite: bool = False,
+                    output_units: str | None = None) -> dict:
     """``fetalhc explain`` without click: check the request (before the model loads), load
     the model and the split, write the folder (``overwrite``: recompute it from scratch);
     returns what it wrote and skipped. Every check, including those against the model
@@ -80,12 +82,13 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
 
     check_request(methods, target, options, limit, batch_size=batch_size, shard=shard)
     model, model_file, image_size, index, split_name, hc_range = _load_model_and_split(
-        model_path, data_dir, split)
+        model_path, data_dir, split, output_units)
     return write_explanations(
         model, index, image_size, methods, out, limit=limit, target=target,
         batch_size=batch_size, progress=progress, shard=shard, options=options,
         source={"model": str(model_path), "data": str(data_dir), "split": split},
-        split=split_name, model_file=model_file, overwrite=overwrite, hc_range_mm=hc_range)
+        split=split_name, model_file=model_file, overwrite=overwrite, hc_range_mm=hc_range,
+        output_units=output_units)
 
 
 def list_methods_text() -> str:
@@ -134,11 +137,15 @@ def list_methods_text() -> str:
 @click.option("--overwrite", is_flag=True,
               help="Delete an earlier explain folder at --out and recompute it (a re-run "
                    "with other settings is refused without it; with the same, it resumes).")
+@click.option("--output-units", type=click.Choice(("mm", "px")), default=None,
+              help="The unit of the HC output of your own model (a .keras file that is not a "
+                   "fetalhc model): mm, or px (HC in pixels of its input). A fetalhc model "
+                   "says it itself.")
 @progress_option
 @click.option("--list", "list_methods", is_flag=True,
               help="List the registered methods and their options, and exit.")
 def command(model_path, data_dir, methods, out, limit, split, target, batch_size, shard,
-            option_texts, overwrite, progress, list_methods):
+            option_texts, overwrite, output_units, progress, list_methods):
     """Signed saliency maps (red raises HC, blue lowers it) for a split of a trained run."""
     if list_methods:
         click.echo(list_methods_text())
@@ -151,7 +158,8 @@ def command(model_path, data_dir, methods, out, limit, split, target, batch_size
     options = parse_options(option_texts, names)
     summary = explain_command(model_path, data_dir, names, out, limit=limit, split=split,
                               target=target, batch_size=batch_size, shard=shard, options=options,
-                              overwrite=overwrite, progress=show_progress(progress))
+                              overwrite=overwrite, progress=show_progress(progress),
+                              output_units=output_units)
     click.echo(
         f"{summary['images']} images x {len(names)} methods: wrote {summary['written']}, "
         f"skipped {summary['skipped']} already done; index {summary['index']}, grid {summary['grid']}"

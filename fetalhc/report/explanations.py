@@ -129,7 +129,8 @@ def check_references(target: str, index, split: str | None = None) -> None:
 
 
 def check_model(model, image_size: int, methods: Sequence[str], target: str = "hc_mm",
-                options: dict[str, dict] | None = None, batch_size: int = 8) -> None:
+                options: dict[str, dict] | None = None, batch_size: int = 8,
+                output_units: str | None = None) -> None:
     """A one-line ``ValueError`` when ``model`` cannot take ``image_size`` px inputs or a
     method cannot run on it as asked (e.g. ``gradcam.layer_name`` naming no 4-D layer of
     the model, listing those there are; an occlusion patch larger than the input; a layer
@@ -139,7 +140,8 @@ def check_model(model, image_size: int, methods: Sequence[str], target: str = "h
 
     check_input_size(model, image_size)
     fe.check_methods(model, methods, target, options,
-                     input_shape=(int(image_size), int(image_size), 1), batch_size=batch_size)
+                     input_shape=(int(image_size), int(image_size), 1), batch_size=batch_size,
+                     output_units=output_units)
 
 
 def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
@@ -147,9 +149,12 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
                        limit: int | None = None, shard: str | None = None,
                        batch_size: int = 8, split: str | None = None,
                        model_file=None, info: dict | None = None, hc_range_mm=None,
-                       flip_threshold_mm: float | None = None) -> dict:
+                       flip_threshold_mm: float | None = None,
+                       output_units: str = "px") -> dict:
     """The provenance record of an explain folder (``reliability``: what the flags depend
-    on; ``flip_threshold_mm=None`` is the library default).
+    on; ``flip_threshold_mm=None`` is the library default; ``output_units``: of the model's
+    HC output, recorded when it is ``"mm"`` — a record without it is of a px output, as
+    every record written before the field existed).
 
     ``index``: the rows explained by the run and its sibling shards, i.e. after ``limit``
     and before ``shard`` (a shard's rows follow from them and ``shard``). The model digest
@@ -176,6 +181,8 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
         "batch_size": int(batch_size),
         "reliability": reliability_settings(hc_range_mm, flip_threshold_mm),
     }
+    if output_units != "px":
+        result["output_units"] = output_units
     return make_provenance("explain", result, info)
 
 
@@ -205,7 +212,8 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
                        options: dict[str, dict] | None = None,
                        source: dict | None = None, split: str | None = None,
                        model_file=None, overwrite: bool = False, hc_range_mm=None,
-                       flip_threshold_mm: float | None = None, overlays: bool = True) -> dict:
+                       flip_threshold_mm: float | None = None, overlays: bool = True,
+                       output_units: str | None = None) -> dict:
     """Explain the images of ``index`` (a ``fetalhc.data`` index) into the folder ``out``;
     returns what it wrote and reused (``written``, ``skipped`` maps).
 
@@ -258,14 +266,16 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
         selected, positions = select_shard(index, shard)
     check_references(target, selected, split)
     check_images(selected)
+    units = fe.resolve_output_units(model, target, None, output_units)
     record = explain_provenance(model, index, image_size, methods, target=target,
                                 options=options, limit=limit, shard=shard,
                                 batch_size=batch_size, split=split, model_file=model_file,
-                                info=source, hc_range_mm=hc_range, flip_threshold_mm=threshold)
+                                info=source, hc_range_mm=hc_range, flip_threshold_mm=threshold,
+                                output_units=units)
     out = Path(out)
     if not overwrite:  # only compares: a folder of other settings is named first
         resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, markers=MARKERS)
-    check_model(model, image_size, methods, target, options, batch_size)
+    check_model(model, image_size, methods, target, options, batch_size, units)
 
     index = selected
     with_annotation = bool(index["annotation_path"].notna().all()) if "annotation_path" in index else False
@@ -273,7 +283,7 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     # what the methods check per image (e.g. LRP input bounds holding every pixel)
     fe.check_methods(model, methods, target, options, images=arrays["image"],
                      pixel_size=arrays["pixel_size_mm"], reference=arrays["hc_mm"],
-                     batch_size=batch_size)
+                     batch_size=batch_size, output_units=units)
     if overwrite:  # deletes the earlier folder: only once every check has passed
         resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, overwrite=True,
                                               markers=MARKERS)
@@ -301,11 +311,12 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
             result = fe.explain_batch(
                 model, arrays["image"][chunk], method=method, target=target,
                 pixel_size=arrays["pixel_size_mm"][chunk], reference=arrays["hc_mm"][chunk],
-                batch_size=batch_size, **options.get(method, {}),
+                batch_size=batch_size, output_units=units, **options.get(method, {}),
             )
             if chunk[0] not in flags:
                 flags[chunk[0]] = batch_flags(model, index.iloc[chunk], arrays["image"][chunk],
-                                              image_size, hc_range, threshold)
+                                              image_size, hc_range, threshold) \
+                    if units == "px" else unknown_flags(len(chunk))
             for position, row in enumerate(chunk):
                 stored = {
                     "map": result.maps[position],
@@ -366,6 +377,13 @@ def batch_flags(model, index, images, image_size: int, hc_range_mm,
               for column, key in RELIABILITY_KEYS.items()}
     return [{key: np.float64(column[i]) for key, column in values.items()}
             for i in range(len(frame))]
+
+
+def unknown_flags(count: int) -> list[dict]:
+    """Reliability flags left unknown (NaN), for a model whose output is in mm: the flags
+    read the HC output in px (fetalhc's), so none is computed for it."""
+    return [{key: np.float64(np.nan) for key in RELIABILITY_KEYS.values()}
+            for _ in range(count)]
 
 
 def _reliability_columns(get: dict) -> dict:
