@@ -100,3 +100,18 @@ def randomise_statistics(model: keras.Model, seed: int = 0) -> None:
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape).astype(np.float32))
         elif getattr(layer, "bias", None) is not None:
             layer.bias.assign(rng.uniform(-0.05, 0.05, layer.bias.shape).astype(np.float32))
+
+
+def compiled_small_cnn(arrays, image_size: int) -> keras.Model:
+    """fetalhc's small CNN (8, 16 filters) with its output standardised on ``arrays``'
+    ``hc_px_input`` and compiled with the MAE in mm: the model the callback tests fit."""
+    import fetalhc
+    from fetalhc.losses import MillimetreMAE
+
+    hc_px = arrays["hc_px_input"]
+    model = fetalhc.models.build_model(
+        "small_cnn", input_shape=(image_size, image_size, 1), small_cnn_filters=(8, 16),
+        hc_mean_px=float(hc_px.mean()), hc_std_px=float(hc_px.std()),
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MillimetreMAE())
+    return model

@@ -12,12 +12,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from explain_models import compiled_small_cnn
 from PIL import Image
 
 import fetalhc
 from fetalhc import callbacks
 from fetalhc.data import load_arrays, load_index, write_phantom_dataset
-from fetalhc.losses import MillimetreMAE, pack_targets
+from fetalhc.losses import pack_targets
 
 IMAGE_SIZE = 48
 
@@ -31,13 +32,7 @@ def phantom_arrays(tmp_path_factory):
 
 @pytest.fixture()
 def model(phantom_arrays):
-    hc_px = phantom_arrays["hc_px_input"]
-    model = fetalhc.models.build_model(
-        "small_cnn", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1), small_cnn_filters=(8, 16),
-        hc_mean_px=float(hc_px.mean()), hc_std_px=float(hc_px.std()),
-    )
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MillimetreMAE())
-    return model
+    return compiled_small_cnn(phantom_arrays, IMAGE_SIZE)
 
 
 def _events(log_dir):

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import inspect
 
-import keras
 import numpy as np
 import pytest
+from explain_models import compiled_small_cnn
 
 import fetalhc
 from fetalhc import callbacks
 from fetalhc.data import load_arrays, load_index, write_phantom_dataset
-from fetalhc.losses import MillimetreMAE, pack_targets
+from fetalhc.losses import pack_targets
 
 IMAGE_SIZE = 48
 # a value for every tf-explain argument without a default; the others get tf-explain's
@@ -41,13 +41,7 @@ def phantom_arrays(tmp_path_factory):
 
 @pytest.fixture()
 def model(phantom_arrays):
-    hc_px = phantom_arrays["hc_px_input"]
-    model = fetalhc.models.build_model(
-        "small_cnn", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1), small_cnn_filters=(8, 16),
-        hc_mean_px=float(hc_px.mean()), hc_std_px=float(hc_px.std()),
-    )
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MillimetreMAE())
-    return model
+    return compiled_small_cnn(phantom_arrays, IMAGE_SIZE)
 
 
 def _parameters(cls) -> list[inspect.Parameter]:
