@@ -91,8 +91,15 @@ def write_json(path: str | os.PathLike, value: Any, indent: int = 2) -> Path:
 
 
 def write_csv(frame, path: str | os.PathLike, float_format: str | None = "%.6g") -> Path:
-    """Write a pandas DataFrame as CSV without its index, atomically."""
-    return write_text(path, frame.to_csv(index=False, float_format=float_format))
+    """Write a pandas DataFrame as CSV without its index, atomically; gzip-compressed when
+    ``path`` ends in ``.gz`` (no time stamp inside, so the same table gives the same bytes;
+    ``pandas.read_csv`` reads it as it is)."""
+    text = frame.to_csv(index=False, float_format=float_format)
+    if str(path).endswith(".gz"):
+        import gzip
+
+        return write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
+    return write_text(path, text)
 
 
 def write_npz(path: str | os.PathLike, **arrays) -> Path:

@@ -98,6 +98,11 @@ def test_study_writes_page_tables_and_figures(baseline):
     assert (aopc["images"] == 2).all()
     ranks = pd.read_csv(baseline / "tables" / "paper_ranks.csv")
     assert len(ranks) == 2 * 2 * 3  # our models x the paper's x the shared methods
+    # the per-image values the claims rest on, gzip-compressed and byte-stable
+    compressed = baseline / "tables" / "per_image.csv.gz"
+    per_image = pd.read_csv(compressed)
+    assert len(per_image) == 2 * 2 * 3 * 2  # models x protocols x methods x images
+    assert compressed.read_bytes()[4:8] == b"\0\0\0\0"  # no time stamp in the gzip header
     for _, group in ranks.groupby(["model", "paper model"]):
         assert sorted(group["our rank"]) == sorted(group["paper rank"]) == [1.0, 2.0, 3.0]
     correlation = pd.read_csv(baseline / "tables" / "paper_correlation.csv")

@@ -446,7 +446,8 @@ def collect(out, names: Sequence[str], methods: Sequence[str], report=None,
 
 def _paired_tables(tables: Path, report: Path, names, methods, per_image: dict,
                    models: pd.DataFrame, compare_diagnosis=None) -> dict | None:
-    """The per-image values the claims rest on (``per_image.csv``), the paired tests
+    """The per-image values the claims rest on (``per_image.csv.gz``: every model, protocol,
+    method and image, compressed: plain it outgrows 2 MB at four models), the paired tests
     (``paired_vs_random.csv``, ``paired_methods.csv``), the claims' verdicts
     (``claims.csv``, :mod:`fetalhc.report.study_claims`) and the diagnosis tables
     (:func:`fetalhc.report.study_diagnosis.diagnosis_tables`)."""
@@ -461,7 +462,7 @@ def _paired_tables(tables: Path, report: Path, names, methods, per_image: dict,
     compact = pd.concat(compact, ignore_index=True)
     write_csv(compact[["model", "protocol", "method", "filename",
                        *[c for c in study_claims.PER_IMAGE_COLUMNS if c in compact]]],
-              tables / "per_image.csv")
+              tables / "per_image.csv.gz")
     versus_random = study_claims.paired_vs_random(per_image, methods)
     write_csv(versus_random, tables / "paired_vs_random.csv")
     pairs = pd.concat([study_claims.paired_methods(per_image, methods),
