@@ -239,6 +239,11 @@ def _load(root, part: str, validate: bool, problems: _Problems, progress=None) -
             "width_px": int(size[0]),
             "height_px": int(size[1]),
         })
+    return index_frame(rows)
+
+
+def index_frame(rows: list[dict]) -> pd.DataFrame:
+    """Index rows (dicts of :data:`INDEX_COLUMNS`) as the index DataFrame, typed."""
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     index["pixel_size_mm"] = index["pixel_size_mm"].astype(np.float64)
     index["hc_mm"] = index["hc_mm"].astype(np.float64)

@@ -21,11 +21,10 @@ import math
 import shutil
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import pandas as pd
 
 from fetalhc.data.errors import DataError
-from fetalhc.data.index import ANNOTATION_SUFFIX, INDEX_COLUMNS, group_id_of
+from fetalhc.data.index import ANNOTATION_SUFFIX, group_id_of
 from fetalhc.files import write_csv
 
 FILENAME, PIXEL_SIZE, HC = "filename", "pixel_size_mm", "hc_mm"
@@ -81,14 +80,13 @@ def _inside(name: str) -> bool:
 
 
 def _number(text: str, where: str, column: str, optional: bool) -> float:
+    from fetalhc.data.index import _positive_number
+
     text = str(text).strip()
     if optional and text == "":
         return math.nan
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    value = _positive_number(text)
+    if value is None:
         raise DataError(f"{where}: {column} is {text!r}; it must be a positive number"
                         + (" (or empty when unknown)" if optional else ""))
     return value
@@ -99,21 +97,11 @@ def load_plain_index(root) -> pd.DataFrame:
     :func:`~fetalhc.data.load_index`, rows in the CSV's order. Each image's header is read
     (size); an annotation ``<stem>_Annotation<suffix>`` beside an image is used when it
     exists. The first problem raises a one-line :class:`DataError` naming the CSV line."""
-    from fetalhc.data.index import header_size
+    from fetalhc.data.index import _read_csv, header_size, index_frame
 
     csv_path = plain_csv(root)
     folder = csv_path.parent.absolute()
-    try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"{csv_path}: cannot parse CSV ({str(error).strip()[:120]})") from None
-    table.columns = [str(column).strip() for column in table.columns]
-    missing = [column for column in (FILENAME, PIXEL_SIZE) if column not in table.columns]
-    if missing:
-        raise DataError(f"{csv_path}: CSV lacks column(s) {missing}; a plain folder's CSV has "
-                        f"{FILENAME},{PIXEL_SIZE}[,{HC}]")
-    if len(table) == 0:
-        raise DataError(f"{csv_path}: CSV has no rows")
+    table = _read_csv(csv_path, [FILENAME, PIXEL_SIZE])
     rows, seen = [], {}
     for position, row in table.iterrows():
         line = position + 2
@@ -143,11 +131,7 @@ def load_plain_index(root) -> pd.DataFrame:
                      "image_path": str(image_path), "annotation_path": annotation_path,
                      "pixel_size_mm": pixel_size, "hc_mm": hc_mm,
                      "width_px": int(size[0]), "height_px": int(size[1])})
-    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    index["pixel_size_mm"] = index["pixel_size_mm"].astype(np.float64)
-    index["hc_mm"] = index["hc_mm"].astype(np.float64)
-    index["annotation_path"] = index["annotation_path"].astype(object)
-    return index
+    return index_frame(rows)
 
 
 def write_plain_dataset(out_dir, index: pd.DataFrame, annotations: bool = True,
