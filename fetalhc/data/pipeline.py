@@ -197,6 +197,31 @@ def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
     return columns
 
 
+Z_SCORE_FLOOR = 1e-6  # the floor on an image's SD in the z-score
+
+
+def prepare_image(images, height, width, image_size: int):
+    """The deterministic pre-processing of one image ``(H, W, 1)`` or a batch of images of
+    one size ``(B, H, W, 1)``, float: resize to ``height`` x ``width`` (bilinear,
+    anti-aliased), z-score each image over its own pixels, pad with 0 to ``image_size``
+    squared with the content centred (offsets ``(S - h) // 2``, ``(S - w) // 2``, as
+    :func:`input_geometry`). The one copy: the pipeline and an exported model's
+    ``RawImagePreprocessing`` layer both call it."""
+    import tensorflow as tf
+
+    resized = tf.image.resize(images, tf.stack([height, width]), method="bilinear",
+                              antialias=True)
+    axes = [-3, -2, -1]
+    mean = tf.reduce_mean(resized, axis=axes, keepdims=True)
+    deviation = tf.math.reduce_std(resized, axis=axes, keepdims=True)
+    normalised = (resized - mean) / tf.maximum(deviation, Z_SCORE_FLOOR)
+    top, left = (image_size - height) // 2, (image_size - width) // 2
+    padding = [[top, image_size - height - top], [left, image_size - width - left], [0, 0]]
+    if images.shape.rank == 4:
+        padding = [[0, 0], *padding]
+    return tf.pad(normalised, padding)
+
+
 def _load_element(row, image_size: int):
     """Deterministic part: decode, resize, z-score, pad, or decode, z-score, crop, resize
     for rows with a ``region`` (cacheable)."""
@@ -217,15 +242,9 @@ def _load_element(row, image_size: int):
     if "region" in row:
         image = crop_image(image, element.pop("region"), image_size)
     else:
-        box = row["box"]
-        image = tf.image.resize(image, tf.stack([box[0], box[1]]), method="bilinear",
-                                antialias=True)
-        mean = tf.reduce_mean(image)
-        std = tf.math.reduce_std(image)
-        image = (image - mean) / tf.maximum(std, 1e-6)
-        image = tf.pad(image, [[box[2], image_size - box[0] - box[2]],
-                               [box[3], image_size - box[1] - box[3]], [0, 0]])
-        image = tf.ensure_shape(image, (image_size, image_size, 1))
+        box = row["box"]  # height, width and the centred offsets of input_geometry
+        image = tf.ensure_shape(prepare_image(image, box[0], box[1], image_size),
+                                (image_size, image_size, 1))
     del element["image_path"]
     del element["file_size"]
     element["image"] = image

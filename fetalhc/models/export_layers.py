@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-Z_SCORE_FLOOR = 1e-6  # the pipeline's floor on the per-image SD
+from fetalhc.data.pipeline import prepare_image
 
 
 def _size_of(images):
@@ -54,18 +54,9 @@ class RawImagePreprocessing(keras.layers.Layer):
 
     def call(self, images):
         images = tf.cast(images, tf.float32)
-        height, width = _size_of(images)
-        new_height, new_width = self.resized_size(height, width)
-        resized = tf.image.resize(images, tf.stack([new_height, new_width]), method="bilinear",
-                                  antialias=True)
-        mean = tf.reduce_mean(resized, axis=[1, 2, 3], keepdims=True)
-        deviation = tf.math.reduce_std(resized, axis=[1, 2, 3], keepdims=True)
-        normalised = (resized - mean) / tf.maximum(deviation, Z_SCORE_FLOOR)
-        side = self.image_size
-        top, left = (side - new_height) // 2, (side - new_width) // 2
-        padded = tf.pad(normalised, [[0, 0], [top, side - new_height - top],
-                                     [left, side - new_width - left], [0, 0]])
-        return tf.ensure_shape(padded, (None, side, side, 1))
+        new_height, new_width = self.resized_size(*_size_of(images))
+        prepared = prepare_image(images, new_height, new_width, self.image_size)
+        return tf.ensure_shape(prepared, (None, self.image_size, self.image_size, 1))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.image_size, self.image_size, 1)
