@@ -186,8 +186,42 @@ def test_relevance_passes_back_through_the_preprocessing_conserved():
     np.testing.assert_allclose(prepared[:, 8:24].mean(axis=(1, 2, 3)), 0, atol=1e-5)
 
 
-def test_commands_refuse_an_exported_model_with_what_to_do_instead(exported, phantoms,
-                                                                   tmp_path):
-    result = CliRunner().invoke(cli, ["predict", "--model", str(exported), "--data",
-                                      str(phantoms), "--out", str(tmp_path / "p.csv")])
-    assert result.exit_code == 1 and "exported end-to-end model" in result.output
+def test_the_commands_run_an_exported_model_with_its_own_preprocessing(run_dir, exported,
+                                                                       new_images, tmp_path):
+    """predict / explain / evaluate take the exported file itself: its network, fed by the
+    pre-processing the file carries, predicts what the run folder does and is explained and
+    evaluated like it (maps at the network's input size)."""
+    folder = new_images[1]
+    predictions = {}
+    for name, model in (("run", run_dir), ("exported", exported)):
+        out = tmp_path / f"{name}.csv"
+        result = CliRunner().invoke(cli, ["predict", "--model", str(model), "--data",
+                                          str(folder), "--out", str(out), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        predictions[name] = pd.read_csv(out)
+    assert list(predictions["exported"]["filename"]) == list(predictions["run"]["filename"])
+    np.testing.assert_allclose(predictions["exported"]["head circumference (mm)"],
+                               predictions["run"]["head circumference (mm)"], atol=1e-3)
+
+    size = CONFIG["data"]["image_size"]
+    contradicted = CliRunner().invoke(cli, [
+        "predict", "--model", str(exported), "--data", str(folder), "--out",
+        str(tmp_path / "wrong.csv"), "--image-size", str(2 * size)])
+    assert contradicted.exit_code == 1 and "contradicts" in contradicted.output
+
+    maps = tmp_path / "maps"
+    explained = CliRunner().invoke(cli, [
+        "explain", "--model", str(exported), "--data", str(folder), "--methods",
+        "gradient,lrp_epsilon", "--out", str(maps), "--no-progress"])
+    assert explained.exit_code == 0, explained.output
+    first = np.load(sorted((maps / "gradient").glob("*.npz"))[0])
+    assert first["map"].shape[-2:] == (size, size)
+    evaluated = CliRunner().invoke(cli, [
+        "evaluate", "--model", str(exported), "--data", str(folder), "--maps", str(maps),
+        "--methods", "gradient,lrp_epsilon", "--metrics", "aopc", "--out",
+        str(tmp_path / "evaluation"), "--no-figures", "--no-progress"])
+    assert evaluated.exit_code == 0, evaluated.output
+    per_image = pd.read_csv(tmp_path / "evaluation" / "methods" / "gradient" / "per_image.csv")
+    by_name = predictions["run"].set_index("filename")["head circumference (mm)"]
+    np.testing.assert_allclose(per_image["hc_pred_mm"],
+                               by_name.loc[per_image["filename"]].to_numpy(), atol=1e-3)

@@ -1,6 +1,7 @@
-"""The README's "Use your own images" and "Import a fetalhc model into your Keras project"
-sections, run as written from an empty folder: their commands on phantoms written in the
-plain layout, with the repository's published model, then the Python snippet."""
+"""The README's "Use your own model", "Use your own images" and "Import a fetalhc model into
+your Keras project" sections, run as written from an empty folder: their commands on
+phantoms written in the plain layout, with the repository's published model or the
+section's own, and their Python snippets."""
 
 from __future__ import annotations
 
@@ -70,9 +71,19 @@ def test_readme_own_images_and_import_sections_run(scratch, capsys):
     assert namespace["relevance"].maps.shape == (1, height, width)
 
 
-def test_readme_own_model_section_runs(capsys):
-    example = _blocks(_section("Use your own model"), "python")[0]
+def test_readme_own_model_section_runs(scratch, capsys):
+    from fetalhc.cli.main import cli
+
+    section = _section("Use your own model")
+    example = _blocks(section, "python")[0]
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["result"].maps.shape == (2, 64, 64)
     assert "(2, 64, 64) mm" in capsys.readouterr().out
+    commands = _commands(section)
+    assert [arguments[0] for arguments in commands] == ["predict", "explain", "evaluate"]
+    for arguments in commands:
+        result = CliRunner().invoke(cli, [*arguments, "--no-progress"])
+        assert result.exit_code == 0, (arguments, result.output)
+    assert (scratch / "my_hc.csv").is_file()
+    assert (scratch / "my_model_evaluation" / "summary.csv").is_file()

@@ -185,19 +185,16 @@ class NumberList(click.ParamType):
 
 # ----------------------------------------------------------------------------- inputs
 def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
-                    image_size: int | None):
-    """Model file, the model if it had to be loaded, input size, index rows and split name
-    (:func:`fetalhc.training.resolve_model_split`, ``all`` allowed); the model is loaded
-    here only when neither ``--image-size`` nor a run folder gives the input size."""
-    import fetalhc
-    from fetalhc.training import model_input_size, resolve_model_split
+                    image_size: int | None, output_units: str | None = None):
+    """Model file, the model, input size, index rows and split name
+    (:func:`fetalhc.training.resolve_model_split`, ``all`` allowed;
+    :func:`fetalhc.training.load_command_model`: an exported model's network, another
+    model's declared ``output_units``)."""
+    from fetalhc.training import load_command_model, resolve_model_split
 
     resolved = resolve_model_split(model_path, data_dir, split)
-    model = None
-    size = image_size or resolved.image_size
-    if size is None:
-        model = fetalhc.load_model(resolved.model_file)
-        size = model_input_size(model, resolved.model_file)
+    model, size = load_command_model(resolved.model_file, output_units, image_size,
+                                     resolved.image_size)
     return resolved.model_file, model, int(size), resolved.index, resolved.split
 
 
@@ -224,7 +221,12 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output folder (created; a re-run resumes it).")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
-              help="Input size S (default: the run's, or the model's input).")
+              help="Input size S (default: the run's, the model's input, or an exported "
+                   "model's pre-processing).")
+@click.option("--output-units", type=click.Choice(("mm", "px")), default=None,
+              help="The unit of the HC output of your own model (a .keras file that is not a "
+                   "fetalhc model): mm, or px (HC in pixels of its input). A fetalhc model "
+                   "says it itself.")
 @settings_options("grid", "explain_target")
 @click.option("--error-threshold-mm", type=NumberList(
     "--error-threshold-mm", lambda values: check_error_split(threshold_mm=values)),
@@ -253,7 +255,7 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
               help="Draw the figures (figures/*.png).")
 @progress_option
 def command(model_path, data_dir, methods, metrics, out, split, limit, image_size,
-            error_threshold_mm, error_quantiles, maps_dir, shard, overwrite, figures, progress,
+            output_units, error_threshold_mm, error_quantiles, maps_dir, shard, overwrite, figures, progress,
             **settings_values):
     """Evaluate explanation methods of a model on a data split (see docs/evaluate.md).
 
@@ -268,12 +270,12 @@ def command(model_path, data_dir, methods, metrics, out, split, limit, image_siz
                                           error_threshold_mm, error_quantiles, limit=limit,
                                           shard=shard)
     model_file, model, size, index, split = _resolve_inputs(model_path, data_dir, split,
-                                                            image_size)
+                                                            image_size, output_units)
     result = write_evaluation(
-        model if model is not None else model_file, index, methods, metrics, settings, out,
+        model, index, methods, metrics, settings, out,
         image_size=size, split=split, source={"model": str(model_path), "data": str(data_dir)},
         limit=limit, maps_dir=maps_dir, shard=shard, error_threshold_mm=error_threshold_mm,
         error_quantiles=error_quantiles, figures=figures, progress=show_progress(progress),
-        model_file=model_file, overwrite=overwrite)
+        model_file=model_file, overwrite=overwrite, output_units=output_units)
     for name, path in result["written"].items():
         click.echo(f"{name}: {path}")

@@ -29,25 +29,27 @@ FLIP_THRESHOLD_MM = 5.0
 def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Path,
                     tta: bool = False, batch_size: int = 32,
                     image_size: int | None = None, progress: bool = False,
-                    flip_threshold_mm: float = FLIP_THRESHOLD_MM) -> dict:
+                    flip_threshold_mm: float = FLIP_THRESHOLD_MM,
+                    output_units: str | None = None) -> dict:
     """``fetalhc predict`` without click: check the request, load the split and the model,
     predict, write; returns what it wrote. ``model_path``: a run folder or a ``.keras``
     file. Every check (``out``, split, sizes, ``flip_threshold_mm``, the model's input size,
     the image files) runs before anything is written. The training HC range comes from the
     run folder (its ``[run]`` record, else its train split in ``data_dir``); none for a bare
-    model file."""
-    import fetalhc
+    model file. An exported model runs its network with its own pre-processing
+    (:func:`fetalhc.training.load_command_model`); ``output_units`` declares the unit of a
+    model that is not fetalhc's."""
     from fetalhc.models import check_input_size
     from fetalhc.report.predictions import check_prediction_request, predict_to_files
-    from fetalhc.training import model_input_size, resolve_model_split
+    from fetalhc.training import load_command_model, resolve_model_split
     from fetalhc.training.setup import crop_margin_of, localiser_file, prediction_index
 
     check_prediction_request(out, split, batch_size=batch_size, image_size=image_size,
                              flip_threshold_mm=flip_threshold_mm)
     resolved = resolve_model_split(model_path, data_dir, split, crop_runs=True)
     model_path, index, split = resolved.model_file, resolved.index, resolved.split
-    model = fetalhc.load_model(model_path)
-    image_size = image_size or resolved.image_size or model_input_size(model, model_path)
+    model, image_size = load_command_model(model_path, output_units, image_size,
+                                           resolved.image_size)
     check_input_size(model, image_size)
     preprocessing, localiser = None, None
     if resolved.run is not None and crop_margin_of(resolved.run.config) > 0:
@@ -60,14 +62,15 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
                             info={"model": str(model_path), "data": str(data_dir)},
                             progress=progress, hc_range_mm=resolved.hc_range_mm,
                             preprocessing=preprocessing, localiser_file=localiser,
-                            flip_threshold_mm=flip_threshold_mm)
+                            flip_threshold_mm=flip_threshold_mm, output_units=output_units)
 
 
 @click.command("predict", cls=Command)
 @click.option("--model", "model_path", required=True,
               type=click.Path(exists=True, path_type=Path),
               help="A fetalhc model.keras, or the run folder holding it (its config.toml "
-                   "gives the pre-processing and the splits).")
+                   "gives the pre-processing and the splits), an exported model "
+                   "(`fetalhc export`), or your own .keras model (with --output-units).")
 @click.option("--data", "data_dir", required=True,
               type=click.Path(exists=True, path_type=Path),
               help="Data: an HC18-layout folder, or a plain folder of images with a CSV "
@@ -88,14 +91,19 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
-              help="Input size in px (default: from the run folder or the model).")
+              help="Input size in px (default: from the run folder, the model, or an exported "
+                   "model's pre-processing).")
+@click.option("--output-units", type=click.Choice(("mm", "px")), default=None,
+              help="The unit of the HC output of your own model (a .keras file that is not a "
+                   "fetalhc model): mm, or px (HC in pixels of its input). A fetalhc model "
+                   "says it itself.")
 @progress_option
 def command(model_path, data_dir, split, out, tta, flip_threshold_mm, batch_size, image_size,
-            progress):
+            output_units, progress):
     """Predict HC (mm) with a trained model, with per-image reliability flags."""
     written = predict_command(model_path, data_dir, split, out, tta=tta, batch_size=batch_size,
                               image_size=image_size, progress=show_progress(progress),
-                              flip_threshold_mm=flip_threshold_mm)
+                              flip_threshold_mm=flip_threshold_mm, output_units=output_units)
     click.echo(f"wrote {written['n']} predictions to {written['predictions']}")
     summary = written.get("summary")
     if summary:

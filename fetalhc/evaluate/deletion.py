@@ -105,6 +105,7 @@ def deletion_insertion(
     forward: BatchedForward | None = None,
     progress: Callable[[int], None] | None = None,
     positions=None,
+    output_units: str | None = None,
 ) -> dict[str, DeletionCurves]:
     """Deletion and/or insertion curves of ``maps``; returns ``{kind: DeletionCurves}``.
 
@@ -112,7 +113,8 @@ def deletion_insertion(
     ``unit="regions"`` ranks the regions of ``grid`` / ``region_size`` by their mean.
     ``steps`` equal increments of the fraction from 0 to 1 (``steps + 1`` points). The
     baseline is ``"zeros"`` (the image mean in the z-scored convention), ``"mean"``,
-    ``"blur"`` or ``"noise"``.
+    ``"blur"`` or ``"noise"``. ``output_units``: of a model that is not fetalhc's
+    (``"mm"`` or ``"px"``; ``forward``'s when given).
     """
     images = as_images(images)
     maps = as_maps(maps, images)
@@ -142,23 +144,26 @@ def deletion_insertion(
     counts = np.round(fractions * total).astype(np.int32)
     base = replacement_images(images, baseline, noise_sd=noise_sd, blur_sigma=blur_sigma,
                               seed=seed, positions=positions)
-    forward = forward or BatchedForward(model, batch_size=batch_size, precision=precision)
+    forward = forward or BatchedForward(model, batch_size=batch_size, precision=precision,
+                                        output_units=output_units)
     settings = {"unit": unit, "steps": steps, "baseline": baseline, "aggregation": aggregation,
                 "seed": seed}
     curves = {}
     for kind in kinds:
         if kind == "deletion":
-            hc_px = forward.perturbed(images, base, rank, counts, progress)
-            unperturbed = hc_px[:, 0]
+            hc_mm = forward.in_mm(forward.perturbed(images, base, rank, counts, progress),
+                                  pixel_size)
+            unperturbed = hc_mm[:, 0]
         else:  # insertion: start from the baseline, put the most relevant pixels back
-            hc_px = forward.perturbed(base, images, rank, counts, progress)
-            unperturbed = hc_px[:, -1]
+            hc_mm = forward.in_mm(forward.perturbed(base, images, rank, counts, progress),
+                                  pixel_size)
+            unperturbed = hc_mm[:, -1]
         curves[kind] = DeletionCurves(
             kind=kind,
             fractions=counts / total,
-            hc_mm=hc_px * pixel_size[:, None],
+            hc_mm=hc_mm,
             reference_mm=reference,
-            unperturbed_mm=unperturbed * pixel_size,
+            unperturbed_mm=unperturbed,
             settings=settings,
         )
     return curves

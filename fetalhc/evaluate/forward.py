@@ -2,7 +2,9 @@
 in large batches under one ``tf.function``, optionally in mixed precision.
 
 The model is reduced to its HC output with ``fetalhc.explain.hc_output_model`` (the
-shared HC output rule, cached per model); predictions are HC in input pixels, float32.
+shared HC output rule, cached per model); predictions are the HC output, float32: HC in
+input pixels for a fetalhc model, or in mm for a model declared to predict mm
+(``output_units``); :meth:`BatchedForward.in_mm` turns either into mm.
 
 One :class:`BatchedForward` remembers what it has predicted: a request it has answered
 before (the same images, replacement, ranks and counts, and the same weights, compared by
@@ -45,15 +47,20 @@ class BatchedForward:
 
     ``perturbed(images, replacement, rank, counts)`` builds, for every image ``i`` and every
     step ``j``, ``where(rank[i] < counts[j], replacement[i], images[i])`` inside the graph
-    and returns the HC predictions in input pixels, shape ``(N, len(counts))``. At most
-    ``batch_size`` images go through the model at once, so memory stays bounded.
+    and returns the HC predictions (in :attr:`output_units`), shape ``(N, len(counts))``. At
+    most ``batch_size`` images go through the model at once, so memory stays bounded.
+    ``output_units``: ``"mm"`` or ``"px"`` for a model that is not fetalhc's (a fetalhc model
+    says px itself; undeclared, another model is a one-line ``ValueError``).
     """
 
-    def __init__(self, model: keras.Model, batch_size: int = 256, precision: str = "float32"):
+    def __init__(self, model: keras.Model, batch_size: int = 256, precision: str = "float32",
+                 output_units: str | None = None):
         from fetalhc.explain import hc_output_model
+        from fetalhc.models.graph import require_output_units
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        self.output_units = require_output_units(model, None, output_units)
         self.model = cast_model(hc_output_model(model), precision)
         self.batch_size = int(batch_size)
         self._answers: dict[str, np.ndarray] = {}  # request digest -> predictions
@@ -84,8 +91,18 @@ class BatchedForward:
             digest.update(array.data)
         return digest.hexdigest()
 
+    def in_mm(self, predictions, pixel_size_mm) -> np.ndarray:
+        """Predictions of this forward (``(N,)`` or ``(N, ...)``) in mm: times the mm per
+        input pixel ``pixel_size_mm`` ``(N,)`` for a px output, as they are for an mm one."""
+        predictions = np.asarray(predictions)
+        if self.output_units == "mm":
+            return predictions
+        size = np.asarray(pixel_size_mm)
+        return predictions * size.reshape(size.shape + (1,) * (predictions.ndim - size.ndim))
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """HC in input pixels for ``images`` ``(N, H, W, C)``, shape ``(N,)``."""
+        """The HC output (:attr:`output_units`) for ``images`` ``(N, H, W, C)``, shape
+        ``(N,)``."""
         key = self._digest("predict", images)
         if key not in self._answers:
             results = []

@@ -237,7 +237,7 @@ def intervention_check(model: keras.Model, inputs, *, min_slope: float = 0.5,
     size = inputs.pixel_size_mm
 
     def predict(images):
-        return forward.predict(images).astype(np.float64) * size
+        return forward.in_mm(forward.predict(images).astype(np.float64), size)
 
     prediction = predict(inputs.images)
     moved = predict(inputs.moved) - prediction

@@ -137,13 +137,15 @@ class PerturbationCurves:
 Explainer = Callable[[np.ndarray], np.ndarray]
 
 
-def _registry_explainer(model, method, pixel_size_mm, reference_mm, target, options):
+def _registry_explainer(model, method, pixel_size_mm, reference_mm, target, options,
+                        output_units: str = "px"):
     """An explainer for recomputing maps each step, through the fetalhc.explain registry."""
     from fetalhc.explain import explain
 
     def explainer(images: np.ndarray) -> np.ndarray:
         return np.asarray(explain(model, images, method, target=target, pixel_size=pixel_size_mm,
-                                  reference=reference_mm, **options), dtype=np.float32)
+                                  reference=reference_mm, output_units=output_units,
+                                  **options), dtype=np.float32)
 
     return explainer
 
@@ -174,11 +176,14 @@ def region_perturbation(
     forward: BatchedForward | None = None,
     progress: Callable[[int], None] | None = None,
     positions=None,
+    output_units: str | None = None,
 ) -> PerturbationCurves:
     """Region-perturbation curves of ``maps`` for ``model`` on ``images``.
 
     Args:
-        model: Keras model predicting HC in input pixels (output ``hc_px_input``).
+        model: Keras model predicting HC in input pixels (output ``hc_px_input``), or
+            another regression model whose ``output_units`` (``"mm"`` or ``"px"``) are
+            declared (``forward``'s when given).
         images: ``(N, H, W, C)`` z-scored inputs. maps: ``(N, H, W)`` signed relevance.
         pixel_size_mm: mm per input pixel, ``(N,)`` or a scalar.
         reference_mm: reference HC (mm); None → errors are NaN, shifts still defined.
@@ -227,31 +232,33 @@ def region_perturbation(
         )
     replacement = replacement_images(images, perturbation, noise_sd=noise_sd,
                                      blur_sigma=blur_sigma, seed=seed, positions=positions)
-    forward = forward or BatchedForward(model, batch_size=batch_size, precision=precision)
+    forward = forward or BatchedForward(model, batch_size=batch_size, precision=precision,
+                                        output_units=output_units)
     counts = np.arange(steps + 1) * regions_per_step
     rng = np.random.default_rng(seed + 1)
     scores = region_scores(maps, region_grid, aggregation)
 
-    hc_px = np.empty((n, len(orders), steps + 1), dtype=np.float32)
+    hc = np.empty((n, len(orders), steps + 1), dtype=np.float32)  # forward's output units
     for index, order in enumerate(orders):
         if recompute is not None and order != "random":
             if isinstance(recompute, str):
                 explainer = _registry_explainer(model, recompute, pixel_size, reference, target,
-                                                dict(explain_options or {}))
+                                                dict(explain_options or {}),
+                                                forward.output_units)
             else:
                 explainer = recompute
-            hc_px[:, index] = _recomputed_curve(
+            hc[:, index] = _recomputed_curve(
                 forward, explainer, images, replacement, scores, region_grid, order, steps,
                 regions_per_step, aggregation)
             if progress is not None:
                 progress(n)
             continue
         rank = region_rank_map(removal_order(scores, order, rng, positions), region_grid)
-        hc_px[:, index] = forward.perturbed(images, replacement, rank, counts, progress)
+        hc[:, index] = forward.perturbed(images, replacement, rank, counts, progress)
 
     return PerturbationCurves(
         orders=orders,
-        hc_mm=hc_px * pixel_size[:, None, None],
+        hc_mm=forward.in_mm(hc, pixel_size),
         reference_mm=reference,
         pixel_size_mm=pixel_size,
         regions_removed=counts,

@@ -163,6 +163,7 @@ def cascading_randomisation(
     seed: int = 0,
     stages: int = 0,
     fixed_cost: bool = False,
+    output_units: str | None = None,
 ) -> RandomisationResult:
     """Cascading model randomisation of one explanation method.
 
@@ -174,15 +175,17 @@ def cascading_randomisation(
     (:func:`checkpoints`; 0: after every layer). ``fixed_cost`` (a method name only): the
     trained and the randomised models are explained alike at the method's fixed-cost
     options (``Method.fixed_cost``), ``maps`` are then recomputed when those options
-    change anything.
+    change anything. ``output_units``: of a model that is not fetalhc's (``"mm"`` or
+    ``"px"``), for a method name.
     """
-    from fetalhc.explain import hc_output_model
+    from fetalhc.explain import hc_output_model, resolve_output_units
 
     require_choice(similarity, SIMILARITIES, "similarity")
     images = as_images(images)
     n = images.shape[0]
     view = hc_output_model(model)
     if isinstance(explainer, str):
+        units = resolve_output_units(model, target, None, output_units)
         from fetalhc.explain import explain
 
         method = explainer
@@ -198,7 +201,7 @@ def cascading_randomisation(
 
         def explainer(m, x):
             return explain(m, x, method, target=target, pixel_size=pixel_size,
-                           reference=reference_mm, **options)
+                           reference=reference_mm, output_units=units, **options)
 
     original = as_maps(explainer(view, images) if maps is None else maps, images)
     rows = []

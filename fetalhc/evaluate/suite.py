@@ -80,6 +80,7 @@ def evaluate_maps(
     forward: BatchedForward | None = None,
     progress: Callable[[int], None] | None = None,
     positions=None,
+    output_units: str | None = None,
 ) -> MethodEvaluation:
     """Run the requested metrics on one method's ``maps``.
 
@@ -90,6 +91,8 @@ def evaluate_maps(
     (noise, random orders) are then the whole set's, so shard results merge exactly.
     ``progress(k)`` is told the images finished as the curves advance (per batch of images
     through the model); over one call the counts add up to the number of images.
+    ``output_units``: ``"mm"`` or ``"px"``, the unit of the HC output of a model that is not
+    fetalhc's (``forward``'s when given).
     """
     settings = settings or EvaluationSettings()
     metrics = parse_metrics(metrics)
@@ -103,7 +106,8 @@ def evaluate_maps(
         raise ValueError("localisation needs the annotated contours (annotation=...)")
     if ("randomisation" in metrics or settings.recompute) and method is None:
         raise ValueError("randomisation and recomputed maps need the explain method's name")
-    forward = forward or BatchedForward(model, settings.batch_size, settings.precision)
+    forward = forward or BatchedForward(model, settings.batch_size, settings.precision,
+                                        output_units=output_units)
     columns: dict[str, np.ndarray] = {}
     curve_rows: list[dict] = []
     curve_values: list = []
@@ -114,7 +118,7 @@ def evaluate_maps(
     common = dict(seed=settings.seed, forward=forward,
                   progress=None if progress is None else shares)
 
-    unperturbed = forward.predict(images) * pixel_size
+    unperturbed = forward.in_mm(forward.predict(images), pixel_size)
     columns["hc_pred_mm"] = unperturbed
     columns["reference_mm"] = reference
     columns["abs_error_mm"] = np.abs(unperturbed - reference)
@@ -174,7 +178,7 @@ def evaluate_maps(
             explain_options=settings.explain_options, similarity=settings.similarity,
             threshold=settings.similarity_threshold, seed=settings.seed,
             stages=settings.randomisation_stages,
-            fixed_cost=settings.randomisation_fixed_cost)
+            fixed_cost=settings.randomisation_fixed_cost, output_units=forward.output_units)
         randomisation = result.stage_means()
         randomisation["final_similarity"] = result.final_similarity
         randomisation["similarity"] = settings.similarity

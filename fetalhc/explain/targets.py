@@ -91,7 +91,7 @@ def resolve_output_units(model, target: str | Target, output=None,
     is what ``output_units`` declares. Undeclared, it is an error for a target in mm (the
     model's output would be multiplied by the pixel size on a guess); ``hc_px_input`` then
     takes the raw output."""
-    from fetalhc.models.graph import hc_output_units
+    from fetalhc.models.graph import hc_output_units, require_output_units
 
     units = hc_output_units(model, output, output_units)
     if units is not None:
@@ -99,7 +99,4 @@ def resolve_output_units(model, target: str | Target, output=None,
     name = target.name if isinstance(target, Target) else target
     if name == "hc_px_input":
         return "px"
-    raise ValueError(
-        f"the HC output of model {getattr(model, 'name', '?')!r} does not say its unit: declare "
-        "output_units='mm' (it predicts HC in mm) or 'px' (HC in pixels of its input, times "
-        "the pixel size = mm); on the command line --output-units")
+    return require_output_units(model, output, output_units)  # the one-line error

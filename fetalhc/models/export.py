@@ -10,7 +10,9 @@ output: HC in input pixels) between the layers of :mod:`fetalhc.models.export_la
 The network's layers are applied to the pre-processed tensor one by one (no nested model),
 so every explanation method walks one flat graph from the raw image. The model card
 (:func:`model_card`) rides in the ``hc_mm`` layer's config: :func:`read_model_card` returns
-it from a loaded model.
+it from a loaded model. :func:`inner_network` takes the network back out (pre-processed
+``S`` x ``S`` image in, HC in input pixels out), so the commands that feed pre-processed
+images (predict, explain, evaluate) run an exported model with its own pre-processing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from fetalhc.models.export_layers import (
     PixelsToMillimetres,
     RawImagePreprocessing,
 )
-from fetalhc.models.graph import RAW_HC_OUTPUT, hc_output_view, replay_on
+from fetalhc.models.graph import (
+    RAW_HC_OUTPUT,
+    hc_output_view,
+    layer_output_in,
+    nodes_in_order,
+    replay_on,
+)
 
 IMAGE_INPUT = "image"
 PIXEL_SIZE_INPUT = "pixel_size_mm"
@@ -103,3 +111,35 @@ def preprocessing_layer(model: keras.Model) -> RawImagePreprocessing | None:
         if isinstance(layer, RawImagePreprocessing):
             return layer
     return None
+
+
+def inner_network(model: keras.Model) -> tuple[keras.Model, int] | None:
+    """The network inside an exported model and its input size ``S``, ``None`` for any
+    other model: a functional model from a new ``(S, S, 1)`` input (the pre-processed
+    image) to the HC in input pixels (the output named ``hc_px_input``), sharing the
+    exported model's layers and weights. Its predictions times the input pixel size equal
+    the exported model's ``hc_mm``; it lacks the network's auxiliary outputs, which the
+    export leaves out."""
+    import keras.tree
+
+    preprocessing = preprocessing_layer(model)
+    if preprocessing is None:
+        return None
+    size = int(preprocessing.image_size)
+    to_raw = model.get_layer(RAW_HC_OUTPUT)
+    nodes = nodes_in_order(model)
+    end = next(node for node in nodes if node.operation is to_raw).arguments.keras_tensors[0]
+    prepared = keras.Input((size, size, 1), name="image")
+    values = {id(layer_output_in(model, preprocessing.name)): prepared}
+    for node in nodes:  # the network's nodes: those fed by the pre-processed image only
+        if node.operation in (preprocessing, to_raw) or not all(
+                id(tensor) in values for tensor in node.arguments.keras_tensors):
+            continue
+        args, kwargs = node.arguments.fill_in(values)
+        for symbolic, value in zip(node.outputs, keras.tree.flatten(node.operation(*args, **kwargs)),
+                                   strict=True):
+            values[id(symbolic)] = value
+    if id(end) not in values:
+        raise ValueError(f"cannot take the network out of the exported model {model.name!r}: "
+                         "its HC output does not follow from the pre-processed image alone")
+    return keras.Model(prepared, values[id(end)], name=f"{model.name}_network"), size

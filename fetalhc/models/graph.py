@@ -113,14 +113,33 @@ def hc_output_units(model, output: str | int | None = None,
     return units
 
 
+def require_output_units(model, output: str | int | None = None,
+                         units: str | None = None) -> str:
+    """:func:`hc_output_units`, never ``None``: a model whose HC output does not say its unit
+    and is not declared is a one-line ValueError (its output would be read in mm or in px on
+    a guess)."""
+    resolved = hc_output_units(model, output, units)
+    if resolved is None:
+        raise ValueError(
+            f"the HC output of model {getattr(model, 'name', '?')!r} does not say its unit: "
+            "declare output_units='mm' (it predicts HC in mm) or 'px' (HC in pixels of its "
+            "input, times the pixel size = mm); on the command line --output-units")
+    return resolved
+
+
 def hc_output_tensor(model, output: str | int | None = None):
     """The model's symbolic HC output tensor."""
     return model_outputs(model)[hc_output_index(model, output)]
 
 
-def hc_output_value(outputs, model, name: str = HC_OUTPUT):
-    """Pick the output ``name`` from what calling ``model`` returned (a dict, a list in the
-    order of the model's outputs, or a single tensor)."""
+def hc_output_value(outputs, model, name: str | None = None):
+    """Pick the output ``name`` (default: the HC output, by the rule of
+    :func:`hc_output_index`) from what calling ``model`` returned (a dict, a list in the order
+    of the model's outputs, or a single tensor)."""
+    if name is None:
+        if not isinstance(outputs, dict | list | tuple):
+            return outputs
+        name = output_names(model)[hc_output_index(model)]
     if isinstance(outputs, dict):
         return outputs[name]
     if isinstance(outputs, list | tuple):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fetalhc.models.graph import hc_output_value, output_names
+from fetalhc.models.graph import hc_output_value, output_names, require_output_units
 from fetalhc.models.io import check_input_size
 
 # --tta: the views averaged (training augmentation flips horizontally, never vertically)
@@ -28,15 +28,42 @@ TTA_VIEWS = ("identity", "horizontal flip")
 class ForwardPass:
     """What one pass of a model over images gave, per image in their order (float64).
 
-    ``hc_px`` / ``hc_px_flipped``: the HC output (input px) of the image / of its horizontal
-    flip (``None`` unless asked for); ``ellipse``: the ``(N, 6)`` standardised auxiliary
-    ``ellipse`` output of the image (``None`` unless asked for)."""
+    ``hc`` / ``hc_flipped``: the HC output of the image / of its horizontal flip (``None``
+    unless asked for), in ``output_units``: ``"px"`` (pixels of the input, fetalhc's) or
+    ``"mm"`` (a model declared to predict mm); :attr:`hc_px`, :attr:`hc_mm` and their
+    flipped versions convert with the input pixel size. ``ellipse``: the ``(N, 6)``
+    standardised auxiliary ``ellipse`` output of the image (``None`` unless asked for)."""
 
     filenames: list[str]
     input_pixel_size_mm: np.ndarray = field(repr=False)
-    hc_px: np.ndarray = field(repr=False)
-    hc_px_flipped: np.ndarray | None = field(default=None, repr=False)
+    hc: np.ndarray = field(repr=False)
+    hc_flipped: np.ndarray | None = field(default=None, repr=False)
     ellipse: np.ndarray | None = field(default=None, repr=False)
+    output_units: str = "px"
+
+    def _in(self, values, units: str):
+        if values is None or units == self.output_units:
+            return values
+        size = self.input_pixel_size_mm
+        return values * size if units == "mm" else values / size
+
+    @property
+    def hc_px(self) -> np.ndarray:
+        """HC in pixels of the network input."""
+        return self._in(self.hc, "px")
+
+    @property
+    def hc_px_flipped(self) -> np.ndarray | None:
+        return self._in(self.hc_flipped, "px")
+
+    @property
+    def hc_mm(self) -> np.ndarray:
+        """HC in mm."""
+        return self._in(self.hc, "mm")
+
+    @property
+    def hc_mm_flipped(self) -> np.ndarray | None:
+        return self._in(self.hc_flipped, "mm")
 
 
 def _forward_batch(model, images, flipped: bool, ellipse: bool):
@@ -62,23 +89,27 @@ def _check_ellipse(model, ellipse: bool) -> None:
                          f"{', '.join(output_names(model))})")
 
 
-def _collect(parts, filenames, pixel_sizes, flipped: bool, ellipse: bool) -> ForwardPass:
+def _collect(parts, filenames, pixel_sizes, flipped: bool, ellipse: bool,
+             output_units: str) -> ForwardPass:
     hc, hc_flipped, shapes = zip(*parts, strict=True) if parts else ((), (), ())
     return ForwardPass(
         filenames=list(filenames), input_pixel_size_mm=np.asarray(pixel_sizes, np.float64),
-        hc_px=np.concatenate(hc),
-        hc_px_flipped=np.concatenate(hc_flipped) if flipped else None,
-        ellipse=np.concatenate(shapes) if ellipse else None)
+        hc=np.concatenate(hc), hc_flipped=np.concatenate(hc_flipped) if flipped else None,
+        ellipse=np.concatenate(shapes) if ellipse else None, output_units=output_units)
 
 
 def forward_pass(model, index: pd.DataFrame, image_size: int, batch_size: int = 32, *,
-                 flipped: bool = False, ellipse: bool = False, on_batch=None) -> ForwardPass:
+                 flipped: bool = False, ellipse: bool = False, on_batch=None,
+                 output_units: str | None = None) -> ForwardPass:
     """Run ``model`` over the ``index`` rows (images and pixel sizes only: the reference HC
     is blanked before the pipeline), ``batch_size`` images at a time. ``flipped``: also the
     horizontally flipped images; ``ellipse``: also the ``ellipse`` output (a ``ValueError``
-    when the model has none). ``on_batch(n)``: called after each batch."""
+    when the model has none). ``on_batch(n)``: called after each batch. ``output_units``:
+    ``"mm"`` or ``"px"``, the unit of the HC output of a model that is not fetalhc's (a
+    fetalhc model says it itself; undeclared, another model is a ``ValueError``)."""
     from fetalhc.data import make_dataset
 
+    units = require_output_units(model, None, output_units)
     check_input_size(model, image_size)
     _check_ellipse(model, ellipse)
     if len(index) == 0:
@@ -94,17 +125,18 @@ def forward_pass(model, index: pd.DataFrame, image_size: int, batch_size: int = 
         names.extend(name.decode() for name in batch["filename"].numpy())
         if on_batch is not None:
             on_batch(int(batch["image"].shape[0]))
-    return _collect(parts, names, pixel_sizes, flipped, ellipse)
+    return _collect(parts, names, pixel_sizes, flipped, ellipse, units)
 
 
 def forward_images(model, images, index: pd.DataFrame, image_size: int, batch_size: int = 32,
                    *, flipped: bool = False, ellipse: bool = False,
-                   on_batch=None) -> ForwardPass:
+                   on_batch=None, output_units: str | None = None) -> ForwardPass:
     """:func:`forward_pass` on pre-processed ``images`` ``(N, S, S, 1)`` of the ``index``
     rows (e.g. ``fetalhc.data.load_arrays(index, image_size)["image"]``); the input pixel
     sizes follow from the index (``fetalhc.data.input_pixel_size_mm``: letterbox or crop)."""
     from fetalhc.data import input_pixel_size_mm
 
+    units = require_output_units(model, None, output_units)
     check_input_size(model, image_size)
     _check_ellipse(model, ellipse)
     images = np.asarray(images, dtype=np.float32)
@@ -118,29 +150,32 @@ def forward_images(model, images, index: pd.DataFrame, image_size: int, batch_si
         parts.append(_forward_batch(model, chunk, flipped, ellipse))
         if on_batch is not None:
             on_batch(len(chunk))
-    return _collect(parts, index["filename"].astype(str), pixel_sizes, flipped, ellipse)
+    return _collect(parts, index["filename"].astype(str), pixel_sizes, flipped, ellipse,
+                    units)
 
 
 def prediction_frame(forward: ForwardPass, index: pd.DataFrame, tta: bool = False
                      ) -> pd.DataFrame:
     """The table of :func:`predict_hc_mm` from a forward pass of the ``index`` rows; ``tta``
     averages the image and its horizontal flip (in input px; the pass needs ``flipped``)."""
-    prediction_px = forward.hc_px
+    prediction_px, prediction_mm = forward.hc_px, forward.hc_mm
     if tta:
-        if forward.hc_px_flipped is None:
+        if forward.hc_flipped is None:
             raise ValueError("tta needs the flipped view; run the forward pass with flipped=True")
         prediction_px = (forward.hc_px + forward.hc_px_flipped) / 2
+        prediction_mm = (forward.hc_mm + forward.hc_mm_flipped) / 2
     return pd.DataFrame({
         "filename": list(forward.filenames),
         "pixel size (mm)": index["pixel_size_mm"].to_numpy(np.float64),
         "input pixel size (mm)": forward.input_pixel_size_mm,
         "prediction (px)": prediction_px,
-        "prediction (mm)": prediction_px * forward.input_pixel_size_mm,
+        "prediction (mm)": prediction_mm,
     })
 
 
 def predict_hc_mm(model, index: pd.DataFrame, image_size: int, batch_size: int = 32,
-                  tta: bool = False, on_batch=None) -> pd.DataFrame:
+                  tta: bool = False, on_batch=None,
+                  output_units: str | None = None) -> pd.DataFrame:
     """Predict HC (mm) for the rows of ``index``; uses only images and pixel sizes.
     ``on_batch(n)`` (optional) is called after each batch with its number of images (e.g. a
     progress bar's ``update``).
@@ -153,7 +188,7 @@ def predict_hc_mm(model, index: pd.DataFrame, image_size: int, batch_size: int =
     predictions worse.
     """
     forward = forward_pass(model, index, image_size, batch_size, flipped=tta,
-                           on_batch=on_batch)
+                           on_batch=on_batch, output_units=output_units)
     return prediction_frame(forward, index, tta=tta)
 
 

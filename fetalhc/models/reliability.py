@@ -216,13 +216,12 @@ def flags_from_forward(forward: ForwardPass, index: pd.DataFrame, image_size: in
     :data:`RELIABILITY_COLUMNS`. The disagreement is always identity vs flip."""
     threshold = check_flip_threshold(flip_threshold_mm, "flip_threshold_mm")
     hc_range = check_hc_range(hc_range_mm)
-    if forward.hc_px_flipped is None:
+    if forward.hc_flipped is None:
         raise ValueError("the forward pass has no flipped view; run it with flipped=True")
-    if len(forward.hc_px) != len(index):
-        raise ValueError(f"the forward pass has {len(forward.hc_px)} images, the index "
+    if len(forward.hc) != len(index):
+        raise ValueError(f"the forward pass has {len(forward.hc)} images, the index "
                          f"{len(index)} rows")
-    size = forward.input_pixel_size_mm
-    identity, flipped = forward.hc_px * size, forward.hc_px_flipped * size
+    identity, flipped = forward.hc_mm, forward.hc_mm_flipped
     prediction = (identity + flipped) / 2 if tta else identity
     at_border = None
     if forward.ellipse is not None:
@@ -266,7 +265,8 @@ def reliability_flags(model, index: pd.DataFrame, image_size: int, hc_range_mm=N
 def flag_summary(flags: pd.DataFrame, abs_error_mm=None) -> dict:
     """Counts of flagged images (``n_flagged`` and per flag, with the unknown ones) and,
     with ``abs_error_mm`` (per image, same order), the MAE (mm) of the flagged and the
-    unflagged images (``None`` for an empty group)."""
+    unflagged images with an error (``None`` for an empty group; NaN errors, of images
+    without a reference HC, left out)."""
     summary = {"n": int(len(flags)), "n_flagged": int(flags[FLAGGED].fillna(False).sum())}
     for column in FLAG_COLUMNS:
         key = column.removeprefix("flag: ").replace(" ", "_")
@@ -275,6 +275,7 @@ def flag_summary(flags: pd.DataFrame, abs_error_mm=None) -> dict:
     if abs_error_mm is not None:
         errors = np.asarray(abs_error_mm, dtype=np.float64).reshape(-1)
         flagged = flags[FLAGGED].fillna(False).to_numpy(bool)
-        for name, chosen in (("flagged", flagged), ("unflagged", ~flagged)):
+        known = np.isfinite(errors)
+        for name, chosen in (("flagged", flagged & known), ("unflagged", ~flagged & known)):
             summary[f"mae_{name}_mm"] = float(errors[chosen].mean()) if chosen.any() else None
     return summary

@@ -214,7 +214,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
                      out, *, image_size: int, split: str, source: dict, limit: int | None = None,
                      maps_dir=None, shard: str | None = None, error_threshold_mm=None,
                      error_quantiles=None, figures: bool = True, progress: bool = False,
-                     model_file=None, overwrite: bool = False) -> dict:
+                     model_file=None, overwrite: bool = False,
+                     output_units: str | None = None) -> dict:
     """Evaluate ``methods`` on the images of ``index`` (a ``fetalhc.data`` index of the split
     ``split``) into the folder ``out``; returns the paths written, the summary and the
     randomisation table.
@@ -238,7 +239,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     or a model that does not take ``image_size`` raise a one-line ``ValueError``;
     ``overwrite`` deletes an earlier evaluate folder once all of these have passed. The
     same provenance resumes: finished methods are reused. ``progress`` draws a bar over
-    images x methods, advanced per batch of images."""
+    images x methods, advanced per batch of images. ``output_units``: ``"mm"`` or ``"px"``,
+    the unit of the HC output of a model that is not fetalhc's (recorded when mm)."""
     from tqdm.auto import tqdm
 
     from fetalhc.data import check_images, load_arrays
@@ -248,12 +250,16 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     from fetalhc.explain import check_methods as check_explain_methods
     from fetalhc.explain import explain
     from fetalhc.models import check_input_size, load_model
+    from fetalhc.models.graph import OUTPUT_UNITS, require_output_units
 
     methods = list(methods)
     metrics, external = check_evaluation_request(methods, metrics, settings, maps_dir,
                                                  error_threshold_mm, error_quantiles,
                                                  limit=limit, shard=shard)
     size = int(require_range(image_size, POSITIVE_INT, "image_size"))
+    if output_units is not None and output_units not in OUTPUT_UNITS:
+        raise ValueError(f"output units must be one of {', '.join(OUTPUT_UNITS)}; got "
+                         f"{output_units!r}")
     split_rows = index.reset_index(drop=True)  # an explain folder's images must lead them
     if limit is not None:
         index = index.head(int(limit))
@@ -274,7 +280,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
         model_file if model_file is not None else model, index, metrics, settings,
         image_size=size, split=split, limit=limit, shard=shard,
         error_threshold_mm=error_threshold_mm, error_quantiles=error_quantiles,
-        info={**source, "maps": None if maps_dir is None else str(maps_dir)})
+        info={**source, "maps": None if maps_dir is None else str(maps_dir)},
+        output_units=output_units or "px")
     maps_keys = check_maps(maps_dir, record, sorted(external), total,
                            selected if shard is not None else None,
                            split_rows=split_rows) if external else {}
@@ -286,11 +293,13 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
         """The model, loaded, with its input size and every computed method checked against
         it (e.g. Grad-CAM's layer, an occlusion patch that must fit the input)."""
         if isinstance(model, str | Path):
-            model = load_model(model)
+            model = load_model(model, output_units=output_units)
         check_input_size(model, size)
+        require_output_units(model, None, output_units)  # the unit of its HC output is known
         check_explain_methods(model, computed, settings.explain_target,
                               {method: settings.explain_options for method in computed},
-                              input_shape=(size, size, int(model.inputs[0].shape[-1])))
+                              input_shape=(size, size, int(model.inputs[0].shape[-1])),
+                              output_units=output_units)
         return model
 
     if overwrite:  # the earlier folder is deleted only once the model has passed too
@@ -307,7 +316,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     # the per-image preparation too (e.g. LRP input bounds holding every pixel)
     check_explain_methods(model, computed, settings.explain_target,
                           {method: settings.explain_options for method in computed},
-                          images=images, pixel_size=pixel_size, reference=reference)
+                          images=images, pixel_size=pixel_size, reference=reference,
+                          output_units=output_units)
 
     out.mkdir(parents=True, exist_ok=True)
     if not resumed:  # a resume keeps the record (and its info) of the run it continues
@@ -319,7 +329,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
 
     # one forward for every method: the random-order curves and the unperturbed
     # predictions, identical for every method, are computed once (see BatchedForward)
-    forward = BatchedForward(model, settings.batch_size, settings.precision)
+    forward = BatchedForward(model, settings.batch_size, settings.precision,
+                             output_units=output_units)
     per_image, curves, randomisation = [], [], []
     # the unit of work: one image of one method (the bar advances per batch of images)
     bar = tqdm(total=len(selected) * len(methods), desc="evaluate", unit="image",
@@ -340,6 +351,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
             else:
                 maps = explain(model, images, method, target=settings.explain_target,
                                pixel_size=pixel_size, reference=reference,
+                               output_units=forward.output_units,
                                **settings.explain_options)
             result = evaluate_maps(
                 model, images, maps, pixel_size, reference, metrics=metrics,

@@ -58,13 +58,15 @@ REMAKE = "make the maps for this evaluation or evaluate what they were made for"
 def evaluation_provenance(model, index: pd.DataFrame, metrics, settings, *, image_size: int,
                           split: str, limit: int | None = None, shard: str | None = None,
                           error_threshold_mm=None, error_quantiles=None,
-                          info: dict | None = None) -> dict:
+                          info: dict | None = None, output_units: str = "px") -> dict:
     """The provenance record of an evaluate folder (:mod:`fetalhc.report.provenance`).
 
     ``model``: a model file (its bytes are digested) or a Keras model (its architecture and
     weights). ``index``: the split's rows after ``limit`` and before ``shard`` (a shard's
     rows follow from them and ``shard``, so the shards of one run differ in
-    ``result["shard"]`` only). The methods are not part of it (see :func:`method_record`)."""
+    ``result["shard"]`` only). The methods are not part of it (see :func:`method_record`).
+    ``output_units``: of the model's HC output, recorded when it is ``"mm"`` (a model declared
+    to predict mm; a fetalhc model's is px, and its records stay as they were)."""
     from fetalhc.data import PREPROCESSING
     from fetalhc.data.shards import format_shard, parse_shard
 
@@ -81,6 +83,7 @@ def evaluation_provenance(model, index: pd.DataFrame, metrics, settings, *, imag
         "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
         "error_threshold_mm": error_threshold_mm,
         "error_quantiles": error_quantiles,
+        **({"output_units": output_units} if output_units != "px" else {}),
     }
     return make_provenance("evaluate", result, info)
 
@@ -209,6 +212,10 @@ def check_explain_maps(maps_dir, explained: dict, record: dict, methods: Sequenc
     expected = {"model": ours["model"], "target": ours["settings"]["explain_target"],
                 "preprocessing": ours["preprocessing"], "split": ours["split"]}
     _same_fields(maps_dir, theirs, expected, EXPLAIN_FIELDS)
+    units = (theirs.get("output_units", "px"), ours.get("output_units", "px"))
+    if units[0] != units[1]:  # recorded only when mm, on either side
+        raise ProvenanceError(f"the maps in {maps_dir} were made with another output_units "
+                              f"({units[0]!r} there, {units[1]!r} now); {REMAKE}")
     keys = [list(key) for key in theirs["image_keys"]]
     head = split_rows.head(len(keys))
     now = image_keys(head)

@@ -100,14 +100,17 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
                           tta: bool = False, batch_size: int = 32, model_file=None,
                           info: dict | None = None, hc_range_mm=None,
                           flip_threshold_mm: float | None = None,
-                          preprocessing: dict | None = None, localiser_file=None) -> dict:
+                          preprocessing: dict | None = None, localiser_file=None,
+                          output_units: str = "px") -> dict:
     """The provenance record of a prediction of the ``index`` rows (kind ``predict``); the
     model digest is that of ``model_file`` when given, else of the in-memory weights.
     ``reliability`` records what the flags depend on (flip threshold, training HC range,
     border tolerance; ``flip_threshold_mm=None``: the library default), ``tta_views`` the
     views ``tta`` averages (an older record, of 4 flips, lacks it). ``preprocessing``: the
     run's own rule when it is not the letterbox one (a crop run's), and ``localiser_file``
-    the model that placed its crops (its digest is recorded)."""
+    the model that placed its crops (its digest is recorded). ``output_units``: of the
+    model's HC output, recorded when it is ``"mm"`` (a model declared to predict mm; a
+    fetalhc model's is px, and its records stay as they were)."""
     from fetalhc.data import PREPROCESSING
     from fetalhc.models.prediction import TTA_VIEWS
     from fetalhc.models.reliability import reliability_settings
@@ -123,6 +126,7 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
         "tta_views": list(TTA_VIEWS) if tta else ["identity"],
         "batch_size": int(batch_size),
         "reliability": reliability_settings(hc_range_mm, _flip_threshold(flip_threshold_mm)),
+        **({"output_units": output_units} if output_units != "px" else {}),
     }, info)
 
 
@@ -130,7 +134,7 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
                      tta: bool = False, batch_size: int = 32, model_file=None,
                      info: dict | None = None, progress: bool = False, hc_range_mm=None,
                      flip_threshold_mm: float | None = None, preprocessing: dict | None = None,
-                     localiser_file=None) -> dict:
+                     localiser_file=None, output_units: str | None = None) -> dict:
     """Predict HC (mm) for the ``index`` rows, flag them
     (:func:`fetalhc.models.reliability.flags_from_forward`: ``hc_range_mm`` = the training
     split's reference HC range or ``None`` = unknown; ``flip_threshold_mm``, ``None`` = the
@@ -143,11 +147,14 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
     error naming a missing or truncated image) before anything is computed or written.
     ``progress``: a bar counting images. A crop run's ``index`` carries its localised
     regions; ``preprocessing`` and ``localiser_file`` then go into the provenance
-    (:func:`prediction_provenance`)."""
+    (:func:`prediction_provenance`). ``output_units``: ``"mm"`` or ``"px"`` for a model that
+    is not fetalhc's (:func:`fetalhc.models.graph.require_output_units`). Rows without a
+    reference HC are predicted; the errors and scores cover the rows that have one."""
     from tqdm.auto import tqdm
 
     from fetalhc.data import check_images
     from fetalhc.models import ELLIPSE_OUTPUT, output_names, prediction_table
+    from fetalhc.models.graph import require_output_units
     from fetalhc.models.prediction import forward_pass, prediction_frame
     from fetalhc.models.reliability import check_hc_range, flags_from_forward
 
@@ -155,19 +162,21 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
                              flip_threshold_mm=flip_threshold_mm)
     threshold = _flip_threshold(flip_threshold_mm)
     hc_range = check_hc_range(hc_range_mm)
+    units = require_output_units(model, None, output_units)
     check_images(index, annotations=False)
     record = prediction_provenance(model, index, image_size, split=split, tta=tta,
                                    batch_size=batch_size, model_file=model_file, info=info,
                                    hc_range_mm=hc_range, flip_threshold_mm=threshold,
-                                   preprocessing=preprocessing, localiser_file=localiser_file)
+                                   preprocessing=preprocessing, localiser_file=localiser_file,
+                                   output_units=units)
     with tqdm(total=len(index), desc="predict", unit="image", disable=not progress,
               leave=False) as bar:
         forward = forward_pass(model, index, image_size, batch_size, flipped=True,
                                ellipse=ELLIPSE_OUTPUT in output_names(model),
-                               on_batch=bar.update)
+                               on_batch=bar.update, output_units=units)
     predictions = prediction_frame(forward, index, tta=tta)
     flags = flags_from_forward(forward, index, image_size, hc_range, threshold, tta=tta)
-    table = prediction_table(predictions, index) if index["hc_mm"].notna().all() else None
+    table = prediction_table(predictions, index) if index["hc_mm"].notna().any() else None
     model_name = model_file if model_file is not None else (info or {}).get("model", "")
     return write_predictions(out, predictions, table, split=split, model=str(model_name),
                              tta=tta, image_size=image_size, provenance=record,
@@ -223,14 +232,18 @@ def write_predictions(out: Path, predictions, table=None, *, split: str, model: 
         per_image = per_image_frame(predictions, table, flags)
         metrics = {"split": split, "model": str(model), "tta": bool(tta),
                    "image_size": None if image_size is None else int(image_size),
-                   "units": "mm (pmae in %)", "n": len(per_image)}
+                   "units": "mm (pmae in %)", "n": len(per_image),
+                   "n_images": len(per_image)}
     if table is not None:
-        metrics.update(summarise_mm(table["prediction (mm)"], table["reference (mm)"]))
+        # the scores cover the images with a reference HC (all of them, or those of a plain
+        # CSV whose hc_mm column is filled in for some); "n" counts those, "n_images" all
+        scored = table[table["reference (mm)"].notna()]
+        metrics.update(summarise_mm(scored["prediction (mm)"], scored["reference (mm)"]))
         figures = {
-            "bland_altman": bland_altman_figure(table["prediction (mm)"],
-                                                table["reference (mm)"],
+            "bland_altman": bland_altman_figure(scored["prediction (mm)"],
+                                                scored["reference (mm)"],
                                                 title=f"Bland–Altman, {split} split"),
-            "scatter": scatter_figure(table["prediction (mm)"], table["reference (mm)"]),
+            "scatter": scatter_figure(scored["prediction (mm)"], scored["reference (mm)"]),
         }
     if flags is not None:
         from fetalhc.models.reliability import flag_summary

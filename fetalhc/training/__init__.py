@@ -34,7 +34,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
        for name in ("Run", "TrainResult", "check_training_data", "load_run", "resolve_split",
                     "run_split_index")},
     **{name: ("fetalhc.training.sources", name)
-       for name in ("ModelSplit", "model_input_size", "resolve_model_split")},
+       for name in ("ModelSplit", "load_command_model", "model_input_size",
+                    "resolve_model_split")},
     "standardise_ellipse": ("fetalhc.training.setup", "standardise_ellipse"),
 }
 _SUBMODULES = ("backup", "config", "fit", "multiworker", "run_folder", "setup", "sources",
@@ -51,6 +52,7 @@ __all__ = [
     "check_training_request",
     "config_file",
     "evaluate_split",
+    "load_command_model",
     "load_run",
     "model_input_size",
     "parse_set_option",

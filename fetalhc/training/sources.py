@@ -1,7 +1,8 @@
 """What a command's ``--model`` and ``--split`` name: a run folder's split, or what a bare
 ``.keras`` file allows (:func:`resolve_model_split`), and the input size of a loaded model
-(:func:`model_input_size`). The one place for that decision: ``predict``, ``explain`` and
-``evaluate`` all resolve their inputs here.
+(:func:`model_input_size`), and the model those commands run (:func:`load_command_model`:
+an exported model's network with its own pre-processing). The one place for that decision:
+``predict``, ``explain`` and ``evaluate`` all resolve their inputs here.
 """
 
 from __future__ import annotations
@@ -116,16 +117,48 @@ def _holds_run_split(run: Run, data_dir, layout: str) -> bool:
 
 def model_input_size(model, model_file=None) -> int:
     """The square input size a loaded model declares; a one-line error for a model that
-    takes any size (give the size then, or use its run folder)."""
+    takes any size (give the size then, or use its run folder) and for an exported
+    end-to-end model (:func:`load_command_model` takes its network out)."""
     from fetalhc.models.export import preprocessing_layer
 
     if preprocessing_layer(model) is not None:
         raise ValueError(f"{model_file or model.name} is an exported end-to-end model (raw "
-                         "images and pixel sizes in): the commands feed pre-processed images; "
-                         "give its run folder, or use it from Python (README: 'Import a "
-                         "fetalhc model into your Keras project')")
+                         "images and pixel sizes in): load it with "
+                         "fetalhc.training.load_command_model, which takes out the network "
+                         "and its input size")
     side = model.inputs[0].shape[1]
     if side is None:
         raise ValueError(f"{model_file or model.name} takes any input size; use its run "
-                         "folder (or give the size, e.g. evaluate --image-size)")
+                         "folder (or give the size, e.g. --image-size)")
     return int(side)
+
+
+def load_command_model(model_file, output_units: str | None = None,
+                       image_size: int | None = None, run_image_size: int | None = None):
+    """The model ``predict``, ``explain`` and ``evaluate`` feed pre-processed images to, and
+    its input size ``S``: ``(model, S)``.
+
+    An exported end-to-end model (``fetalhc export``) gives its network
+    (:func:`fetalhc.models.export.inner_network`) and the size of its own pre-processing;
+    an ``image_size`` that contradicts it is a one-line error. Any other model is loaded as
+    it is (``output_units`` declares the unit of a model that is not fetalhc's), with
+    ``image_size`` (``--image-size``), else the run's ``run_image_size``, else the size the
+    model declares (:func:`model_input_size`)."""
+    import fetalhc
+    from fetalhc.models.export import inner_network
+
+    model = fetalhc.load_model(model_file, output_units=output_units)
+    inner = inner_network(model)
+    if inner is not None:
+        network, size = inner
+        if output_units == "mm":
+            raise ValueError(f"{model_file} is an exported fetalhc model: its network's HC "
+                             "output is in px, and the commands read it so; leave out "
+                             "--output-units")
+        if image_size is not None and int(image_size) != size:
+            raise ValueError(f"{model_file} is an exported model whose pre-processing makes "
+                             f"{size} px inputs; --image-size {image_size} contradicts it "
+                             "(leave it out)")
+        return network, size
+    size = image_size or run_image_size or model_input_size(model, model_file)
+    return model, int(size)

@@ -1,0 +1,153 @@
+"""Your own Keras regression model through ``predict`` and ``evaluate``: the unit of its HC
+output is declared (``--output-units mm|px``) and read as declared, an undeclared unit is a
+one-line error, never a guess; a plain CSV whose ``hc_mm`` is filled in for some images
+scores those. (``explain`` with a declared unit: tests/test_explain_output_units.py; an
+exported model through the commands: tests/test_export.py.)
+
+The analytic model: the output is its bias ``C`` whatever the image (a zero kernel), so HC
+in mm is ``C`` when declared mm and ``C`` x the mm per input pixel when declared px."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fetalhc.cli.main import cli
+from fetalhc.data import input_pixel_size_mm, load_arrays, load_index, write_plain_dataset
+from fetalhc.evaluate import EvaluationSettings, evaluate_maps
+
+SIZE = 32
+C = 150.0
+
+
+def constant_model(c: float = C) -> keras.Model:
+    """A small CNN whose output is ``c`` for every image (kernel 0, bias c), plus a
+    convolution so that every method and the perturbation curves have a graph to walk."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    features = keras.layers.Conv2D(2, 3, activation="relu")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    head = keras.layers.Dense(1, name="hc", kernel_initializer="zeros",
+                              bias_initializer=keras.initializers.Constant(c))
+    return keras.Model(inputs, head(pooled), name="users_constant")
+
+
+def linear_model() -> keras.Model:
+    """f(x) = w · x + 100: changes when pixels are perturbed."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    dense = keras.layers.Dense(1, name="hc")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)), name="users_linear")
+    weights = np.random.default_rng(0).normal(scale=0.5, size=(SIZE * SIZE, 1))
+    dense.set_weights([weights.astype(np.float32), np.array([100.0], np.float32)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("own") / "constant.keras"
+    constant_model().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain_partly_annotated(phantoms, tmp_path_factory):
+    """Six phantoms in the plain layout; the CSV has a reference HC for the first four."""
+    index = load_index(phantoms).head(6)
+    folder = write_plain_dataset(tmp_path_factory.mktemp("plain") / "clinic", index)
+    table = pd.read_csv(folder / "images.csv")
+    table.loc[4:, "hc_mm"] = np.nan
+    table.to_csv(folder / "images.csv", index=False)
+    return folder, index
+
+
+def _predict(*args):
+    return CliRunner().invoke(cli, ["predict", "--no-progress", *map(str, args)])
+
+
+def test_predict_reads_the_declared_unit_and_refuses_an_undeclared_one(
+        model_file, plain_partly_annotated, tmp_path):
+    folder, index = plain_partly_annotated
+    refused = _predict("--model", model_file, "--data", folder, "--out", tmp_path / "no.csv")
+    assert refused.exit_code == 1 and "--output-units" in refused.output
+    assert not list(tmp_path.iterdir())
+
+    in_mm = _predict("--model", model_file, "--data", folder, "--out", tmp_path / "mm.csv",
+                     "--output-units", "mm")
+    assert in_mm.exit_code == 0, in_mm.output
+    mm = pd.read_csv(tmp_path / "mm.csv")
+    np.testing.assert_allclose(mm["head circumference (mm)"], C, atol=1e-3)
+    record = json.loads((tmp_path / "mm_provenance.json").read_text())
+    assert record["result"]["output_units"] == "mm"
+
+    in_px = _predict("--model", model_file, "--data", folder, "--out", tmp_path / "px.csv",
+                     "--output-units", "px")
+    assert in_px.exit_code == 0, in_px.output
+    px = pd.read_csv(tmp_path / "px.csv")
+    expected = C * input_pixel_size_mm(index, SIZE)
+    np.testing.assert_allclose(px["head circumference (mm)"], expected, rtol=1e-4)
+    assert "output_units" not in json.loads(
+        (tmp_path / "px_provenance.json").read_text())["result"]
+
+
+def test_predict_scores_the_images_that_have_a_reference(model_file, plain_partly_annotated,
+                                                         tmp_path):
+    folder, index = plain_partly_annotated
+    result = _predict("--model", model_file, "--data", folder, "--out", tmp_path / "p.csv",
+                      "--output-units", "mm")
+    assert result.exit_code == 0, result.output
+    assert "(n = 4)" in result.output
+    table = pd.read_csv(tmp_path / "p_per_image.csv")
+    assert len(table) == 6 and table["reference (mm)"].isna().sum() == 2
+    metrics = json.loads((tmp_path / "p_metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["n_images"] == 6
+    expected_mae = np.mean(np.abs(C - index["hc_mm"].to_numpy()[:4]))
+    assert metrics["mae_mm"] == pytest.approx(expected_mae, rel=1e-4)
+    assert (tmp_path / "p_bland_altman.png").is_file()
+
+
+def test_evaluation_curves_are_in_mm_for_either_declared_unit(phantoms):
+    index = load_index(phantoms).head(4)
+    arrays = load_arrays(index, image_size=SIZE)
+    images, pixel_size = arrays["image"], arrays["pixel_size_mm"]
+    reference = arrays["hc_mm"]
+    model = linear_model()
+    output = model.predict(images, verbose=0)[:, 0]
+    maps = np.random.default_rng(2).normal(size=images.shape[:3]).astype(np.float32)
+    settings = EvaluationSettings(grid=4, steps=5)
+    with pytest.raises(ValueError, match="does not say its unit"):
+        evaluate_maps(model, images, maps, pixel_size, reference, settings=settings)
+    in_mm = evaluate_maps(model, images, maps, pixel_size, reference, settings=settings,
+                          output_units="mm")
+    in_px = evaluate_maps(model, images, maps, pixel_size, reference, settings=settings,
+                          output_units="px")
+    np.testing.assert_allclose(in_mm.per_image["hc_pred_mm"], output, rtol=1e-5)
+    np.testing.assert_allclose(in_px.per_image["hc_pred_mm"], output * pixel_size, rtol=1e-5)
+    # every curve point is the same prediction read in the other unit
+    mm_curves = in_mm.curves.set_index(["curve", "order", "quantity", "x"])["mean"]
+    px_curves = in_px.curves.set_index(["curve", "order", "quantity", "x"])["mean"]
+    assert not np.allclose(mm_curves.to_numpy(), px_curves.to_numpy())
+    np.testing.assert_allclose(
+        in_mm.per_image["aopc_morf_shift_mm"].to_numpy() * pixel_size,
+        in_px.per_image["aopc_morf_shift_mm"].to_numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_fetalhc_evaluate_takes_a_users_model_with_its_unit(model_file, phantoms, tmp_path):
+    arguments = ["evaluate", "--model", str(model_file), "--data", str(phantoms),
+                 "--methods", "gradient", "--metrics", "aopc", "--grid", "4", "--steps", "3",
+                 "--limit", "2", "--no-figures", "--no-progress"]
+    refused = CliRunner().invoke(cli, [*arguments, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 1 and "--output-units" in refused.output
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "evaluation"
+    result = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "mm"])
+    assert result.exit_code == 0, result.output
+    per_image = pd.read_csv(out / "methods" / "gradient" / "per_image.csv")
+    np.testing.assert_allclose(per_image["hc_pred_mm"], C, rtol=1e-5)
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["result"]["output_units"] == "mm"
+    again = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "px"])
+    assert again.exit_code == 1 and "output_units" in again.output
