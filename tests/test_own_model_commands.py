@@ -151,3 +151,66 @@ def test_fetalhc_evaluate_takes_a_users_model_with_its_unit(model_file, phantoms
     assert record["result"]["output_units"] == "mm"
     again = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "px"])
     assert again.exit_code == 1 and "output_units" in again.output
+
+
+# ----------------------------------------------------------------------------- intensity
+def mean_model(name: str = "hc") -> keras.Model:
+    """Its output is the mean of the input over all pixels (padding included)."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    dense = keras.layers.Dense(1, name=name)
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)),
+                        name="users_mean")
+    dense.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    return model
+
+
+def test_the_command_line_choices_are_the_librarys():
+    from fetalhc.cli.options import INTENSITIES, OUTPUT_UNITS
+    from fetalhc.data import INTENSITIES as LIBRARY_INTENSITIES
+    from fetalhc.models.graph import OUTPUT_UNITS as LIBRARY_UNITS
+
+    assert INTENSITIES == tuple(LIBRARY_INTENSITIES)
+    assert set(OUTPUT_UNITS) == set(LIBRARY_UNITS)
+
+
+def test_the_intensities_are_the_decoded_values_resized_and_padded(phantoms):
+    index = load_index(phantoms).head(3)
+    zscored = load_arrays(index, image_size=SIZE)["image"]
+    unit = load_arrays(index, image_size=SIZE, intensity="0-1")["image"]
+    eight_bit = load_arrays(index, image_size=SIZE, intensity="0-255")["image"]
+    content = zscored != 0  # the padding is 0 in every rule
+    assert 0 < content.mean() < 1
+    assert np.all(unit[~content] == 0) and np.all(eight_bit[~content] == 0)
+    from PIL import Image
+
+    brightest = max(np.asarray(Image.open(path)).max() for path in index["image_path"]) / 255
+    assert unit.min() >= 0 and 0 < unit.max() <= brightest + 1e-3
+    np.testing.assert_allclose(eight_bit, 255 * unit, rtol=1e-5, atol=1e-4)
+    # the z-score of the 0-1 content is the z-scored image
+    for image, scored, mask in zip(unit, zscored, content, strict=True):
+        values = image[mask]
+        np.testing.assert_allclose((values - values.mean()) / values.std(), scored[mask],
+                                   atol=1e-3)
+    with pytest.raises(ValueError, match="unknown intensity"):
+        load_arrays(index, image_size=SIZE, intensity="minmax")
+
+
+def test_predict_feeds_your_model_the_intensities_it_asks_for(phantoms, tmp_path):
+    index = load_index(phantoms).head(4)
+    folder = write_plain_dataset(tmp_path / "clinic", index)
+    mean_model().save(tmp_path / "mean.keras")
+    expected = load_arrays(index, image_size=SIZE, intensity="0-255")["image"].mean(
+        axis=(1, 2, 3))
+    result = _predict("--model", tmp_path / "mean.keras", "--data", folder, "--out",
+                      tmp_path / "p.csv", "--output-units", "mm", "--intensity", "0-255")
+    assert result.exit_code == 0, result.output
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    np.testing.assert_allclose(predicted["head circumference (mm)"], expected, rtol=1e-3)
+    record = json.loads((tmp_path / "p_provenance.json").read_text())
+    assert record["result"]["preprocessing"]["normalise"].startswith("none")
+
+    # a fetalhc model learned on z-scored images: another intensity is refused
+    mean_model(name="hc_px_input").save(tmp_path / "fetalhc_like.keras")
+    refused = _predict("--model", tmp_path / "fetalhc_like.keras", "--data", folder, "--out",
+                       tmp_path / "r.csv", "--intensity", "0-1")
+    assert refused.exit_code == 1 and "z-scored" in refused.output

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from fetalhc.cli.options import Command, progress_option, show_progress
+from fetalhc.cli.options import Command, own_model_options, progress_option, show_progress
 from fetalhc.evaluate.settings import (
     CHOICES,
     METRICS,
@@ -185,7 +185,8 @@ class NumberList(click.ParamType):
 
 # ----------------------------------------------------------------------------- inputs
 def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
-                    image_size: int | None, output_units: str | None = None):
+                    image_size: int | None, output_units: str | None = None,
+                    intensity: str = "zscore"):
     """Model file, the model, input size, index rows and split name
     (:func:`fetalhc.training.resolve_model_split`, ``all`` allowed;
     :func:`fetalhc.training.load_command_model`: an exported model's network, another
@@ -194,7 +195,7 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
 
     resolved = resolve_model_split(model_path, data_dir, split)
     model, size = load_command_model(resolved.model_file, output_units, image_size,
-                                     resolved.image_size)
+                                     resolved.image_size, intensity)
     return resolved.model_file, model, int(size), resolved.index, resolved.split
 
 
@@ -223,10 +224,7 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Input size S (default: the run's, the model's input, or an exported "
                    "model's pre-processing).")
-@click.option("--output-units", type=click.Choice(("mm", "px")), default=None,
-              help="The unit of the HC output of your own model (a .keras file that is not a "
-                   "fetalhc model): mm, or px (HC in pixels of its input). A fetalhc model "
-                   "says it itself.")
+@own_model_options
 @settings_options("grid", "explain_target")
 @click.option("--error-threshold-mm", type=NumberList(
     "--error-threshold-mm", lambda values: check_error_split(threshold_mm=values)),
@@ -255,7 +253,7 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
               help="Draw the figures (figures/*.png).")
 @progress_option
 def command(model_path, data_dir, methods, metrics, out, split, limit, image_size,
-            output_units, error_threshold_mm, error_quantiles, maps_dir, shard, overwrite, figures, progress,
+            output_units, intensity, error_threshold_mm, error_quantiles, maps_dir, shard, overwrite, figures, progress,
             **settings_values):
     """Evaluate explanation methods of a model on a data split (see docs/evaluate.md).
 
@@ -270,12 +268,14 @@ def command(model_path, data_dir, methods, metrics, out, split, limit, image_siz
                                           error_threshold_mm, error_quantiles, limit=limit,
                                           shard=shard)
     model_file, model, size, index, split = _resolve_inputs(model_path, data_dir, split,
-                                                            image_size, output_units)
+                                                            image_size, output_units,
+                                                            intensity)
     result = write_evaluation(
         model, index, methods, metrics, settings, out,
         image_size=size, split=split, source={"model": str(model_path), "data": str(data_dir)},
         limit=limit, maps_dir=maps_dir, shard=shard, error_threshold_mm=error_threshold_mm,
         error_quantiles=error_quantiles, figures=figures, progress=show_progress(progress),
-        model_file=model_file, overwrite=overwrite, output_units=output_units)
+        model_file=model_file, overwrite=overwrite, output_units=output_units,
+        intensity=intensity)
     for name, path in result["written"].items():
         click.echo(f"{name}: {path}")

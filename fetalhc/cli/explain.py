@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from fetalhc.cli.options import Command, progress_option, show_progress
+from fetalhc.cli.options import Command, own_model_options, progress_option, show_progress
 
 # TensorFlow-free names for --help: the run's splits, and the explain targets' names
 # (tests/test_cli_options_evaluate.py checks EXPLAIN_TARGETS against fetalhc.explain.TARGETS)
@@ -26,7 +26,8 @@ DEFAULT_METHODS = "gradient,input_x_gradient,integrated_gradients,gradcam"
 
 
 def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None,
-                          output_units: str | None = None, image_size: int | None = None):
+                          output_units: str | None = None, image_size: int | None = None,
+                          intensity: str = "zscore"):
     """(model, its file, image size, index of the split, the split's name, the training HC
     range in mm or None) from a run folder, a bare .keras file or an exported model
     (:func:`fetalhc.training.resolve_model_split`, :func:`~fetalhc.training.load_command_model`)."""
@@ -34,7 +35,7 @@ def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None,
 
     resolved = resolve_model_split(model_path, data_dir, split)
     model, size = load_command_model(resolved.model_file, output_units, image_size,
-                                     resolved.image_size)
+                                     resolved.image_size, intensity)
     return (model, resolved.model_file, size, resolved.index, resolved.split,
             resolved.hc_range_mm)
 
@@ -72,7 +73,8 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
                     limit: int | None = None, split: str | None = None, target: str = "hc_mm",
                     batch_size: int = 8, progress: bool = True, shard: str | None = None,
                     options: dict[str, dict] | None = None, overwrite: bool = False,
-                    output_units: str | None = None, image_size: int | None = None) -> dict:
+                    output_units: str | None = None, image_size: int | None = None,
+                    intensity: str = "zscore") -> dict:
     """``fetalhc explain`` without click: check the request (before the model loads), load
     the model and the split, write the folder (``overwrite``: recompute it from scratch);
     returns what it wrote and skipped. Every check, including those against the model
@@ -81,13 +83,13 @@ def explain_command(model_path: Path, data_dir: Path, methods: list[str], out: P
 
     check_request(methods, target, options, limit, batch_size=batch_size, shard=shard)
     model, model_file, image_size, index, split_name, hc_range = _load_model_and_split(
-        model_path, data_dir, split, output_units, image_size)
+        model_path, data_dir, split, output_units, image_size, intensity)
     return write_explanations(
         model, index, image_size, methods, out, limit=limit, target=target,
         batch_size=batch_size, progress=progress, shard=shard, options=options,
         source={"model": str(model_path), "data": str(data_dir), "split": split},
         split=split_name, model_file=model_file, overwrite=overwrite, hc_range_mm=hc_range,
-        output_units=output_units)
+        output_units=output_units, intensity=intensity)
 
 
 def list_methods_text() -> str:
@@ -136,10 +138,7 @@ def list_methods_text() -> str:
 @click.option("--overwrite", is_flag=True,
               help="Delete an earlier explain folder at --out and recompute it (a re-run "
                    "with other settings is refused without it; with the same, it resumes).")
-@click.option("--output-units", type=click.Choice(("mm", "px")), default=None,
-              help="The unit of the HC output of your own model (a .keras file that is not a "
-                   "fetalhc model): mm, or px (HC in pixels of its input). A fetalhc model "
-                   "says it itself.")
+@own_model_options
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Input size in px of your own model when it takes any size (default: "
                    "from the run folder, the model's input, or an exported model's "
@@ -148,7 +147,8 @@ def list_methods_text() -> str:
 @click.option("--list", "list_methods", is_flag=True,
               help="List the registered methods and their options, and exit.")
 def command(model_path, data_dir, methods, out, limit, split, target, batch_size, shard,
-            option_texts, overwrite, output_units, image_size, progress, list_methods):
+            option_texts, overwrite, output_units, intensity, image_size, progress,
+            list_methods):
     """Signed saliency maps (red raises HC, blue lowers it) for a split of a trained run."""
     if list_methods:
         click.echo(list_methods_text())
@@ -162,7 +162,8 @@ def command(model_path, data_dir, methods, out, limit, split, target, batch_size
     summary = explain_command(model_path, data_dir, names, out, limit=limit, split=split,
                               target=target, batch_size=batch_size, shard=shard, options=options,
                               overwrite=overwrite, progress=show_progress(progress),
-                              output_units=output_units, image_size=image_size)
+                              output_units=output_units, image_size=image_size,
+                              intensity=intensity)
     click.echo(
         f"{summary['images']} images x {len(names)} methods: wrote {summary['written']}, "
         f"skipped {summary['skipped']} already done; index {summary['index']}, grid {summary['grid']}"

@@ -1,4 +1,6 @@
-"""What every ``fetalhc`` command shares: the command class, ``--debug`` and ``--progress``.
+"""What every ``fetalhc`` command shares: the command class, ``--debug`` and ``--progress``;
+and what ``predict``, ``explain`` and ``evaluate`` share for a model of your own
+(:func:`own_model_options`: ``--output-units``, ``--intensity``).
 
 - :class:`Command` (``@click.command(..., cls=Command)``) adds ``--debug`` to a command and,
   before its callback runs, imports TensorFlow with its C++ start-up chatter hidden (see
@@ -64,6 +66,30 @@ def progress_option(function):
     return click.option(
         "--progress/--no-progress", "progress", default=None,
         help="Show progress bars (default: only when stderr is a terminal).")(function)
+
+
+# = fetalhc.models.graph.OUTPUT_UNITS and the names of fetalhc.data.INTENSITIES, which
+# import Keras / pandas (so not importable for --help); tests/test_own_model_commands.py
+# checks that they agree
+OUTPUT_UNITS = ("px", "mm")
+INTENSITIES = ("zscore", "0-1", "0-255")
+
+
+def own_model_options(function):
+    """``--output-units mm|px`` and ``--intensity zscore|0-1|0-255``: what a model that is
+    not fetalhc's needs said (the command receives ``output_units``, ``None`` when not
+    given, and ``intensity``)."""
+    function = click.option(
+        "--intensity", type=click.Choice(INTENSITIES), default="zscore", show_default=True,
+        help="What the images' intensities become for your own model: zscore (per image, "
+             "fetalhc's pre-processing), 0-1 or 0-255 (the decoded values as they are, "
+             "for a model trained on x/255 or on raw pixels). fetalhc models take zscore "
+             "only.")(function)
+    return click.option(
+        "--output-units", type=click.Choice(OUTPUT_UNITS), default=None,
+        help="The unit of the HC output of your own model (a .keras file that is not a "
+             "fetalhc model): mm, or px (HC in pixels of its input). A fetalhc model says it "
+             "itself.")(function)
 
 
 def show_progress(progress: bool | None) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from fetalhc.cli.options import Command, progress_option, show_progress
+from fetalhc.cli.options import Command, own_model_options, progress_option, show_progress
 from fetalhc.training.config import DATA_SPLITS  # TensorFlow-free, for --help
 
 # = fetalhc.models.reliability.DEFAULT_FLIP_THRESHOLD_MM, which imports TensorFlow (so not
@@ -30,7 +30,7 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
                     tta: bool = False, batch_size: int = 32,
                     image_size: int | None = None, progress: bool = False,
                     flip_threshold_mm: float = FLIP_THRESHOLD_MM,
-                    output_units: str | None = None) -> dict:
+                    output_units: str | None = None, intensity: str = "zscore") -> dict:
     """``fetalhc predict`` without click: check the request, load the split and the model,
     predict, write; returns what it wrote. ``model_path``: a run folder or a ``.keras``
     file. Every check (``out``, split, sizes, ``flip_threshold_mm``, the model's input size,
@@ -38,7 +38,7 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     run folder (its ``[run]`` record, else its train split in ``data_dir``); none for a bare
     model file. An exported model runs its network with its own pre-processing
     (:func:`fetalhc.training.load_command_model`); ``output_units`` declares the unit of a
-    model that is not fetalhc's."""
+    model that is not fetalhc's, ``intensity`` what its images' intensities become."""
     from fetalhc.models import check_input_size
     from fetalhc.report.predictions import check_prediction_request, predict_to_files
     from fetalhc.training import load_command_model, resolve_model_split
@@ -49,7 +49,7 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     resolved = resolve_model_split(model_path, data_dir, split, crop_runs=True)
     model_path, index, split = resolved.model_file, resolved.index, resolved.split
     model, image_size = load_command_model(model_path, output_units, image_size,
-                                           resolved.image_size)
+                                           resolved.image_size, intensity)
     check_input_size(model, image_size)
     preprocessing, localiser = None, None
     if resolved.run is not None and crop_margin_of(resolved.run.config) > 0:
@@ -62,7 +62,8 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
                             info={"model": str(model_path), "data": str(data_dir)},
                             progress=progress, hc_range_mm=resolved.hc_range_mm,
                             preprocessing=preprocessing, localiser_file=localiser,
-                            flip_threshold_mm=flip_threshold_mm, output_units=output_units)
+                            flip_threshold_mm=flip_threshold_mm, output_units=output_units,
+                            intensity=intensity)
 
 
 @click.command("predict", cls=Command)
@@ -93,17 +94,15 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Input size in px (default: from the run folder, the model, or an exported "
                    "model's pre-processing).")
-@click.option("--output-units", type=click.Choice(("mm", "px")), default=None,
-              help="The unit of the HC output of your own model (a .keras file that is not a "
-                   "fetalhc model): mm, or px (HC in pixels of its input). A fetalhc model "
-                   "says it itself.")
+@own_model_options
 @progress_option
 def command(model_path, data_dir, split, out, tta, flip_threshold_mm, batch_size, image_size,
-            output_units, progress):
+            output_units, intensity, progress):
     """Predict HC (mm) with a trained model, with per-image reliability flags."""
     written = predict_command(model_path, data_dir, split, out, tta=tta, batch_size=batch_size,
                               image_size=image_size, progress=show_progress(progress),
-                              flip_threshold_mm=flip_threshold_mm, output_units=output_units)
+                              flip_threshold_mm=flip_threshold_mm, output_units=output_units,
+                              intensity=intensity)
     click.echo(f"wrote {written['n']} predictions to {written['predictions']}")
     summary = written.get("summary")
     if summary:

@@ -30,12 +30,14 @@ from fetalhc.data.images import check_images
 from fetalhc.data.index import group_id_of, index_problems, load_index
 from fetalhc.data.phantom import write_phantom_dataset
 from fetalhc.data.pipeline import (
+    INTENSITIES,
     PREPROCESSING,
     Augmentation,
     annotation_ellipses,
     input_geometry,
     load_arrays,
     make_dataset,
+    preprocessing_record,
     rasterise_outline,
     reference_regions,
 )
@@ -45,6 +47,7 @@ from fetalhc.data.splits import kfold_split, split_index
 
 __all__ = [
     "CROP_PREPROCESSING",
+    "INTENSITIES",
     "PREPROCESSING",
     "REGION_COLUMNS",
     "Augmentation",
@@ -72,6 +75,7 @@ __all__ = [
     "load_arrays",
     "load_index",
     "make_dataset",
+    "preprocessing_record",
     "rasterise_outline",
     "reference_regions",
     "split_index",

@@ -34,7 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fetalhc.data.crop import crop_columns, crop_image, ellipse_regions, index_regions, with_regions
+from fetalhc.data.crop import (
+    REGION_COLUMNS,
+    crop_columns,
+    crop_image,
+    ellipse_regions,
+    index_regions,
+    with_regions,
+)
 from fetalhc.data.errors import DataError
 from fetalhc.data.images import check_images, image_byte_sizes
 
@@ -50,6 +57,32 @@ PREPROCESSING = {
     "pad_value": 0.0,
     "channels": 1,
 }
+
+# What the content's intensities become (``intensity=``; ``--intensity`` of predict /
+# explain / evaluate for your own model): fetalhc's z-score, or the decoded intensities as
+# they are, in [0, 1] or in [0, 255] (a model trained on ``x / 255`` or on raw pixels).
+INTENSITIES = {
+    "zscore": PREPROCESSING["normalise"],
+    "0-1": "none: the decoded intensities in [0, 1] (8-bit value / 255)",
+    "0-255": "none: the decoded intensities in [0, 255] (8-bit value)",
+}
+
+
+def check_intensity(intensity: str) -> str:
+    """``intensity`` if it is one of :data:`INTENSITIES`, else a one-line ValueError."""
+    if not isinstance(intensity, str) or intensity not in INTENSITIES:
+        raise ValueError(f"unknown intensity {intensity!r}; choose one of: "
+                         f"{', '.join(INTENSITIES)}")
+    return intensity
+
+
+def preprocessing_record(intensity: str = "zscore") -> dict:
+    """:data:`PREPROCESSING` with the ``intensity`` rule (the z-score's record is
+    :data:`PREPROCESSING` itself, so earlier records stay the same)."""
+    if check_intensity(intensity) == "zscore":
+        return dict(PREPROCESSING)
+    return {**PREPROCESSING, "normalise": INTENSITIES[intensity],
+            "pad": "centred to a square with 0"}
 
 
 @dataclass(frozen=True)
@@ -200,21 +233,25 @@ def _columns(index: pd.DataFrame, image_size: int, need_ellipse: bool) -> dict:
 Z_SCORE_FLOOR = 1e-6  # the floor on an image's SD in the z-score
 
 
-def prepare_image(images, height, width, image_size: int):
+def prepare_image(images, height, width, image_size: int, intensity: str = "zscore"):
     """The deterministic pre-processing of one image ``(H, W, 1)`` or a batch of images of
     one size ``(B, H, W, 1)``, float: resize to ``height`` x ``width`` (bilinear,
-    anti-aliased), z-score each image over its own pixels, pad with 0 to ``image_size``
-    squared with the content centred (offsets ``(S - h) // 2``, ``(S - w) // 2``, as
-    :func:`input_geometry`). The one copy: the pipeline and an exported model's
-    ``RawImagePreprocessing`` layer both call it."""
+    anti-aliased), z-score each image over its own pixels (or, by ``intensity``, keep the
+    decoded [0, 1] values or scale them to [0, 255]: :data:`INTENSITIES`), pad with 0 to
+    ``image_size`` squared with the content centred (offsets ``(S - h) // 2``,
+    ``(S - w) // 2``, as :func:`input_geometry`). The one copy: the pipeline and an exported
+    model's ``RawImagePreprocessing`` layer both call it."""
     import tensorflow as tf
 
     resized = tf.image.resize(images, tf.stack([height, width]), method="bilinear",
                               antialias=True)
-    axes = [-3, -2, -1]
-    mean = tf.reduce_mean(resized, axis=axes, keepdims=True)
-    deviation = tf.math.reduce_std(resized, axis=axes, keepdims=True)
-    normalised = (resized - mean) / tf.maximum(deviation, Z_SCORE_FLOOR)
+    if check_intensity(intensity) == "zscore":
+        axes = [-3, -2, -1]
+        mean = tf.reduce_mean(resized, axis=axes, keepdims=True)
+        deviation = tf.math.reduce_std(resized, axis=axes, keepdims=True)
+        normalised = (resized - mean) / tf.maximum(deviation, Z_SCORE_FLOOR)
+    else:
+        normalised = resized * (255.0 if intensity == "0-255" else 1.0)
     top, left = (image_size - height) // 2, (image_size - width) // 2
     padding = [[top, image_size - height - top], [left, image_size - width - left], [0, 0]]
     if images.shape.rank == 4:
@@ -222,7 +259,7 @@ def prepare_image(images, height, width, image_size: int):
     return tf.pad(normalised, padding)
 
 
-def _load_element(row, image_size: int):
+def _load_element(row, image_size: int, intensity: str = "zscore"):
     """Deterministic part: decode, resize, z-score, pad, or decode, z-score, crop, resize
     for rows with a ``region`` (cacheable)."""
     import tensorflow as tf
@@ -243,7 +280,7 @@ def _load_element(row, image_size: int):
         image = crop_image(image, element.pop("region"), image_size)
     else:
         box = row["box"]  # height, width and the centred offsets of input_geometry
-        image = tf.ensure_shape(prepare_image(image, box[0], box[1], image_size),
+        image = tf.ensure_shape(prepare_image(image, box[0], box[1], image_size, intensity),
                                 (image_size, image_size, 1))
     del element["image_path"]
     del element["file_size"]
@@ -385,9 +422,12 @@ def _finish_batch(batch, image_size: int, with_annotation: bool, with_ellipse: b
     return out
 
 
-def _cache_file(cache, columns: dict, image_size: int, need_ellipse: bool) -> str:
+def _cache_file(cache, columns: dict, image_size: int, need_ellipse: bool,
+                intensity: str = "zscore") -> str:
     digest = hashlib.sha256()
     digest.update(repr((image_size, need_ellipse)).encode())
+    if intensity != "zscore":
+        digest.update(intensity.encode())
     for name in ("image_path", "filename"):
         digest.update("\n".join(columns[name].tolist()).encode())
     digest.update(columns["pixel_size_mm"].tobytes())
@@ -402,7 +442,7 @@ def _cache_file(cache, columns: dict, image_size: int, need_ellipse: bool) -> st
 def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 16,
                  shuffle: bool = False, augment=False, with_annotation: bool = False,
                  with_ellipse: bool = False, cache=False, seed: int = 0,
-                 drop_remainder: bool = False):
+                 drop_remainder: bool = False, intensity: str = "zscore"):
     """A ``tf.data.Dataset`` of batched element dicts for the rows of ``index``.
 
     ``augment``: False, True (default :class:`Augmentation`), an ``Augmentation`` or a dict
@@ -424,9 +464,17 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
     is built (memoised per file version), so a missing, truncated or undecodable file raises
     a one-line :class:`~fetalhc.data.DataError` naming it here, not deep inside tf.data; a
     file that changes afterwards fails in the graph with a message naming it.
+
+    ``intensity``: what the content's intensities become (:data:`INTENSITIES`; fetalhc's
+    models take the default z-score, a model of your own may take ``"0-1"`` or ``"0-255"``);
+    crops are z-scored only.
     """
     import tensorflow as tf
 
+    check_intensity(intensity)
+    if intensity != "zscore" and set(REGION_COLUMNS) & set(index.columns):
+        raise ValueError(f"crops are z-scored; intensity {intensity!r} applies to whole "
+                         "images only")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
     image_size = int(image_size)
@@ -450,12 +498,13 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
     autotune = tf.data.AUTOTUNE
 
     dataset = tf.data.Dataset.from_tensor_slices(columns)
-    dataset = dataset.map(lambda row: _load_element(row, image_size),
+    dataset = dataset.map(lambda row: _load_element(row, image_size, intensity),
                           num_parallel_calls=autotune, deterministic=True)
     if cache is True:
         dataset = dataset.cache()
     elif cache:
-        dataset = dataset.cache(_cache_file(cache, columns, image_size, need_ellipse))
+        dataset = dataset.cache(_cache_file(cache, columns, image_size, need_ellipse,
+                                            intensity))
     if shuffle:
         dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
@@ -474,8 +523,9 @@ def make_dataset(index: pd.DataFrame, image_size: int = 128, batch_size: int = 1
 
 
 def load_arrays(index: pd.DataFrame, image_size: int = 128, with_annotation: bool = False,
-                with_ellipse: bool = False) -> dict[str, np.ndarray]:
-    """The whole index pre-processed into numpy arrays (same keys as :func:`make_dataset`).
+                with_ellipse: bool = False, intensity: str = "zscore") -> dict[str, np.ndarray]:
+    """The whole index pre-processed into numpy arrays (same keys as :func:`make_dataset`;
+    ``intensity`` as there).
 
     No shuffling or augmentation; rows keep the index order; ``filename`` is a str array.
     Every file is decoded by :func:`~fetalhc.data.check_images` first (memoised), so a bad
@@ -485,7 +535,7 @@ def load_arrays(index: pd.DataFrame, image_size: int = 128, with_annotation: boo
 
     dataset = make_dataset(index, image_size=image_size, batch_size=64, shuffle=False,
                            augment=False, with_annotation=with_annotation,
-                           with_ellipse=with_ellipse)
+                           with_ellipse=with_ellipse, intensity=intensity)
     parts: dict[str, list] = {}
     try:
         for batch in dataset.as_numpy_iterator():

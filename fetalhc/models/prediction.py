@@ -100,13 +100,15 @@ def _collect(parts, filenames, pixel_sizes, flipped: bool, ellipse: bool,
 
 def forward_pass(model, index: pd.DataFrame, image_size: int, batch_size: int = 32, *,
                  flipped: bool = False, ellipse: bool = False, on_batch=None,
-                 output_units: str | None = None) -> ForwardPass:
+                 output_units: str | None = None, intensity: str = "zscore") -> ForwardPass:
     """Run ``model`` over the ``index`` rows (images and pixel sizes only: the reference HC
     is blanked before the pipeline), ``batch_size`` images at a time. ``flipped``: also the
     horizontally flipped images; ``ellipse``: also the ``ellipse`` output (a ``ValueError``
     when the model has none). ``on_batch(n)``: called after each batch. ``output_units``:
     ``"mm"`` or ``"px"``, the unit of the HC output of a model that is not fetalhc's (a
-    fetalhc model says it itself; undeclared, another model is a ``ValueError``)."""
+    fetalhc model says it itself; undeclared, another model is a ``ValueError``).
+    ``intensity``: of the pre-processing (``fetalhc.data.INTENSITIES``; a model of your own
+    may take ``"0-1"`` or ``"0-255"``)."""
     from fetalhc.data import make_dataset
 
     units = require_output_units(model, None, output_units)
@@ -117,7 +119,7 @@ def forward_pass(model, index: pd.DataFrame, image_size: int, batch_size: int = 
     # hc_mm is replaced so the reference can never reach the computation.
     blind = index.assign(hc_mm=np.nan)
     dataset = make_dataset(blind, image_size=image_size, batch_size=batch_size, shuffle=False,
-                           augment=False, cache=False)
+                           augment=False, cache=False, intensity=intensity)
     parts, names, pixel_sizes = [], [], []
     for batch in dataset:
         parts.append(_forward_batch(model, batch["image"], flipped, ellipse))

@@ -237,7 +237,7 @@ def reliability_flags(model, index: pd.DataFrame, image_size: int, hc_range_mm=N
                       flip_threshold_mm: float = DEFAULT_FLIP_THRESHOLD_MM, *,
                       tta: bool = False, batch_size: int = 32, images=None,
                       border_tolerance_px: float = BORDER_TOLERANCE_PX,
-                      on_batch=None) -> pd.DataFrame:
+                      on_batch=None, output_units: str | None = None) -> pd.DataFrame:
     """Reliability flags of ``model`` on the ``index`` rows (images and pixel sizes only):
     ``filename``, ``prediction (mm)``, ``flipped prediction (mm)``, ``flip disagreement
     (mm)``, ``flag: outside training range``, ``flag: ellipse at border``, ``flag: flip
@@ -245,7 +245,8 @@ def reliability_flags(model, index: pd.DataFrame, image_size: int, hc_range_mm=N
     of the training split's reference HC (:func:`training_hc_range_mm`), ``None`` =
     unknown. ``images``: the rows' pre-processed inputs when the caller has them already
     (``fetalhc.data.load_arrays(index, image_size)["image"]``), else they are read.
-    ``on_batch(n)``: called after each batch."""
+    ``on_batch(n)``: called after each batch. ``output_units``: of a model that is not
+    fetalhc's (``"mm"`` or ``"px"``)."""
     from fetalhc.models.build import ELLIPSE_OUTPUT
     from fetalhc.models.graph import output_names
 
@@ -254,10 +255,10 @@ def reliability_flags(model, index: pd.DataFrame, image_size: int, hc_range_mm=N
     ellipse = ELLIPSE_OUTPUT in output_names(model)
     if images is None:
         forward = forward_pass(model, index, image_size, batch_size, flipped=True,
-                               ellipse=ellipse, on_batch=on_batch)
+                               ellipse=ellipse, on_batch=on_batch, output_units=output_units)
     else:
         forward = forward_images(model, images, index, image_size, batch_size, flipped=True,
-                                 ellipse=ellipse, on_batch=on_batch)
+                                 ellipse=ellipse, on_batch=on_batch, output_units=output_units)
     return flags_from_forward(forward, index, image_size, hc_range_mm, flip_threshold_mm,
                               tta=tta, border_tolerance_px=border_tolerance_px)
 

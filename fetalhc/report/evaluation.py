@@ -215,7 +215,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
                      maps_dir=None, shard: str | None = None, error_threshold_mm=None,
                      error_quantiles=None, figures: bool = True, progress: bool = False,
                      model_file=None, overwrite: bool = False,
-                     output_units: str | None = None) -> dict:
+                     output_units: str | None = None, intensity: str = "zscore") -> dict:
     """Evaluate ``methods`` on the images of ``index`` (a ``fetalhc.data`` index of the split
     ``split``) into the folder ``out``; returns the paths written, the summary and the
     randomisation table.
@@ -240,7 +240,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     ``overwrite`` deletes an earlier evaluate folder once all of these have passed. The
     same provenance resumes: finished methods are reused. ``progress`` draws a bar over
     images x methods, advanced per batch of images. ``output_units``: ``"mm"`` or ``"px"``,
-    the unit of the HC output of a model that is not fetalhc's (recorded when mm)."""
+    the unit of the HC output of a model that is not fetalhc's (recorded when mm);
+    ``intensity``: the intensities its images take (``fetalhc.data.INTENSITIES``)."""
     from tqdm.auto import tqdm
 
     from fetalhc.data import check_images, load_arrays
@@ -281,7 +282,7 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
         image_size=size, split=split, limit=limit, shard=shard,
         error_threshold_mm=error_threshold_mm, error_quantiles=error_quantiles,
         info={**source, "maps": None if maps_dir is None else str(maps_dir)},
-        output_units=output_units or "px")
+        output_units=output_units or "px", intensity=intensity)
     maps_keys = check_maps(maps_dir, record, sorted(external), total,
                            selected if shard is not None else None,
                            split_rows=split_rows) if external else {}
@@ -309,7 +310,8 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     if not overwrite:
         model = checked_model(model)
 
-    arrays = load_arrays(selected, image_size=size, with_annotation=localisation)
+    arrays = load_arrays(selected, image_size=size, with_annotation=localisation,
+                         intensity=intensity)
     images, pixel_size, reference = arrays["image"], arrays["pixel_size_mm"], arrays["hc_mm"]
     pixel_size_original = selected["pixel_size_mm"].to_numpy(np.float32)
     filenames = arrays["filename"]

@@ -58,7 +58,8 @@ REMAKE = "make the maps for this evaluation or evaluate what they were made for"
 def evaluation_provenance(model, index: pd.DataFrame, metrics, settings, *, image_size: int,
                           split: str, limit: int | None = None, shard: str | None = None,
                           error_threshold_mm=None, error_quantiles=None,
-                          info: dict | None = None, output_units: str = "px") -> dict:
+                          info: dict | None = None, output_units: str = "px",
+                          intensity: str = "zscore") -> dict:
     """The provenance record of an evaluate folder (:mod:`fetalhc.report.provenance`).
 
     ``model``: a model file (its bytes are digested) or a Keras model (its architecture and
@@ -66,8 +67,9 @@ def evaluation_provenance(model, index: pd.DataFrame, metrics, settings, *, imag
     rows follow from them and ``shard``, so the shards of one run differ in
     ``result["shard"]`` only). The methods are not part of it (see :func:`method_record`).
     ``output_units``: of the model's HC output, recorded when it is ``"mm"`` (a model declared
-    to predict mm; a fetalhc model's is px, and its records stay as they were)."""
-    from fetalhc.data import PREPROCESSING
+    to predict mm; a fetalhc model's is px, and its records stay as they were).
+    ``intensity``: of the pre-processing (``fetalhc.data.preprocessing_record``)."""
+    from fetalhc.data import preprocessing_record
     from fetalhc.data.shards import format_shard, parse_shard
 
     values = settings.as_dict()
@@ -80,7 +82,7 @@ def evaluation_provenance(model, index: pd.DataFrame, metrics, settings, *, imag
         "shard": None if shard is None else format_shard(parse_shard(shard)),
         "metrics": list(metrics),
         "settings": values,
-        "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
+        "preprocessing": {"image_size": int(image_size), **preprocessing_record(intensity)},
         "error_threshold_mm": error_threshold_mm,
         "error_quantiles": error_quantiles,
         **({"output_units": output_units} if output_units != "px" else {}),

@@ -150,17 +150,18 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
                        batch_size: int = 8, split: str | None = None,
                        model_file=None, info: dict | None = None, hc_range_mm=None,
                        flip_threshold_mm: float | None = None,
-                       output_units: str = "px") -> dict:
+                       output_units: str = "px", intensity: str = "zscore") -> dict:
     """The provenance record of an explain folder (``reliability``: what the flags depend
     on; ``flip_threshold_mm=None`` is the library default; ``output_units``: of the model's
     HC output, recorded when it is ``"mm"`` — a record without it is of a px output, as
-    every record written before the field existed).
+    every record written before the field existed; ``intensity``: of the pre-processing,
+    ``fetalhc.data.preprocessing_record``).
 
     ``index``: the rows explained by the run and its sibling shards, i.e. after ``limit``
     and before ``shard`` (a shard's rows follow from them and ``shard``). The model digest
     is that of ``model_file`` when given (the file the model was loaded from), else of the
     in-memory model's architecture and weights."""
-    from fetalhc.data import PREPROCESSING
+    from fetalhc.data import preprocessing_record
     from fetalhc.data.shards import format_shard, parse_shard
     from fetalhc.models.reliability import DEFAULT_FLIP_THRESHOLD_MM, reliability_settings
 
@@ -177,7 +178,7 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
         "target": target,
         "methods": {method: method_options(method, options.get(method, {}))
                     for method in methods},
-        "preprocessing": {"image_size": int(image_size), **PREPROCESSING},
+        "preprocessing": {"image_size": int(image_size), **preprocessing_record(intensity)},
         "batch_size": int(batch_size),
         "reliability": reliability_settings(hc_range_mm, flip_threshold_mm),
     }
@@ -213,7 +214,7 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
                        source: dict | None = None, split: str | None = None,
                        model_file=None, overwrite: bool = False, hc_range_mm=None,
                        flip_threshold_mm: float | None = None, overlays: bool = True,
-                       output_units: str | None = None) -> dict:
+                       output_units: str | None = None, intensity: str = "zscore") -> dict:
     """Explain the images of ``index`` (a ``fetalhc.data`` index) into the folder ``out``;
     returns what it wrote and reused (``written``, ``skipped`` maps).
 
@@ -235,11 +236,14 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     library default) set the reliability flags stored with each map. ``overlays=False``
     skips the per-image ``.png`` overlays (a figure per image and method is most of the
     time of a fast method; the maps, the index and the grid are written all the same).
+    ``output_units`` / ``intensity``: of a model that is not fetalhc's, the unit of its HC
+    output and the intensities its images take (``fetalhc.data.INTENSITIES``).
     """
     from tqdm import tqdm
 
     import fetalhc.explain as fe
     from fetalhc.data import check_images, load_arrays
+    from fetalhc.models.graph import hc_output_units
     from fetalhc.models.reliability import (
         DEFAULT_FLIP_THRESHOLD_MM,
         check_flip_threshold,
@@ -267,11 +271,13 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
     check_references(target, selected, split)
     check_images(selected)
     units = fe.resolve_output_units(model, target, None, output_units)
+    # the flags read the prediction in mm: only with a known unit (not a raw hc_px_input)
+    declared = hc_output_units(model, None, output_units)
     record = explain_provenance(model, index, image_size, methods, target=target,
                                 options=options, limit=limit, shard=shard,
                                 batch_size=batch_size, split=split, model_file=model_file,
                                 info=source, hc_range_mm=hc_range, flip_threshold_mm=threshold,
-                                output_units=units)
+                                output_units=units, intensity=intensity)
     out = Path(out)
     if not overwrite:  # only compares: a folder of other settings is named first
         resumed = check_folder_settings_first(out, record, DERIVED_FIELDS, markers=MARKERS)
@@ -279,7 +285,8 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
 
     index = selected
     with_annotation = bool(index["annotation_path"].notna().all()) if "annotation_path" in index else False
-    arrays = load_arrays(index, image_size=image_size, with_annotation=with_annotation)
+    arrays = load_arrays(index, image_size=image_size, with_annotation=with_annotation,
+                         intensity=intensity)
     # what the methods check per image (e.g. LRP input bounds holding every pixel)
     fe.check_methods(model, methods, target, options, images=arrays["image"],
                      pixel_size=arrays["pixel_size_mm"], reference=arrays["hc_mm"],
@@ -315,8 +322,8 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
             )
             if chunk[0] not in flags:
                 flags[chunk[0]] = batch_flags(model, index.iloc[chunk], arrays["image"][chunk],
-                                              image_size, hc_range, threshold) \
-                    if units == "px" else unknown_flags(len(chunk))
+                                              image_size, hc_range, threshold, declared) \
+                    if declared is not None else unknown_flags(len(chunk))
             for position, row in enumerate(chunk):
                 stored = {
                     "map": result.maps[position],
@@ -364,15 +371,16 @@ def write_explanations(model, index, image_size: int, methods: Sequence[str], ou
 
 
 def batch_flags(model, index, images, image_size: int, hc_range_mm,
-                flip_threshold_mm: float) -> list[dict]:
+                flip_threshold_mm: float, output_units: str = "px") -> list[dict]:
     """The reliability flags of one batch (``index`` rows and their pre-processed
     ``images``), computed on the batch alone as ``explain_batch`` sees it: per image a dict
     of the ``.npz`` keys of :data:`RELIABILITY_KEYS` (floats; a flag is 1.0, 0.0 or NaN =
-    unknown)."""
+    unknown). ``output_units``: of the model's HC output."""
     from fetalhc.models.reliability import reliability_flags
 
     frame = reliability_flags(model, index.reset_index(drop=True), image_size, hc_range_mm,
-                              flip_threshold_mm, batch_size=len(index), images=images)
+                              flip_threshold_mm, batch_size=len(index), images=images,
+                              output_units=output_units)
     values = {key: frame[column].astype("Float64").to_numpy(np.float64, na_value=np.nan)
               for column, key in RELIABILITY_KEYS.items()}
     return [{key: np.float64(column[i]) for key, column in values.items()}
@@ -380,8 +388,9 @@ def batch_flags(model, index, images, image_size: int, hc_range_mm,
 
 
 def unknown_flags(count: int) -> list[dict]:
-    """Reliability flags left unknown (NaN), for a model whose output is in mm: the flags
-    read the HC output in px (fetalhc's), so none is computed for it."""
+    """Reliability flags left unknown (NaN), for a model whose output unit is not known (an
+    undeclared model explained on its raw ``hc_px_input``): the flags read the prediction
+    in mm."""
     return [{key: np.float64(np.nan) for key in RELIABILITY_KEYS.values()}
             for _ in range(count)]
 

@@ -101,7 +101,7 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
                           info: dict | None = None, hc_range_mm=None,
                           flip_threshold_mm: float | None = None,
                           preprocessing: dict | None = None, localiser_file=None,
-                          output_units: str = "px") -> dict:
+                          output_units: str = "px", intensity: str = "zscore") -> dict:
     """The provenance record of a prediction of the ``index`` rows (kind ``predict``); the
     model digest is that of ``model_file`` when given, else of the in-memory weights.
     ``reliability`` records what the flags depend on (flip threshold, training HC range,
@@ -110,8 +110,9 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
     run's own rule when it is not the letterbox one (a crop run's), and ``localiser_file``
     the model that placed its crops (its digest is recorded). ``output_units``: of the
     model's HC output, recorded when it is ``"mm"`` (a model declared to predict mm; a
-    fetalhc model's is px, and its records stay as they were)."""
-    from fetalhc.data import PREPROCESSING
+    fetalhc model's is px, and its records stay as they were). ``intensity``: of the
+    letterbox pre-processing (``fetalhc.data.preprocessing_record``)."""
+    from fetalhc.data import preprocessing_record
     from fetalhc.models.prediction import TTA_VIEWS
     from fetalhc.models.reliability import reliability_settings
 
@@ -120,7 +121,8 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
         "split": split,
         "index": index_digest(index),
         "image_keys": image_keys(index),
-        "preprocessing": {"image_size": int(image_size), **(preprocessing or PREPROCESSING)},
+        "preprocessing": {"image_size": int(image_size),
+                          **(preprocessing or preprocessing_record(intensity))},
         **({"localiser": model_digest(localiser_file)} if localiser_file is not None else {}),
         "tta": bool(tta),
         "tta_views": list(TTA_VIEWS) if tta else ["identity"],
@@ -134,7 +136,8 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
                      tta: bool = False, batch_size: int = 32, model_file=None,
                      info: dict | None = None, progress: bool = False, hc_range_mm=None,
                      flip_threshold_mm: float | None = None, preprocessing: dict | None = None,
-                     localiser_file=None, output_units: str | None = None) -> dict:
+                     localiser_file=None, output_units: str | None = None,
+                     intensity: str = "zscore") -> dict:
     """Predict HC (mm) for the ``index`` rows, flag them
     (:func:`fetalhc.models.reliability.flags_from_forward`: ``hc_range_mm`` = the training
     split's reference HC range or ``None`` = unknown; ``flip_threshold_mm``, ``None`` = the
@@ -149,7 +152,8 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
     regions; ``preprocessing`` and ``localiser_file`` then go into the provenance
     (:func:`prediction_provenance`). ``output_units``: ``"mm"`` or ``"px"`` for a model that
     is not fetalhc's (:func:`fetalhc.models.graph.require_output_units`). Rows without a
-    reference HC are predicted; the errors and scores cover the rows that have one."""
+    reference HC are predicted; the errors and scores cover the rows that have one.
+    ``intensity``: of the pre-processing (``fetalhc.data.INTENSITIES``)."""
     from tqdm.auto import tqdm
 
     from fetalhc.data import check_images
@@ -168,12 +172,13 @@ def predict_to_files(model, index, image_size: int, out: Path, *, split: str,
                                    batch_size=batch_size, model_file=model_file, info=info,
                                    hc_range_mm=hc_range, flip_threshold_mm=threshold,
                                    preprocessing=preprocessing, localiser_file=localiser_file,
-                                   output_units=units)
+                                   output_units=units, intensity=intensity)
     with tqdm(total=len(index), desc="predict", unit="image", disable=not progress,
               leave=False) as bar:
         forward = forward_pass(model, index, image_size, batch_size, flipped=True,
                                ellipse=ELLIPSE_OUTPUT in output_names(model),
-                               on_batch=bar.update, output_units=units)
+                               on_batch=bar.update, output_units=units,
+                               intensity=intensity)
     predictions = prediction_frame(forward, index, tta=tta)
     flags = flags_from_forward(forward, index, image_size, hc_range, threshold, tta=tta)
     table = prediction_table(predictions, index) if index["hc_mm"].notna().any() else None

@@ -134,7 +134,8 @@ def model_input_size(model, model_file=None) -> int:
 
 
 def load_command_model(model_file, output_units: str | None = None,
-                       image_size: int | None = None, run_image_size: int | None = None):
+                       image_size: int | None = None, run_image_size: int | None = None,
+                       intensity: str = "zscore"):
     """The model ``predict``, ``explain`` and ``evaluate`` feed pre-processed images to, and
     its input size ``S``: ``(model, S)``.
 
@@ -143,11 +144,19 @@ def load_command_model(model_file, output_units: str | None = None,
     an ``image_size`` that contradicts it is a one-line error. Any other model is loaded as
     it is (``output_units`` declares the unit of a model that is not fetalhc's), with
     ``image_size`` (``--image-size``), else the run's ``run_image_size``, else the size the
-    model declares (:func:`model_input_size`)."""
+    model declares (:func:`model_input_size`). ``intensity`` other than the z-score
+    (``fetalhc.data.INTENSITIES``) is for a model that is not fetalhc's: a fetalhc model
+    learned on z-scored images, so it is refused for one."""
     import fetalhc
+    from fetalhc.data.pipeline import check_intensity
     from fetalhc.models.export import inner_network
+    from fetalhc.models.graph import hc_output_units
 
+    check_intensity(intensity)
     model = fetalhc.load_model(model_file, output_units=output_units)
+    if intensity != "zscore" and hc_output_units(model) is not None:
+        raise ValueError(f"{model_file} is a fetalhc model: it learned on z-scored images; "
+                         f"--intensity {intensity} is for a model of your own (leave it out)")
     inner = inner_network(model)
     if inner is not None:
         network, size = inner
