@@ -22,8 +22,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fetalhc demo --out runs/demo
 
+# the fast suite on TEST_WORKERS processes (pytest-xdist), each test file on one worker so
+# that a file's module fixtures (small trained runs) are built once; 2 = this machine's cores
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q

@@ -69,6 +69,7 @@ def test_cli_commands_in_readme_run(in_scratch_folder, hc18_path):
         assert result.exit_code == 0, f"fetalhc {' '.join(arguments)}\n{result.output}"
 
 
+@pytest.mark.slow  # two `fetalhc train` processes of the recipe's network: ~3 min
 def test_make_hc18_model_trains_then_leaves_a_finished_run_alone(tmp_path):
     """`make hc18-model` (README, docs/hc18-model.md), shortened to one epoch at 64 px on
     phantoms: it trains the recipe's config, and a second call keeps the finished run."""
