@@ -64,6 +64,17 @@ def test_unknown_option_is_a_one_line_error():
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("method, option", [("gradcam", "relu"), ("gradcam_pp", "relu"),
+                                            ("smoothgrad", "squared")])
+def test_a_switch_takes_true_or_false_only(method, option):
+    """Every option whose default is True / False: a string such as "false" (truthy) or a
+    number is refused by name, before any work."""
+    for value in ("false", 0, None):
+        with pytest.raises(ValueError, match=f"{option} must be true or false"):
+            fe.get_method(method)(**{option: value})
+    assert fe.get_method(method)(**{option: True}).options[option] is True
+
+
 @pytest.mark.parametrize("method, option", [
     ("integrated_gradients", {"steps": 0}),
     ("smoothgrad", {"n": 0}),

@@ -137,6 +137,10 @@ class Method:
                 f"its options: {allowed}"
             )
         self.options: dict[str, Any] = {**self.defaults, **options}
+        for key, default in self.defaults.items():  # a switch is a switch (no "false" string)
+            value = self.options[key]
+            if isinstance(default, bool) and not isinstance(value, bool | np.bool_):
+                raise ValueError(f"{self.name}: {key} must be true or false; got {value!r}")
         self.validate()
 
     # --- hooks for subclasses
