@@ -198,7 +198,8 @@ def test_dataset_inputs_take_pixel_size_and_reference_from_elements():
     result = fe.explain_batch(model, dataset, method="gradient", target="abs_error_mm")
     np.testing.assert_array_equal(result.metadata["pixel_size_mm"], pixel_size)
     np.testing.assert_array_equal(result.metadata["reference_mm"], reference)
-    assert list(result.metadata["filename"]) == [f"{i:03d}_HC.png".encode() for i in range(5)]
+    # file names as str, as they were given (tf.data hands them over as bytes)
+    assert list(result.metadata["filename"]) == [f"{i:03d}_HC.png" for i in range(5)]
     direct = fe.explain(model, x, method="gradient", target="abs_error_mm",
                         pixel_size=pixel_size, reference=reference)
     np.testing.assert_allclose(result.maps, direct, atol=1e-7)

@@ -66,6 +66,9 @@ def _from_dataset(dataset: tf.data.Dataset):
     extra = {
         key: np.concatenate(values) for key, values in extra.items() if len(values) == len(images)
     }
+    if "filename" in extra and extra["filename"].dtype.kind == "O":  # tf.string → bytes
+        extra["filename"] = np.array([name.decode() if isinstance(name, bytes) else str(name)
+                                      for name in extra["filename"]])
     return np.concatenate(images), pixel_size, reference, extra
 
 
