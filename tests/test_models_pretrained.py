@@ -56,6 +56,14 @@ def test_a_wrong_name_lists_the_models(models_dir, name, message):
         pretrained_dir(name)
 
 
+def test_no_models_folder_says_where_the_models_come_from(tmp_path, monkeypatch):
+    """Installed from a wheel, there is no models/ folder beside the package: the error
+    says the named models come with the repository and how to point at them."""
+    monkeypatch.setenv("FETALHC_MODELS", str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="not with the wheel: set FETALHC_MODELS"):
+        pretrained_dir("hc18-plain-mae")
+
+
 def test_a_changed_model_file_is_refused(models_dir):
     shutil.copy(models_dir / "tiny" / "provenance.json", models_dir / "keep.json")
     provenance = json.loads((models_dir / "tiny" / "provenance.json").read_text())

@@ -45,7 +45,9 @@ def pretrained_dir(name: str) -> Path:
     folder = models_folder() / name
     if not (folder / MODEL_FILE).is_file():
         names = available_pretrained()
-        known = ", ".join(names) if names else f"none in {models_folder()}"
+        known = ", ".join(names) if names else (
+            f"none in {models_folder()} (the named models ship with the repository's models/ "
+            f"folder, not with the wheel: set {MODELS_ENV} to such a folder)")
         raise ValueError(f"no pretrained model named {name!r}; available: {known}")
     return folder
 
