@@ -94,30 +94,3 @@ def test_load_model_takes_a_users_model_with_a_declared_unit(tmp_path):
     with pytest.raises(ValueError, match="--output-units"):
         fetalhc.load_model(path)
     assert fetalhc.load_model(path, output_units="mm").name == "users_model"
-
-
-def test_fetalhc_explain_takes_a_users_model_with_its_unit(phantoms, tmp_path):
-    import json
-
-    from click.testing import CliRunner
-
-    from fetalhc.cli.main import cli
-
-    inputs = keras.Input((32, 32, 1))
-    features = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(features))
-    keras.Model(inputs, outputs, name="users_cnn").save(tmp_path / "users.keras")
-    arguments = ["explain", "--model", str(tmp_path / "users.keras"), "--data", str(phantoms),
-                 "--methods", "gradient,lrp_z", "--limit", "2", "--no-progress"]
-    refused = CliRunner().invoke(cli, [*arguments, "--out", str(tmp_path / "refused")])
-    assert refused.exit_code == 1 and "--output-units" in refused.output
-    assert not (tmp_path / "refused").exists()
-    out = tmp_path / "maps"
-    result = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "mm"])
-    assert result.exit_code == 0, result.output
-    assert len(list((out / "lrp_z").glob("*.npz"))) == 2
-    record = json.loads((out / "provenance.json").read_text())
-    assert record["result"]["output_units"] == "mm"
-    # the same folder with the other unit is another result: refused, naming the field
-    again = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "px"])
-    assert again.exit_code == 1 and "output_units" in again.output

@@ -1,8 +1,9 @@
-"""Your own Keras regression model through ``predict`` and ``evaluate``: the unit of its HC
-output is declared (``--output-units mm|px``) and read as declared, an undeclared unit is a
-one-line error, never a guess; a plain CSV whose ``hc_mm`` is filled in for some images
-scores those. (``explain`` with a declared unit: tests/test_explain_output_units.py; an
-exported model through the commands: tests/test_export.py.)
+"""Your own Keras regression model through ``predict``, ``explain`` and ``evaluate``: the
+unit of its HC output is declared (``--output-units mm|px``) and read as declared, an
+undeclared unit is a one-line error, never a guess; its intensities are given by
+``--intensity``; a plain CSV whose ``hc_mm`` is filled in for some images
+scores those. (The explain library with a declared unit: tests/test_explain_output_units.py;
+an exported model through the commands: tests/test_export.py.)
 
 The analytic model: the output is its bias ``C`` whatever the image (a zero kernel), so HC
 in mm is ``C`` when declared mm and ``C`` x the mm per input pixel when declared px."""
@@ -135,20 +136,29 @@ def test_evaluation_curves_are_in_mm_for_either_declared_unit(phantoms):
         in_px.per_image["aopc_morf_shift_mm"].to_numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_fetalhc_evaluate_takes_a_users_model_with_its_unit(model_file, phantoms, tmp_path):
-    arguments = ["evaluate", "--model", str(model_file), "--data", str(phantoms),
-                 "--methods", "gradient", "--metrics", "aopc", "--grid", "4", "--steps", "3",
-                 "--limit", "2", "--no-figures", "--no-progress"]
+@pytest.mark.parametrize("command, options", [
+    ("explain", ["--methods", "gradient,lrp_z"]),
+    ("evaluate", ["--methods", "gradient", "--metrics", "aopc", "--grid", "4", "--steps", "3",
+                  "--no-figures"]),
+])
+def test_explain_and_evaluate_need_the_unit_and_record_it(command, options, model_file,
+                                                          phantoms, tmp_path):
+    arguments = [command, "--model", str(model_file), "--data", str(phantoms), *options,
+                 "--limit", "2", "--no-progress"]
     refused = CliRunner().invoke(cli, [*arguments, "--out", str(tmp_path / "refused")])
     assert refused.exit_code == 1 and "--output-units" in refused.output
     assert not (tmp_path / "refused").exists()
-    out = tmp_path / "evaluation"
+    out = tmp_path / command
     result = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "mm"])
     assert result.exit_code == 0, result.output
-    per_image = pd.read_csv(out / "methods" / "gradient" / "per_image.csv")
-    np.testing.assert_allclose(per_image["hc_pred_mm"], C, rtol=1e-5)
+    if command == "explain":
+        assert len(list((out / "lrp_z").glob("*.npz"))) == 2
+    else:
+        per_image = pd.read_csv(out / "methods" / "gradient" / "per_image.csv")
+        np.testing.assert_allclose(per_image["hc_pred_mm"], C, rtol=1e-5)
     record = json.loads((out / "provenance.json").read_text())
     assert record["result"]["output_units"] == "mm"
+    # the same folder with the other unit is another result: refused, naming the field
     again = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "px"])
     assert again.exit_code == 1 and "output_units" in again.output
 
