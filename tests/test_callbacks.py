@@ -222,3 +222,35 @@ def test_scalars_in_logs_drive_early_stopping_and_csv_logger(model, phantom_arra
         assert float(row["saliency/gradient/time_ms"]) > 0
     logged = [_scalar(e) for e in _events(tmp_path / "tb").Tensors(key)]
     assert logged == pytest.approx([float(rows[0][key]), float(rows[2][key])], rel=1e-6)
+
+
+def test_a_model_of_your_own_in_mm_gets_its_scores_in_mm(phantom_arrays):
+    """A model declared to predict mm (output_units="mm"): the subset MAE and the AOPC curves
+    read its output as mm, not times the pixel size. Its output: 150 + w · x."""
+    from fetalhc import evaluate
+
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))
+    dense = keras.layers.Dense(1)
+    users = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)), name="users_mm")
+    weights = np.random.default_rng(0).normal(scale=0.05, size=(IMAGE_SIZE ** 2, 1))
+    dense.set_weights([weights.astype(np.float32), np.array([150.0], np.float32)])
+    subset = {key: value[:3] for key, value in phantom_arrays.items() if key != "annotation"}
+    callback = callbacks.SaliencyCallback(subset, scores=("aopc",), output_units="mm")
+    callback.set_model(users)
+    scalars = callback.log_epoch(0)
+    output = users.predict(subset["image"], verbose=0)[:, 0].astype(np.float64)
+    assert scalars["saliency/subset_mae_mm"] == pytest.approx(
+        np.mean(np.abs(output - subset["hc_mm"])), rel=1e-5)
+    maps = callback.explain_subset("gradient").maps
+    curves = {units: evaluate.region_perturbation(
+        users, subset["image"], maps, subset["pixel_size_mm"], subset["hc_mm"],
+        grid=callback.grid, steps=callback.aopc_steps,
+        regions_per_step=callback.regions_per_step, orders=("morf", "random"),
+        perturbation="noise", output_units=units) for units in ("mm", "px")}
+    in_mm = np.nanmean(curves["mm"].aopc("abs_error_mm", "morf"))
+    assert scalars["saliency/gradient/aopc_morf_mm"] == pytest.approx(in_mm, rel=1e-4)
+    assert in_mm != pytest.approx(np.nanmean(curves["px"].aopc("abs_error_mm", "morf")))
+    with pytest.raises(ValueError, match="does not say its unit"):
+        undeclared = callbacks.SaliencyCallback(subset, scores=("aopc",))
+        undeclared.set_model(users)
+        undeclared.log_epoch(0)

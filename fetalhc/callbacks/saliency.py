@@ -144,9 +144,6 @@ class SaliencyCallback(EpochWriterCallback):
         self.scores = self._resolve_scores(scores)
         if output_units not in (None, "px", "mm"):
             raise ValueError(f"output_units must be 'mm', 'px' or None; got {output_units!r}")
-        if output_units == "mm" and "aopc" in self.scores:
-            raise ValueError("score 'aopc' works on a model whose HC output is in px only so "
-                             "far; leave it out for a model in mm")
         self.output_units = output_units
         self._forward_model = None
         self._forward = None  # one traced forward pass for the AOPC curves, built lazily
@@ -251,7 +248,8 @@ class SaliencyCallback(EpochWriterCallback):
         if "aopc" in self.scores:
             if self._forward is None or self._forward_model is not self.model:
                 # built once and reused every epoch: it reads the model's current weights
-                self._forward = evaluate.BatchedForward(self.model)
+                self._forward = evaluate.BatchedForward(self.model,
+                                                        output_units=self.output_units)
                 self._forward_model = self.model
             curves = evaluate.region_perturbation(
                 self.model, images, maps, pixel_size, reference,
