@@ -202,6 +202,11 @@ def test_the_commands_run_an_exported_model_with_its_own_preprocessing(run_dir, 
     assert list(predictions["exported"]["filename"]) == list(predictions["run"]["filename"])
     np.testing.assert_allclose(predictions["exported"]["head circumference (mm)"],
                                predictions["run"]["head circumference (mm)"], atol=1e-3)
+    # the card's training HC range gives the outside-range flag, as the run folder does
+    flags = {name: pd.read_csv(tmp_path / f"{name}_per_image.csv")["flag: outside training range"]
+             for name in predictions}
+    assert flags["exported"].notna().all()
+    assert flags["exported"].tolist() == flags["run"].tolist()
 
     size = CONFIG["data"]["image_size"]
     contradicted = CliRunner().invoke(cli, [

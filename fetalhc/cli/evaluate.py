@@ -194,9 +194,10 @@ def _resolve_inputs(model_path: Path, data_dir: Path, split: str | None,
     from fetalhc.training import load_command_model, resolve_model_split
 
     resolved = resolve_model_split(model_path, data_dir, split)
-    model, size = load_command_model(resolved.model_file, output_units, image_size,
-                                     resolved.image_size, intensity)
-    return resolved.model_file, model, int(size), resolved.index, resolved.split
+    loaded = load_command_model(resolved.model_file, output_units, image_size,
+                                resolved.image_size, intensity)
+    return (resolved.model_file, loaded.model, loaded.image_size, resolved.index,
+            resolved.split)
 
 
 @click.command("evaluate", cls=Command)

@@ -34,10 +34,10 @@ def _load_model_and_split(model_path: Path, data_dir: Path, split: str | None,
     from fetalhc.training import load_command_model, resolve_model_split
 
     resolved = resolve_model_split(model_path, data_dir, split)
-    model, size = load_command_model(resolved.model_file, output_units, image_size,
-                                     resolved.image_size, intensity)
-    return (model, resolved.model_file, size, resolved.index, resolved.split,
-            resolved.hc_range_mm)
+    loaded = load_command_model(resolved.model_file, output_units, image_size,
+                                resolved.image_size, intensity)
+    return (loaded.model, resolved.model_file, loaded.image_size, resolved.index,
+            resolved.split, resolved.hc_range_mm or loaded.hc_range_mm)
 
 
 def parse_options(texts, methods: list[str]) -> dict[str, dict]:

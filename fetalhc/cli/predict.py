@@ -48,8 +48,9 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
                              flip_threshold_mm=flip_threshold_mm)
     resolved = resolve_model_split(model_path, data_dir, split, crop_runs=True)
     model_path, index, split = resolved.model_file, resolved.index, resolved.split
-    model, image_size = load_command_model(model_path, output_units, image_size,
-                                           resolved.image_size, intensity)
+    loaded = load_command_model(model_path, output_units, image_size, resolved.image_size,
+                                intensity)
+    model, image_size = loaded.model, loaded.image_size
     check_input_size(model, image_size)
     preprocessing, localiser = None, None
     if resolved.run is not None and crop_margin_of(resolved.run.config) > 0:
@@ -60,7 +61,8 @@ def predict_command(model_path: Path, data_dir: Path, split: str | None, out: Pa
     return predict_to_files(model, index, image_size, out, split=split, tta=tta,
                             batch_size=batch_size, model_file=model_path,
                             info={"model": str(model_path), "data": str(data_dir)},
-                            progress=progress, hc_range_mm=resolved.hc_range_mm,
+                            progress=progress,
+                            hc_range_mm=resolved.hc_range_mm or loaded.hc_range_mm,
                             preprocessing=preprocessing, localiser_file=localiser,
                             flip_threshold_mm=flip_threshold_mm, output_units=output_units,
                             intensity=intensity)

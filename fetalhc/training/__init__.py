@@ -34,7 +34,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
        for name in ("Run", "TrainResult", "check_training_data", "load_run", "resolve_split",
                     "run_split_index")},
     **{name: ("fetalhc.training.sources", name)
-       for name in ("ModelSplit", "load_command_model", "model_input_size",
+       for name in ("CommandModel", "ModelSplit", "load_command_model", "model_input_size",
                     "resolve_model_split")},
     "standardise_ellipse": ("fetalhc.training.setup", "standardise_ellipse"),
 }
@@ -42,6 +42,7 @@ _SUBMODULES = ("backup", "config", "fit", "multiworker", "run_folder", "setup", 
                "strategy")
 
 __all__ = [
+    "CommandModel",
     "DEFAULTS",
     "ModelSplit",
     "SPLITS",

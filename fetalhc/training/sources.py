@@ -133,15 +133,27 @@ def model_input_size(model, model_file=None) -> int:
     return int(side)
 
 
+@dataclass(frozen=True)
+class CommandModel:
+    """What :func:`load_command_model` gives: the model the commands feed pre-processed
+    images to, its input size, and the training split's reference HC range (mm) an exported
+    model's card carries (``None`` otherwise: a run folder's comes with its split)."""
+
+    model: object = field(repr=False)
+    image_size: int
+    hc_range_mm: tuple[float, float] | None = None
+
+
 def load_command_model(model_file, output_units: str | None = None,
                        image_size: int | None = None, run_image_size: int | None = None,
-                       intensity: str = "zscore"):
+                       intensity: str = "zscore") -> CommandModel:
     """The model ``predict``, ``explain`` and ``evaluate`` feed pre-processed images to, and
-    its input size ``S``: ``(model, S)``.
+    its input size (:class:`CommandModel`).
 
     An exported end-to-end model (``fetalhc export``) gives its network
-    (:func:`fetalhc.models.export.inner_network`) and the size of its own pre-processing;
-    an ``image_size`` that contradicts it is a one-line error. Any other model is loaded as
+    (:func:`fetalhc.models.export.inner_network`), the size of its own pre-processing and
+    the training HC range of its card (for the outside-range reliability flag); an
+    ``image_size`` that contradicts it is a one-line error. Any other model is loaded as
     it is (``output_units`` declares the unit of a model that is not fetalhc's), with
     ``image_size`` (``--image-size``), else the run's ``run_image_size``, else the size the
     model declares (:func:`model_input_size`). ``intensity`` other than the z-score
@@ -149,8 +161,9 @@ def load_command_model(model_file, output_units: str | None = None,
     learned on z-scored images, so it is refused for one."""
     import fetalhc
     from fetalhc.data.pipeline import check_intensity
-    from fetalhc.models.export import inner_network
+    from fetalhc.models.export import inner_network, read_model_card
     from fetalhc.models.graph import hc_output_units
+    from fetalhc.models.reliability import check_hc_range
 
     check_intensity(intensity)
     model = fetalhc.load_model(model_file, output_units=output_units)
@@ -168,6 +181,12 @@ def load_command_model(model_file, output_units: str | None = None,
             raise ValueError(f"{model_file} is an exported model whose pre-processing makes "
                              f"{size} px inputs; --image-size {image_size} contradicts it "
                              "(leave it out)")
-        return network, size
+        card = read_model_card(model) or {}
+        hc_range = card.get("training", {}).get("hc_range_mm")
+        try:
+            hc_range = check_hc_range(hc_range) if hc_range and None not in hc_range else None
+        except ValueError:  # a card without a usable range: the flag stays unknown
+            hc_range = None
+        return CommandModel(network, size, hc_range)
     size = image_size or run_image_size or model_input_size(model, model_file)
-    return model, int(size)
+    return CommandModel(model, int(size))
