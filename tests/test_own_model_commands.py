@@ -11,6 +11,7 @@ in mm is ``C`` when declared mm and ``C`` x the mm per input pixel when declared
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -161,6 +162,44 @@ def test_explain_and_evaluate_need_the_unit_and_record_it(command, options, mode
     # the same folder with the other unit is another result: refused, naming the field
     again = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "px"])
     assert again.exit_code == 1 and "output_units" in again.output
+
+
+def test_an_rgb_model_of_your_own_takes_the_gray_image_in_each_channel(phantoms, tmp_path):
+    """An ImageNet-style model with 3 input channels: the commands repeat the gray image
+    into them (predictions equal the model on the tiled image); its maps are (S, S), the
+    sum over the channels of the per-channel maps."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    features = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    head = keras.layers.Dense(1, name="hc_mm_out")
+    rgb = keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(features)),
+                      name="users_rgb")
+    rgb.save(tmp_path / "rgb.keras")
+    index = load_index(phantoms).head(3)
+    folder = write_plain_dataset(tmp_path / "clinic", index)
+    result = _predict("--model", tmp_path / "rgb.keras", "--data", folder, "--out",
+                      tmp_path / "p.csv", "--output-units", "mm")
+    assert result.exit_code == 0, result.output
+    gray = load_arrays(index, image_size=SIZE)["image"]
+    expected = rgb.predict(np.repeat(gray, 3, axis=-1), verbose=0)[:, 0]
+    predicted = pd.read_csv(tmp_path / "p.csv")["head circumference (mm)"]
+    np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-3)
+    explained = CliRunner().invoke(cli, [
+        "explain", "--model", str(tmp_path / "rgb.keras"), "--data", str(folder),
+        "--methods", "gradient,lrp_epsilon,gradcam", "--output-units", "mm", "--out",
+        str(tmp_path / "maps"), "--no-progress"])
+    assert explained.exit_code == 0, explained.output
+    stem = Path(index["filename"].iloc[0]).stem
+    with np.load(tmp_path / "maps" / "gradient" / f"{stem}.npz") as stored:
+        gradient = stored["map"]
+    assert gradient.shape == (SIZE, SIZE)
+    import tensorflow as tf
+
+    tiled = tf.constant(np.repeat(gray[:1], 3, axis=-1))
+    with tf.GradientTape() as tape:
+        tape.watch(tiled)
+        output = rgb(tiled)
+    per_channel = tape.gradient(output, tiled).numpy()[0]
+    np.testing.assert_allclose(gradient, per_channel.sum(axis=-1), rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- intensity

@@ -209,6 +209,24 @@ def replay_on(model, tensor):
     return values[id(model_outputs(model)[0])]
 
 
+def grayscale_input_view(model):
+    """``model`` itself when it takes one grayscale ``(H, W, 1)`` image; for a single-input,
+    single-output model of ``C > 1`` channels (an ImageNet-style RGB model of your own), a
+    flat view that takes the grayscale image and repeats it into the ``C`` channels
+    (``GrayscaleAdapter``, scale 1, offset 0) before the model's own layers (shared, with
+    their weights). A gradient with respect to the gray image is then the sum over the
+    channels, as the explainers sum a multi-channel map. Anything else is returned as it is
+    (the callers' input check names it)."""
+    from fetalhc.models.layers import GrayscaleAdapter
+
+    shape = tuple(model.inputs[0].shape) if len(getattr(model, "inputs", []) or []) == 1 else ()
+    if len(shape) != 4 or shape[-1] in (None, 1) or len(model_outputs(model)) != 1:
+        return model
+    gray = keras.Input((*shape[1:3], 1), name="gray_image")
+    adapted = GrayscaleAdapter(channels=int(shape[-1]), name=f"gray_to_{shape[-1]}_channels")(gray)
+    return keras.Model(gray, replay_on(model, adapted), name=model.name)
+
+
 def layer_output_in(model, layer_name: str):
     """The output tensor of the layer ``layer_name`` in ``model``'s own graph (a layer shared
     with another model, as an exported model shares its network's, has a node in each; its

@@ -154,7 +154,8 @@ def load_command_model(model_file, output_units: str | None = None,
     (:func:`fetalhc.models.export.inner_network`), the size of its own pre-processing and
     the training HC range of its card (for the outside-range reliability flag); an
     ``image_size`` that contradicts it is a one-line error. Any other model is loaded as
-    it is (``output_units`` declares the unit of a model that is not fetalhc's), with
+    it is (``output_units`` declares the unit of a model that is not fetalhc's; one of ``C``
+    channels takes the gray image repeated, :func:`fetalhc.models.graph.grayscale_input_view`), with
     ``image_size`` (``--image-size``), else the run's ``run_image_size``, else the size the
     model declares (:func:`model_input_size`). ``intensity`` other than the z-score
     (``fetalhc.data.INTENSITIES``) is for a model that is not fetalhc's: a fetalhc model
@@ -162,7 +163,7 @@ def load_command_model(model_file, output_units: str | None = None,
     import fetalhc
     from fetalhc.data.pipeline import check_intensity
     from fetalhc.models.export import inner_network, read_model_card
-    from fetalhc.models.graph import hc_output_units
+    from fetalhc.models.graph import grayscale_input_view, hc_output_units
     from fetalhc.models.reliability import check_hc_range
 
     check_intensity(intensity)
@@ -188,5 +189,6 @@ def load_command_model(model_file, output_units: str | None = None,
         except ValueError:  # a card without a usable range: the flag stays unknown
             hc_range = None
         return CommandModel(network, size, hc_range)
+    model = grayscale_input_view(model)  # an RGB model of your own takes the gray image 3 times
     size = image_size or run_image_size or model_input_size(model, model_file)
     return CommandModel(model, int(size))
