@@ -49,6 +49,7 @@ import tensorflow as tf
 from fetalhc import evaluate, explain
 from fetalhc.callbacks.validation import PACKED_HINT, validation_subset
 from fetalhc.callbacks.writer import EpochWriterCallback
+from fetalhc.models.graph import check_output_units, hc_in_units
 from fetalhc.viz import overlay
 from fetalhc.viz.figures import figure_to_rgb
 
@@ -142,9 +143,7 @@ class SaliencyCallback(EpochWriterCallback):
         self.subset = validation_subset(validation_data, int(max_images), pixel_size)
         self._check_target()
         self.scores = self._resolve_scores(scores)
-        if output_units not in (None, "px", "mm"):
-            raise ValueError(f"output_units must be 'mm', 'px' or None; got {output_units!r}")
-        self.output_units = output_units
+        self.output_units = check_output_units(output_units)
         self._forward_model = None
         self._forward = None  # one traced forward pass for the AOPC curves, built lazily
 
@@ -216,10 +215,10 @@ class SaliencyCallback(EpochWriterCallback):
         scalars: dict[str, float] = {}
         if pixel_size is not None and reference is not None:
             hc_model = explain.hc_output_model(self.model)
-            prediction_px = np.asarray(hc_model(images, training=False), np.float64).reshape(-1)
-            in_mm = explain.resolve_output_units(self.model, self.target, None,
-                                                 self.output_units) == "mm"
-            error = np.abs(prediction_px * (1.0 if in_mm else pixel_size) - reference)
+            prediction = np.asarray(hc_model(images, training=False), np.float64).reshape(-1)
+            units = explain.resolve_output_units(self.model, self.target, None,
+                                                 self.output_units)
+            error = np.abs(hc_in_units(prediction, pixel_size, units, "mm") - reference)
             scalars["saliency/subset_mae_mm"] = float(np.mean(error))
         for method in self.methods:
             start = time.perf_counter()

@@ -93,12 +93,11 @@ class BatchedForward:
 
     def in_mm(self, predictions, pixel_size_mm) -> np.ndarray:
         """Predictions of this forward (``(N,)`` or ``(N, ...)``) in mm: times the mm per
-        input pixel ``pixel_size_mm`` ``(N,)`` for a px output, as they are for an mm one."""
-        predictions = np.asarray(predictions)
-        if self.output_units == "mm":
-            return predictions
-        size = np.asarray(pixel_size_mm)
-        return predictions * size.reshape(size.shape + (1,) * (predictions.ndim - size.ndim))
+        input pixel ``pixel_size_mm`` ``(N,)`` for a px output, as they are for an mm one
+        (:func:`fetalhc.models.graph.hc_in_units`)."""
+        from fetalhc.models.graph import hc_in_units
+
+        return np.asarray(hc_in_units(predictions, pixel_size_mm, self.output_units, "mm"))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """The HC output (:attr:`output_units`) for ``images`` ``(N, H, W, C)``, shape

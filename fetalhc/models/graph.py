@@ -95,6 +95,28 @@ def hc_output_index(model, output: str | int | None = None) -> int:
     raise ValueError(f"unknown output {output!r}; outputs: {', '.join(names)}")
 
 
+def check_output_units(units: str | None) -> str | None:
+    """``units`` if it is ``None`` or one of :data:`OUTPUT_UNITS`, else a one-line
+    ValueError."""
+    if units is not None and units not in OUTPUT_UNITS:
+        raise ValueError(f"output units must be one of {', '.join(OUTPUT_UNITS)}; got {units!r}")
+    return units
+
+
+def hc_in_units(values, pixel_size_mm, units: str, to: str):
+    """HC values of an output in ``units`` (``"px"``: pixels of the input, or ``"mm"``) read
+    in ``to``: times (px → mm) or divided by (mm → px) the mm per input pixel
+    ``pixel_size_mm`` ``(N,)``, broadcast over the trailing axes of ``values`` ``(N, ...)``;
+    the same values when the units agree, ``None`` for ``None``. The one place an HC output
+    changes unit with the pixel size (numpy; the explain targets do it in the graph)."""
+    if values is None or units == to:
+        return values
+    values = np.asarray(values)
+    size = np.asarray(pixel_size_mm)
+    size = size.reshape(size.shape + (1,) * (values.ndim - size.ndim))
+    return values * size if to == "mm" else values / size
+
+
 def hc_output_units(model, output: str | int | None = None,
                     units: str | None = None) -> str | None:
     """The unit of the model's HC output: ``"px"`` (HC in pixels of the model's input; times
@@ -102,8 +124,7 @@ def hc_output_units(model, output: str | int | None = None,
     exported model's ``hc_px_raw``) is in px; any other is what ``units`` declares, ``None``
     when nothing does (the caller refuses to guess where the unit matters). Declaring ``mm``
     for a px output is a one-line ValueError."""
-    if units is not None and units not in OUTPUT_UNITS:
-        raise ValueError(f"output units must be one of {', '.join(OUTPUT_UNITS)}; got {units!r}")
+    check_output_units(units)
     name = output_names(model)[hc_output_index(model, output)] if model_outputs(model) else None
     if name in (HC_OUTPUT, RAW_HC_OUTPUT):
         if units == "mm":

@@ -20,7 +20,7 @@ import fetalhc.losses  # noqa: F401 - registers fetalhc's Keras losses
 import fetalhc.metrics  # noqa: F401 - registers fetalhc's Keras metrics
 import fetalhc.models.export_layers  # noqa: F401 - registers the exported models' layers
 import fetalhc.models.layers  # noqa: F401 - registers fetalhc's Keras layers
-from fetalhc.models.graph import HC_OUTPUT, OUTPUT_UNITS, RAW_HC_OUTPUT, output_names
+from fetalhc.models.graph import HC_OUTPUT, RAW_HC_OUTPUT, check_output_units, output_names
 
 
 def load_model(path: str | os.PathLike, compile: bool = False,
@@ -50,10 +50,7 @@ def load_model(path: str | os.PathLike, compile: bool = False,
             ) from None
         raise ValueError(f"cannot load {path} as a fetalhc model: {message[:200]}") from None
     names = output_names(model)
-    if output_units is not None:
-        if output_units not in OUTPUT_UNITS:
-            raise ValueError(f"output units must be one of {', '.join(OUTPUT_UNITS)}; got "
-                             f"{output_units!r}")
+    if check_output_units(output_units) is not None:
         return model
     if HC_OUTPUT not in names and RAW_HC_OUTPUT not in names:
         raise ValueError(

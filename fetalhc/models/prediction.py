@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fetalhc.models.graph import hc_output_value, output_names, require_output_units
+from fetalhc.models.graph import (
+    hc_in_units,
+    hc_output_value,
+    output_names,
+    require_output_units,
+)
 from fetalhc.models.io import check_input_size
 
 # --tta: the views averaged (training augmentation flips horizontally, never vertically)
@@ -41,29 +46,23 @@ class ForwardPass:
     ellipse: np.ndarray | None = field(default=None, repr=False)
     output_units: str = "px"
 
-    def _in(self, values, units: str):
-        if values is None or units == self.output_units:
-            return values
-        size = self.input_pixel_size_mm
-        return values * size if units == "mm" else values / size
-
     @property
     def hc_px(self) -> np.ndarray:
         """HC in pixels of the network input."""
-        return self._in(self.hc, "px")
+        return hc_in_units(self.hc, self.input_pixel_size_mm, self.output_units, "px")
 
     @property
     def hc_px_flipped(self) -> np.ndarray | None:
-        return self._in(self.hc_flipped, "px")
+        return hc_in_units(self.hc_flipped, self.input_pixel_size_mm, self.output_units, "px")
 
     @property
     def hc_mm(self) -> np.ndarray:
         """HC in mm."""
-        return self._in(self.hc, "mm")
+        return hc_in_units(self.hc, self.input_pixel_size_mm, self.output_units, "mm")
 
     @property
     def hc_mm_flipped(self) -> np.ndarray | None:
-        return self._in(self.hc_flipped, "mm")
+        return hc_in_units(self.hc_flipped, self.input_pixel_size_mm, self.output_units, "mm")
 
 
 def _forward_batch(model, images, flipped: bool, ellipse: bool):

@@ -251,16 +251,14 @@ def write_evaluation(model, index: pd.DataFrame, methods: Sequence[str], metrics
     from fetalhc.explain import check_methods as check_explain_methods
     from fetalhc.explain import explain
     from fetalhc.models import check_input_size, load_model
-    from fetalhc.models.graph import OUTPUT_UNITS, require_output_units
+    from fetalhc.models.graph import check_output_units, require_output_units
 
     methods = list(methods)
     metrics, external = check_evaluation_request(methods, metrics, settings, maps_dir,
                                                  error_threshold_mm, error_quantiles,
                                                  limit=limit, shard=shard)
     size = int(require_range(image_size, POSITIVE_INT, "image_size"))
-    if output_units is not None and output_units not in OUTPUT_UNITS:
-        raise ValueError(f"output units must be one of {', '.join(OUTPUT_UNITS)}; got "
-                         f"{output_units!r}")
+    check_output_units(output_units)
     split_rows = index.reset_index(drop=True)  # an explain folder's images must lead them
     if limit is not None:
         index = index.head(int(limit))
