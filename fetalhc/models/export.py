@@ -29,6 +29,7 @@ from fetalhc.models.graph import (
     hc_output_view,
     layer_output_in,
     nodes_in_order,
+    replay_nodes,
     replay_on,
 )
 
@@ -120,25 +121,17 @@ def inner_network(model: keras.Model) -> tuple[keras.Model, int] | None:
     exported model's layers and weights. Its predictions times the input pixel size equal
     the exported model's ``hc_mm``; it lacks the network's auxiliary outputs, which the
     export leaves out."""
-    import keras.tree
-
     preprocessing = preprocessing_layer(model)
     if preprocessing is None:
         return None
     size = int(preprocessing.image_size)
     to_raw = model.get_layer(RAW_HC_OUTPUT)
-    nodes = nodes_in_order(model)
-    end = next(node for node in nodes if node.operation is to_raw).arguments.keras_tensors[0]
+    end = next(node for node in nodes_in_order(model)
+               if node.operation is to_raw).arguments.keras_tensors[0]
     prepared = keras.Input((size, size, 1), name="image")
-    values = {id(layer_output_in(model, preprocessing.name)): prepared}
-    for node in nodes:  # the network's nodes: those fed by the pre-processed image only
-        if node.operation in (preprocessing, to_raw) or not all(
-                id(tensor) in values for tensor in node.arguments.keras_tensors):
-            continue
-        args, kwargs = node.arguments.fill_in(values)
-        for symbolic, value in zip(node.outputs, keras.tree.flatten(node.operation(*args, **kwargs)),
-                                   strict=True):
-            values[id(symbolic)] = value
+    # the network's nodes: those fed by the pre-processed image alone
+    values = replay_nodes(model, {id(layer_output_in(model, preprocessing.name)): prepared},
+                          skip=(preprocessing, to_raw))
     if id(end) not in values:
         raise ValueError(f"cannot take the network out of the exported model {model.name!r}: "
                          "its HC output does not follow from the pre-processed image alone")

@@ -215,18 +215,29 @@ def nodes_in_order(model) -> list:
     return ordered
 
 
-def replay_on(model, tensor):
-    """Apply the layers of a single-input functional ``model`` to ``tensor`` one node at a
-    time and return what its (first) output becomes: a flat graph that shares ``model``'s
-    layers, where calling ``model`` would nest it as one layer."""
+def replay_nodes(model, values: dict, skip=()) -> dict:
+    """Apply the nodes of a functional ``model``, in order, to new tensors: ``values`` maps
+    ``id(symbolic tensor)`` of ``model``'s graph to the tensor that stands for it; every node
+    whose inputs all have one (and whose layer is not in ``skip``) is called on them, and
+    its outputs are added. Returns ``values``."""
     import keras.tree
 
-    values = {id(model.inputs[0]): tensor}
     for node in nodes_in_order(model):
+        if node.operation in skip or not all(
+                id(tensor) in values for tensor in node.arguments.keras_tensors):
+            continue
         args, kwargs = node.arguments.fill_in(values)
         outputs = keras.tree.flatten(node.operation(*args, **kwargs))
         for symbolic, value in zip(node.outputs, outputs, strict=True):
             values[id(symbolic)] = value
+    return values
+
+
+def replay_on(model, tensor):
+    """Apply the layers of a single-input functional ``model`` to ``tensor`` one node at a
+    time and return what its (first) output becomes: a flat graph that shares ``model``'s
+    layers, where calling ``model`` would nest it as one layer."""
+    values = replay_nodes(model, {id(model.inputs[0]): tensor})
     return values[id(model_outputs(model)[0])]
 
 
