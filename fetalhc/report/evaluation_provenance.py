@@ -37,8 +37,10 @@ from fetalhc.report.provenance import (
     index_digest,
     make_provenance,
     model_digest,
+    output_units_field,
     plain_options,
     read_provenance,
+    recorded_output_units,
     short_value,
     write_provenance,
 )
@@ -85,7 +87,7 @@ def evaluation_provenance(model, index: pd.DataFrame, metrics, settings, *, imag
         "preprocessing": {"image_size": int(image_size), **preprocessing_record(intensity)},
         "error_threshold_mm": error_threshold_mm,
         "error_quantiles": error_quantiles,
-        **({"output_units": output_units} if output_units != "px" else {}),
+        **output_units_field(output_units),
     }
     return make_provenance("evaluate", result, info)
 
@@ -214,8 +216,8 @@ def check_explain_maps(maps_dir, explained: dict, record: dict, methods: Sequenc
     expected = {"model": ours["model"], "target": ours["settings"]["explain_target"],
                 "preprocessing": ours["preprocessing"], "split": ours["split"]}
     _same_fields(maps_dir, theirs, expected, EXPLAIN_FIELDS)
-    units = (theirs.get("output_units", "px"), ours.get("output_units", "px"))
-    if units[0] != units[1]:  # recorded only when mm, on either side
+    units = (recorded_output_units(theirs), recorded_output_units(ours))
+    if units[0] != units[1]:
         raise ProvenanceError(f"the maps in {maps_dir} were made with another output_units "
                               f"({units[0]!r} there, {units[1]!r} now); {REMAKE}")
     keys = [list(key) for key in theirs["image_keys"]]

@@ -55,6 +55,7 @@ from fetalhc.report.provenance import (
     make_provenance,
     method_options,
     model_digest,
+    output_units_field,
     read_provenance,
     write_provenance,
 )
@@ -181,9 +182,8 @@ def explain_provenance(model, index, image_size: int, methods: Sequence[str], *,
         "preprocessing": {"image_size": int(image_size), **preprocessing_record(intensity)},
         "batch_size": int(batch_size),
         "reliability": reliability_settings(hc_range_mm, flip_threshold_mm),
+        **output_units_field(output_units),
     }
-    if output_units != "px":
-        result["output_units"] = output_units
     return make_provenance("explain", result, info)
 
 

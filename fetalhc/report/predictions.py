@@ -37,6 +37,7 @@ from fetalhc.report.provenance import (
     index_digest,
     make_provenance,
     model_digest,
+    output_units_field,
 )
 
 CHALLENGE_COLUMNS = ("filename", "head circumference (mm)")
@@ -128,7 +129,7 @@ def prediction_provenance(model, index, image_size: int, *, split: str | None,
         "tta_views": list(TTA_VIEWS) if tta else ["identity"],
         "batch_size": int(batch_size),
         "reliability": reliability_settings(hc_range_mm, _flip_threshold(flip_threshold_mm)),
-        **({"output_units": output_units} if output_units != "px" else {}),
+        **output_units_field(output_units),
     }, info)
 
 

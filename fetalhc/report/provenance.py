@@ -255,6 +255,18 @@ def check_folder(folder: str | os.PathLike, record: Mapping[str, Any], overwrite
 SHARD_FIELD = "shard"
 
 
+def output_units_field(units: str) -> dict:
+    """The ``output_units`` field of a ``result``: recorded for a model output in mm only,
+    so a record without it is of a px output, as every record written before the field
+    existed (read back by :func:`recorded_output_units`)."""
+    return {} if units == "px" else {"output_units": units}
+
+
+def recorded_output_units(result: Mapping[str, Any]) -> str:
+    """The output units a ``result`` records (:func:`output_units_field`)."""
+    return result.get("output_units", "px")
+
+
 def plain_options(options: Mapping[str, Any]) -> dict:
     """``options`` as JSON-able values, keys sorted: numbers, text, booleans and ``None``
     as they are, tuples as lists, an array as ``{"array": shape, "dtype", "sha256"}`` of its
