@@ -162,6 +162,10 @@ def test_explain_and_evaluate_need_the_unit_and_record_it(command, options, mode
     # the same folder with the other unit is another result: refused, naming the field
     again = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "px"])
     assert again.exit_code == 1 and "output_units" in again.output
+    # and so are other intensities: the pre-processing is part of the record
+    other = CliRunner().invoke(cli, [*arguments, "--out", str(out), "--output-units", "mm",
+                                     "--intensity", "0-1"])
+    assert other.exit_code == 1 and "preprocessing" in other.output
 
 
 def test_an_rgb_model_of_your_own_takes_the_gray_image_in_each_channel(phantoms, tmp_path):
